@@ -1,0 +1,51 @@
+# werkbank: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PREFIX ?= /opt/werkbank
+VENV := $(PREFIX)/venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install install-dev slurm demo demo-stop test unit integration lint format check-site
+
+help:
+	@echo "make demo       bring up Slurm, MLflow and JupyterHub on this machine (as root)"
+	@echo "make demo-stop  stop everything 'make demo' started"
+	@echo "make test       lint + unit + integration tests against real Slurm/JupyterHub/MLflow"
+	@echo "make unit       fast tests only (no services)"
+	@echo "make check-site validate hub_config/site.yaml"
+
+install:
+	deploy/install.sh
+
+install-dev:
+	deploy/install.sh --dev
+
+slurm:
+	deploy/slurm-up.sh
+
+demo: install
+	deploy/demo-up.sh
+
+demo-stop:
+	deploy/demo-down.sh
+
+check-site:
+	$(VENV)/bin/werkbank-site check hub_config/site.yaml
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+unit: install-dev
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install-dev
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# One pytest run for everything, so the summary line counts every test.
+test: lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)

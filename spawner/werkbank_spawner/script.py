@@ -1,0 +1,121 @@
+"""The batch script and the ``sbatch`` argument vector, rendered from validated values only.
+
+Stock batchspawner formats ``user_options`` straight into a Jinja template after setting
+``cmd``, so a posted ``{"cmd": ...}`` or a value with a newline and ``#SBATCH`` lands in the
+script. Here the only inputs are a :class:`~werkbank_spawner.policy.JobRequest` (ints and
+allow-listed names), the account details from the password database, and admin settings;
+every line is checked once more before it is emitted (defence in depth).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+
+from .policy import SAFE_NAME, JobRequest, format_walltime
+
+# What may appear in an #SBATCH value: sbatch parses these lines itself (no shell), so
+# refuse anything that could end the line or start a comment/quote.
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.:/%=,+@-]{1,255}\Z")
+USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
+
+
+class ScriptError(ValueError):
+    """A value that must never reach a batch script (a bug or an attack; never user-facing)."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Where and as whom the job runs: from the password database and admin config."""
+
+    username: str
+    homedir: str
+    log_dir: str
+    job_name: str = "werkbank-jupyter"
+
+
+def sbatch_directives(request: JobRequest, ctx: JobContext) -> list[str]:
+    """The ``#SBATCH`` option list for ``request``, each value re-checked."""
+    options = [
+        ("job-name", ctx.job_name),
+        ("partition", request.partition),
+        ("cpus-per-task", str(request.cpus)),
+        ("mem", f"{request.memory_mb}M"),
+        ("time", format_walltime(request.walltime_min)),
+        ("output", f"{ctx.log_dir}/jupyter-%j.log"),
+        ("chdir", ctx.homedir),
+    ]
+    if request.account:
+        options.append(("account", request.account))
+    if request.gpus:
+        options.append(("gres", f"gpu:{request.gpus}"))
+    for name in (request.partition, request.account or "x"):
+        if not SAFE_NAME.match(name):
+            raise ScriptError(f"unsafe name {name!r}")
+    lines = []
+    for key, value in options:
+        if not _SBATCH_VALUE.match(value):
+            raise ScriptError(f"unsafe value for --{key}: {value!r}")
+        lines.append(f"#SBATCH --{key}={value}")
+    return lines
+
+
+def render_script(
+    request: JobRequest,
+    ctx: JobContext,
+    command: list[str],
+    *,
+    path_prefix: str = "",
+    prologue: str = "",
+) -> str:
+    """The whole batch script.
+
+    ``command`` is an argument vector (admin's ``cmd`` + JupyterHub's args); it is joined with
+    ``shlex.join`` so every element stays one word. ``prologue`` is trusted admin shell code.
+    """
+    if not USERNAME.match(ctx.username):
+        raise ScriptError(f"unsafe user name {ctx.username!r}")
+    for path in (ctx.homedir, ctx.log_dir, path_prefix):
+        if "\n" in path or "\r" in path:
+            raise ScriptError(f"newline in path {path!r}")
+    lines = ["#!/bin/bash", *sbatch_directives(request, ctx), ""]
+    lines += [
+        "# Rendered by werkbank-spawner from validated values; do not edit.",
+        "set -euo pipefail",
+        # Jupyter should shut down cleanly when Slurm cancels the job or the walltime ends.
+        "trap 'echo \"werkbank: job received SIGTERM\"' TERM",
+    ]
+    if path_prefix:
+        lines.append(f'export PATH={shlex.quote(path_prefix)}:"$PATH"')
+    if prologue.strip():
+        lines += ["# --- site prologue ---", prologue.rstrip("\n"), "# --- end prologue ---"]
+    lines.append(shlex.join(command))
+    return "\n".join(lines) + "\n"
+
+
+def sbatch_argv(sudo: list[str], sbatch: list[str], username: str, env_names: list[str]) -> list[str]:
+    """The argument vector that submits a script read from stdin, as ``username``.
+
+    ``sudo`` is a template list such as ``["sudo", "-n", "-u", "{username}"]``; the
+    environment variables named in ``env_names`` (values are passed through the process
+    environment, never on the command line where ``ps`` shows them) survive sudo's reset.
+    """
+    if not USERNAME.match(username):
+        raise ScriptError(f"unsafe user name {username!r}")
+    argv = [part.replace("{username}", username) for part in sudo]
+    if argv and env_names and os.path.basename(argv[0]) == "sudo":
+        argv.insert(1, "--preserve-env=" + ",".join(env_names))
+    return argv + list(sbatch) + ["--parsable"]
+
+
+def parse_job_id(output: str) -> str:
+    """``sbatch --parsable`` prints ``<id>`` or ``<id>;<cluster>``; return the numeric id."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("sbatch printed no job id")
+    job_id = lines[-1].split(";", 1)[0].strip()
+    if not job_id.isascii() or not job_id.isdigit():
+        raise ValueError(f"sbatch printed no job id: {output.strip()[:200]!r}")
+    return job_id

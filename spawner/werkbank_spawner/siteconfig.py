@@ -1,0 +1,918 @@
+"""The site file: one YAML file an admin edits, its schema, validation and application.
+
+The flow, used by ``hub_config/jupyterhub_config.py`` and by ``werkbank-site check``::
+
+    site = validate(load(path))           # SiteConfigError("<key.path>", "<what is wrong>")
+    apply(c, site, config_dir=path.parent)
+
+:data:`SCHEMA` documents every key with its type, default and meaning; unknown keys are
+errors, never ignored. ``werkbank-site defaults`` prints it as a commented YAML reference.
+
+Profiles, custom fields and limits are checked by :func:`werkbank_spawner.policy.policy_from_dict`
+(the same code the spawner runs); this module only checks their shape and translates the
+policy's errors into site-file key paths.
+
+Nothing here starts a hub or touches the file system beyond reading the site file (and
+:func:`prepare_dirs`, which creates the state folders when the hub starts), so all of it is
+testable with ``apply(Config(), {...})``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import math
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+from traitlets.config import Config
+
+from .policy import PolicyError, policy_from_dict
+
+#: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
+#: spawner module here would make the site file depend on Slurm tooling being importable.
+SPAWNER_CLASSES = {
+    "slurm": "werkbank_spawner.spawner.WerkbankSlurmSpawner",
+    "local": "werkbank_spawner.spawner.WerkbankLocalSpawner",
+}
+AUTHENTICATOR_CLASSES = {
+    "pam": "jupyterhub.auth.PAMAuthenticator",
+    "shared-password": "shared-password",
+    "oauth": "oauthenticator.generic.GenericOAuthenticator",
+}
+#: JupyterHub's SharedPasswordAuthenticator refuses shorter passwords; we say so at start.
+SHARED_PASSWORD_MIN_LENGTH = 8
+#: Scopes jupyterhub-idle-culler 2.0 needs (its README, "Permissions"). ``admin:users`` is
+#: only needed with ``--cull-users``, which werkbank does not pass: least privilege.
+CULLER_SCOPES = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+
+
+class SiteConfigError(ValueError):
+    """The site file is not acceptable. ``str(error)`` is ``<key.path>: <what is wrong>``."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+# --- the schema ------------------------------------------------------------------------
+
+
+class _Marker:
+    """A documentation-only default of a key inside entries (profiles, limits.groups)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+REQUIRED = _Marker("required")  # the key must be given
+INHERITED = _Marker("as in limits.default")  # an absent key takes the default limits' value
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its type(s), default and a help sentence.
+
+    ``kind`` is a tuple of Python types from the YAML (``bool`` is never an ``int`` here);
+    ``items`` is the element type of a list; ``choices`` and ``minimum``/``maximum`` bound
+    the value.
+    """
+
+    kind: tuple[type, ...]
+    default: object
+    help: str
+    items: type | None = None
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with a fixed set of keys. Missing keys take their defaults on merge."""
+
+    help: str
+    keys: Mapping[str, Key | Section | Entries]
+
+
+@dataclass(frozen=True)
+class Entries:
+    """A list (``keyed=False``) or a name → entry mapping (``keyed=True``) of entries shaped
+    like ``item``. Entries are checked for shape but *not* filled with defaults: what an
+    absent key means is the policy's business (the item's defaults only document it).
+    ``example`` is YAML shown, commented out, in the reference."""
+
+    help: str
+    item: Section
+    keyed: bool = False
+    default: object = field(default_factory=list)
+    example: str = ""
+
+
+def _profile_item() -> Section:
+    # The documented defaults mirror policy.Profile and policy_from_dict;
+    # tests/unit/test_siteconfig.py checks that they agree.
+    count = (int, str)
+    size = (str, int)
+    return Section(
+        "a resource profile",
+        {
+            "name": Key((str,), REQUIRED, "Short id: lower-case letters, digits, '_' and '-'."),
+            "display_name": Key((str,), "", "Label on the spawn page; empty: derived from the resources."),
+            "description": Key((str,), "", "One sentence shown under the label."),
+            "partition": Key((str,), REQUIRED, "Slurm partition the job runs in."),
+            "gpus": Key(count, 0, "Number of GPUs (Slurm --gres=gpu:N)."),
+            "cpus": Key(count, 1, "Number of CPU cores."),
+            "memory": Key(size, "2G", "Memory, e.g. 16G or 512M; a plain number is MB."),
+            "walltime": Key(size, "1h", "Time limit, e.g. 04:00:00, 4h or 90m; a plain number is minutes."),
+            "account": Key((str,), "", "Slurm account; empty: the user's default account."),
+            "groups": Key((list,), [], "Offer only to members of these groups; empty: everyone.", items=str),
+        },
+    )
+
+
+def _limits_item(help: str, *, inherited: bool) -> Section:
+    # The defaults of limits.default are policy_from_dict's "most restrictive" fallbacks;
+    # tests/unit/test_siteconfig.py checks that they agree.
+    def default(value):
+        return INHERITED if inherited else value
+
+    return Section(
+        help,
+        {
+            "gpus": Key((int, str), default(0), "Most GPUs one server may use."),
+            "cpus": Key((int, str), default(1), "Most CPU cores one server may use."),
+            "memory": Key((str, int), default("2G"), "Most memory one server may use."),
+            "walltime": Key((str, int), default("1h"), "Longest time limit a server may ask for."),
+            "partitions": Key((list,), default([]), "Partitions users may run in.", items=str),
+            "accounts": Key((list,), default([]), "Slurm accounts users may name; empty: none.", items=str),
+        },
+    )
+
+
+SCHEMA = Section(
+    "werkbank site configuration",
+    {
+        "hub": Section(
+            "The hub: where it listens, where it keeps its state, who administers it.",
+            {
+                "bind_url": Key(
+                    (str,),
+                    "http://127.0.0.1:8000",
+                    "Where users reach the hub (the proxy's public URL).",
+                ),
+                "hub_bind_url": Key(
+                    (str,),
+                    "",
+                    "Where the hub API listens for jobs on compute nodes; empty: "
+                    "http://127.0.0.1:8081. On a real cluster: an address compute nodes reach.",
+                ),
+                "data_dir": Key(
+                    (str,),
+                    "/var/lib/werkbank/hub",
+                    "Hub state: sqlite database, cookie secret, proxy pid file. A relative "
+                    "path is relative to the site file's folder.",
+                ),
+                "admin_users": Key((list,), [], "User names with hub admin rights.", items=str),
+                "spawner": Key(
+                    (str,),
+                    "slurm",
+                    "slurm: servers run as Slurm jobs. local: NO SLURM, servers run as local "
+                    "processes on the hub machine (for machines without a scheduler).",
+                    choices=tuple(SPAWNER_CLASSES),
+                ),
+            },
+        ),
+        "auth": Section(
+            "Who may log in.",
+            {
+                "type": Key(
+                    (str,),
+                    "pam",
+                    "pam: system accounts. oauth: an OpenID Connect / OAuth2 provider. "
+                    "shared-password: one password for all users, for demos on this machine only.",
+                    choices=tuple(AUTHENTICATOR_CLASSES),
+                ),
+                "shared_password": Key(
+                    (str,),
+                    "",
+                    f"The demo password (at least {SHARED_PASSWORD_MIN_LENGTH} characters); "
+                    "only with type shared-password, which is refused unless hub.bind_url "
+                    "is a loopback address.",
+                ),
+                "allowed_users": Key((list,), [], "User names allowed to log in.", items=str),
+                "allow_all": Key(
+                    (bool,), False, "Allow every user who authenticates, not just allowed_users."
+                ),
+                "oauth": Section(
+                    "OAuth2 / OpenID Connect provider (GenericOAuthenticator); used when type is oauth.",
+                    {
+                        "client_id": Key((str,), "", "Client id registered with the provider."),
+                        "client_secret": Key((str,), "", "Client secret for client_id."),
+                        "authorize_url": Key((str,), "", "The provider's authorization endpoint."),
+                        "token_url": Key((str,), "", "The provider's token endpoint."),
+                        "userdata_url": Key((str,), "", "The provider's userinfo endpoint."),
+                        "username_claim": Key(
+                            (str,), "preferred_username", "Userinfo field used as user name."
+                        ),
+                        "scope": Key((list,), ["openid", "profile"], "Scopes to ask.", items=str),
+                        "callback_url": Key(
+                            (str,),
+                            "",
+                            "Redirect URL registered with the provider, "
+                            "<bind_url>/hub/oauth_callback; empty: derived from the request.",
+                        ),
+                    },
+                ),
+            },
+        ),
+        "slurm": Section(
+            "How the hub talks to Slurm (ignored with hub.spawner: local).",
+            {
+                "conf": Key(
+                    (str,),
+                    "",
+                    "Path of slurm.conf, exported as SLURM_CONF; empty: Slurm's default "
+                    "(/etc/slurm/slurm.conf).",
+                ),
+                "bin_dir": Key((str,), "/usr/bin", "Folder with sbatch, squeue, scancel, sinfo."),
+                "poll_interval": Key(
+                    (float,),
+                    2.0,
+                    "Seconds between the hub's shared squeue calls.",
+                    minimum=0.5,
+                    maximum=60,
+                ),
+                "unreachable_grace": Key(
+                    (int,),
+                    600,
+                    "Seconds a server is kept while the scheduler does not answer.",
+                    minimum=0,
+                    maximum=7 * 24 * 3600,
+                ),
+                "start_timeout": Key(
+                    (int,),
+                    300,
+                    "Seconds a job may take to start, time pending in the queue included.",
+                    minimum=1,
+                    maximum=7 * 24 * 3600,
+                ),
+                "job_prologue": Key(
+                    (str,),
+                    "",
+                    "Trusted shell lines the job runs before Jupyter (e.g. module load cuda).",
+                ),
+            },
+        ),
+        "profiles": Entries(
+            "Resource profiles the spawn page offers; the first one a user may choose is "
+            "preselected. Checked against limits at start.",
+            _profile_item(),
+            example=(
+                "- name: gpu1\n"
+                "  display_name: 1 GPU · 4 cores · 16 GB · 4 h\n"
+                "  partition: gpu\n"
+                "  gpus: 1\n"
+                "  cpus: 4\n"
+                "  memory: 16G\n"
+                "  walltime: 4h\n"
+            ),
+        ),
+        "custom_fields": Key(
+            (list,),
+            [],
+            "Fields users may change on top of a profile: any of gpus, cpus, memory, "
+            "walltime, partition, account. Empty: profiles only.",
+            items=str,
+        ),
+        "limits": Section(
+            "What one server may use. A user in groups listed under groups gets, field by "
+            "field, the most generous value among those groups instead of the default.",
+            {
+                "default": _limits_item(
+                    "Limits of every user; partitions must name at least one.", inherited=False
+                ),
+                "groups": Entries(
+                    "Limits by group name.",
+                    _limits_item("Limits of a group's members.", inherited=True),
+                    keyed=True,
+                    default={},
+                    example="workshop:\n  gpus: 1\n  walltime: 2h\n",
+                ),
+            },
+        ),
+        "tracking": Section(
+            "Experiment tracking offered to every job.",
+            {
+                "mlflow": Section(
+                    "The MLflow tracking server.",
+                    {
+                        "manage": Key(
+                            (bool,),
+                            True,
+                            "The hub starts and supervises `mlflow server` as a managed service.",
+                        ),
+                        "url": Key(
+                            (str,),
+                            "http://127.0.0.1:5000",
+                            "What jobs get as MLFLOW_TRACKING_URI; on a real cluster an "
+                            "address compute nodes reach.",
+                        ),
+                        "host": Key((str,), "127.0.0.1", "Interface the managed server binds."),
+                        "port": Key((int,), 5000, "Port the managed server binds.", minimum=1, maximum=65535),
+                        "backend_store_uri": Key(
+                            (str,),
+                            "",
+                            "Database of runs and metrics; empty: "
+                            "sqlite:///<hub.data_dir>/../mlflow/mlflow.db.",
+                        ),
+                        "artifacts_destination": Key(
+                            (str,),
+                            "",
+                            "Where uploaded artifacts are stored; empty: <hub.data_dir>/../mlflow/artifacts.",
+                        ),
+                        "workers": Key(
+                            (int,),
+                            1,
+                            "Worker processes of the managed server.",
+                            minimum=1,
+                            maximum=64,
+                        ),
+                    },
+                ),
+            },
+        ),
+        "culling": Section(
+            "Stop servers nobody used for a while (jupyterhub-idle-culler), freeing their GPUs.",
+            {
+                "enabled": Key((bool,), True, "Run the idle culler as a managed service."),
+                "timeout": Key((int,), 3600, "Seconds of inactivity before a server is stopped.", minimum=60),
+                "every": Key((int,), 300, "Seconds between culler checks.", minimum=10),
+            },
+        ),
+    },
+)
+
+
+# --- load and merge --------------------------------------------------------------------
+
+
+class _SiteLoader(yaml.SafeLoader):
+    """YAML as an admin means it: duplicate keys are errors, and ``4:00:00`` is the string
+    a walltime needs, not YAML 1.1's base-60 integer 14400."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_SiteLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+for _first in "+-0123456789":
+    # First match wins, so this goes in front of the int and float resolvers.
+    _SiteLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:str", _SEXAGESIMAL)
+    )
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read the site file. Returns its top-level mapping (an empty file is ``{}``).
+
+    Raises :class:`SiteConfigError` (path: the file name) if it cannot be read, is not
+    YAML, or is not a mapping.
+    """
+    name = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SiteConfigError(name, f"cannot read the site file: {e}") from None
+    try:
+        data = yaml.load(text, Loader=_SiteLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{name}:{mark.line + 1}" if mark else name
+        if isinstance(e, yaml.constructor.ConstructorError):
+            raise SiteConfigError(where, str(e.problem)) from None
+        raise SiteConfigError(where, f"not valid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise SiteConfigError(name, f"not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SiteConfigError(
+            name, f"expected a mapping of sections (hub:, auth:, ...), got {_kind_of(data)}"
+        )
+    return data
+
+
+def defaults() -> dict:
+    """The documented defaults, as a new dictionary on every call."""
+    return _defaults_of(SCHEMA)
+
+
+def _defaults_of(section: Section) -> dict:
+    out = {}
+    for key, node in section.keys.items():
+        if isinstance(node, Section):
+            out[key] = _defaults_of(node)
+        else:
+            out[key] = copy.deepcopy(node.default)
+    return out
+
+
+def merge_defaults(site: Mapping) -> dict:
+    """``site`` with every absent key of a section filled from the defaults.
+
+    Returns a new dictionary sharing nothing with ``site`` or the schema (deep copies).
+    Values of the wrong shape and unknown keys are kept as they are for :func:`validate`
+    to report; list and mapping entries (profiles, limits.groups) are not filled.
+    """
+    return _merge(SCHEMA, site)
+
+
+def _merge(section: Section, given: object) -> object:
+    if given is None:
+        given = {}  # a section whose keys are all commented out
+    if not isinstance(given, Mapping):
+        return copy.deepcopy(given)
+    out = {key: copy.deepcopy(value) for key, value in given.items()}
+    for key, node in section.keys.items():
+        if key not in out:
+            out[key] = _defaults_of(node) if isinstance(node, Section) else copy.deepcopy(node.default)
+        elif isinstance(node, Section):
+            out[key] = _merge(node, given[key])
+    return out
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def validate(site: Mapping) -> dict:
+    """Check a site configuration (as from :func:`load`) and return it complete.
+
+    Returns a new dictionary with every default filled in (numbers of float settings as
+    float); ``site`` is not modified. Raises :class:`SiteConfigError` for the first problem.
+    """
+    if not isinstance(site, Mapping):
+        raise SiteConfigError("(top level)", f"expected a mapping, got {_kind_of(site)}")
+    config = merge_defaults(site)
+    _check_section(SCHEMA, config, "")
+    _check_hub(config["hub"])
+    _check_auth(config["auth"], config["hub"])
+    _check_policy(config)
+    _check_tracking(config["tracking"])
+    return config
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_section(section: Section, value: object, path: str) -> None:
+    """Check shape, types and ranges in place (converting ints of float settings)."""
+    if not isinstance(value, dict):
+        raise SiteConfigError(path or "(top level)", f"expected a mapping, got {_kind_of(value)}")
+    for key in value:
+        if key not in section.keys:
+            known = ", ".join(section.keys)
+            raise SiteConfigError(_join(path, key), f"unknown key; known keys here: {known}")
+    for key, node in section.keys.items():
+        where = _join(path, key)
+        if key not in value:
+            # Only inside entries (sections are filled by merge): a required key is absent.
+            if isinstance(node, Key) and node.default is REQUIRED:
+                raise SiteConfigError(where, "required")
+            continue
+        if isinstance(node, Section):
+            _check_section(node, value[key], where)
+        elif isinstance(node, Entries):
+            _check_entries(node, value[key], where)
+        else:
+            value[key] = _check_key(node, value[key], where)
+
+
+def _check_entries(node: Entries, value: object, path: str) -> None:
+    if node.keyed:
+        if not isinstance(value, dict):
+            raise SiteConfigError(path, f"expected a mapping of names, got {_kind_of(value)}")
+        for name, entry in value.items():
+            if not isinstance(name, str):
+                raise SiteConfigError(path, f"expected names as keys, got {_kind_of(name)}")
+            _check_section(node.item, {} if entry is None else entry, _join(path, name))
+            if entry is None:
+                value[name] = {}
+    else:
+        if not isinstance(value, list):
+            raise SiteConfigError(path, f"expected a list, got {_kind_of(value)}")
+        for i, entry in enumerate(value):
+            _check_section(node.item, entry, f"{path}[{i}]")
+
+
+def _check_key(key: Key, value: object, path: str) -> object:
+    if not any(_is(value, kind) for kind in key.kind):
+        wanted = " or ".join(_TYPE_NAMES[kind] for kind in key.kind)
+        raise SiteConfigError(path, f"expected {wanted}, got {_kind_of(value)}")
+    if key.items is not None:
+        for i, item in enumerate(value):
+            if not _is(item, key.items):
+                raise SiteConfigError(
+                    f"{path}[{i}]", f"expected {_TYPE_NAMES[key.items]}, got {_kind_of(item)}"
+                )
+    if key.choices and value not in key.choices:
+        raise SiteConfigError(path, f"{value!r} is not one of: {', '.join(key.choices)}")
+    if key.kind == (float,):
+        value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise SiteConfigError(path, f"expected a finite number, got {value!r}")
+        if key.minimum is not None and value < key.minimum:
+            raise SiteConfigError(path, f"{value!r} is below the minimum {key.minimum:g}")
+        if key.maximum is not None and value > key.maximum:
+            raise SiteConfigError(path, f"{value!r} is above the maximum {key.maximum:g}")
+    return value
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+def _is(value: object, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{_TYPE_NAMES.get(type(value), type(value).__name__)} {text}"
+
+
+def _check_url(value: str, path: str) -> None:
+    """An http(s) URL with a valid port (an empty host means every interface)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SiteConfigError(path, f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise SiteConfigError(path, f"{value!r} has an invalid port") from None
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False  # no host: every interface
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_hub(hub: dict) -> None:
+    _check_url(hub["bind_url"], "hub.bind_url")
+    if hub["hub_bind_url"]:
+        _check_url(hub["hub_bind_url"], "hub.hub_bind_url")
+    if not hub["data_dir"].strip():
+        raise SiteConfigError("hub.data_dir", "must not be empty")
+
+
+def _check_auth(auth: dict, hub: dict) -> None:
+    kind = auth["type"]
+    password = auth["shared_password"]
+    if kind == "shared-password":
+        host = urlsplit(hub["bind_url"]).hostname
+        if not _is_loopback(host):
+            raise SiteConfigError(
+                "auth.type",
+                f"shared-password is for demos on this machine only and is refused when "
+                f"hub.bind_url listens on {host or 'every interface'}, which is not a "
+                "loopback address (127.0.0.0/8, ::1, localhost); use pam or oauth",
+            )
+        if len(password) < SHARED_PASSWORD_MIN_LENGTH:
+            raise SiteConfigError(
+                "auth.shared_password",
+                f"needs at least {SHARED_PASSWORD_MIN_LENGTH} characters with type "
+                f"shared-password, got {len(password)}",
+            )
+    elif password:
+        # A password that is silently unused would make an admin believe it protects the hub.
+        raise SiteConfigError(
+            "auth.shared_password",
+            f"only used with type shared-password (type is {kind}); remove it",
+        )
+    if kind == "oauth":
+        oauth = auth["oauth"]
+        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+            if not oauth[key].strip():
+                raise SiteConfigError(f"auth.oauth.{key}", "required when auth.type is oauth")
+        for key in ("authorize_url", "token_url", "userdata_url", "callback_url"):
+            if oauth[key]:
+                _check_url(oauth[key], f"auth.oauth.{key}")
+        if not oauth["username_claim"].strip():
+            raise SiteConfigError("auth.oauth.username_claim", "must not be empty")
+
+
+def _check_policy(config: dict) -> None:
+    """Profiles, custom fields and limits, by the policy code the spawner itself runs."""
+    try:
+        policy = policy_from_dict(policy_config(config))
+    except PolicyError as e:
+        # policy_from_dict is given the site's own profiles/custom_fields/limits, so its
+        # field paths are site-file paths already: profiles[0].gpus, limits.groups.x.memory.
+        raise SiteConfigError(e.field, e.message) from None
+    if not policy.default_limits.partitions:
+        raise SiteConfigError("limits.default.partitions", "name at least one partition users may run in")
+    allowed = set(policy.default_limits.partitions)
+    for limits in policy.group_limits.values():
+        allowed.update(limits.partitions)
+    for i, profile in enumerate(policy.profiles):
+        if profile.partition not in allowed:
+            raise SiteConfigError(
+                f"profiles[{i}].partition",
+                f"partition {profile.partition!r} is in neither limits.default.partitions nor "
+                "any group's partitions, so nobody could use this profile",
+            )
+
+
+def _check_tracking(tracking: dict) -> None:
+    mlflow = tracking["mlflow"]
+    _check_url(mlflow["url"], "tracking.mlflow.url")
+    if not mlflow["host"].strip():
+        raise SiteConfigError("tracking.mlflow.host", "must not be empty")
+
+
+# --- application to a traitlets Config ---------------------------------------------------
+
+
+def policy_config(site: Mapping) -> dict:
+    """The part of a site configuration :func:`policy_from_dict` takes (deep copies)."""
+    return copy.deepcopy({key: site[key] for key in ("profiles", "custom_fields", "limits") if key in site})
+
+
+def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
+    """Set the traits a site configuration implies on the traitlets ``Config`` ``c``.
+
+    ``site`` is validated (and completed with defaults) first, so a partial dictionary is
+    fine. Relative paths in it are taken relative to ``config_dir`` (the site file's folder).
+    Only *sets* traits, to values that share nothing with ``site``; applying the same site
+    twice gives the same ``c``. Raises :class:`SiteConfigError` like :func:`validate`.
+    """
+    site = validate(site)
+    base = Path(config_dir)
+    hub, auth, slurm = site["hub"], site["auth"], site["slurm"]
+    data_dir = _data_dir(site, base)
+
+    c.JupyterHub.bind_url = hub["bind_url"]
+    if hub["hub_bind_url"]:
+        c.JupyterHub.hub_bind_url = hub["hub_bind_url"]
+    c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
+    # Servers are Slurm jobs: they keep running while the hub restarts and are found again.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub["spawner"]]
+
+    c.JupyterHub.authenticator_class = AUTHENTICATOR_CLASSES[auth["type"]]
+    c.Authenticator.admin_users = set(hub["admin_users"])
+    c.Authenticator.allowed_users = set(auth["allowed_users"])
+    c.Authenticator.allow_all = auth["allow_all"]
+    if auth["type"] == "shared-password":
+        c.SharedPasswordAuthenticator.user_password = auth["shared_password"]
+    elif auth["type"] == "oauth":
+        oauth = auth["oauth"]
+        generic = c.GenericOAuthenticator
+        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+            generic[key] = oauth[key]
+        generic.username_claim = oauth["username_claim"]
+        generic.scope = list(oauth["scope"])
+        if oauth["callback_url"]:
+            generic.oauth_callback_url = oauth["callback_url"]
+
+    # The hub-side poll only reads the shared squeue cache, so it can be frequent.
+    c.Spawner.poll_interval = 5
+    for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
+        c[spawner].policy_config = policy_config(site)
+        c[spawner].mlflow_tracking_uri = site["tracking"]["mlflow"]["url"]
+        c[spawner].start_timeout = slurm["start_timeout"]
+    slurm_spawner = c.WerkbankSlurmSpawner
+    slurm_spawner.slurm_conf = str(base / slurm["conf"]) if slurm["conf"] else ""
+    slurm_spawner.slurm_bin_dir = str(base / slurm["bin_dir"])
+    slurm_spawner.queue_poll_interval = slurm["poll_interval"]
+    slurm_spawner.unreachable_grace = slurm["unreachable_grace"]
+    slurm_spawner.job_prologue = slurm["job_prologue"]
+
+    services, roles = [], []
+    if site["tracking"]["mlflow"]["manage"]:
+        services.append(_mlflow_service(site["tracking"]["mlflow"], data_dir))
+    culling = site["culling"]
+    if culling["enabled"]:
+        services.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "jupyterhub_idle_culler",
+                    f"--timeout={culling['timeout']}",
+                    f"--cull-every={culling['every']}",
+                ],
+            }
+        )
+        roles.append({"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]})
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
+
+
+def state_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> list[Path]:
+    """Folders the hub and its managed services write to, for :func:`prepare_dirs`:
+    ``hub.data_dir`` and, when the hub manages MLflow with the default stores, its folder."""
+    site = validate(site)
+    data_dir = _data_dir(site, config_dir)
+    dirs = [data_dir]
+    mlflow = site["tracking"]["mlflow"]
+    if mlflow["manage"] and not (mlflow["backend_store_uri"] and mlflow["artifacts_destination"]):
+        dirs.append(_mlflow_dir(data_dir))
+    return dirs
+
+
+def prepare_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> None:
+    """Create the :func:`state_dirs` that do not exist yet, readable by their owner only
+    (JupyterHub writes its cookie secret there but does not create the folder).
+
+    Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be created.
+    """
+    for folder in state_dirs(site, config_dir=config_dir):
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
+
+
+def _data_dir(site: Mapping, config_dir: str | os.PathLike) -> Path:
+    return Path(os.path.normpath(Path(config_dir) / site["hub"]["data_dir"]))
+
+
+def _mlflow_dir(data_dir: Path) -> Path:
+    return data_dir.parent / "mlflow"
+
+
+def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
+    """The managed ``mlflow server``. No ``url``: the hub does not proxy it (yet)."""
+    state = _mlflow_dir(data_dir)
+    backend = mlflow["backend_store_uri"] or f"sqlite:///{state / 'mlflow.db'}"
+    artifacts = mlflow["artifacts_destination"] or str(state / "artifacts")
+    host, port = mlflow["host"], mlflow["port"]
+    # Host headers mlflow accepts (its DNS-rebinding guard): the bound address, the
+    # loopback names, and the address jobs are given in tracking.mlflow.url.
+    bracket = f"[{host}]" if ":" in host else host
+    allowed = [f"{bracket}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    url_host = urlsplit(mlflow["url"]).netloc.rpartition("@")[2]
+    if url_host:
+        allowed.append(url_host)
+    return {
+        "name": "mlflow",
+        "command": [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            artifacts,
+            "--serve-artifacts",
+            "--workers",
+            str(mlflow["workers"]),
+            "--allowed-hosts",
+            ",".join(dict.fromkeys(allowed)),
+        ],
+    }
+
+
+# --- the reference, as commented YAML ----------------------------------------------------
+
+
+def render_defaults() -> str:
+    """Every key with its default, under its help text as comments; loads as :func:`defaults`."""
+    lines = [
+        "# werkbank site configuration: every key with its default value.",
+        "# Generated by `werkbank-site defaults`. A site file needs only the keys it changes;",
+        "# unknown keys are errors. Check a file with `werkbank-site check FILE`.",
+    ]
+    for key, node in SCHEMA.keys.items():
+        lines.append("")
+        _render(key, node, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _comment(text: str, indent: int, lines: list[str], hang: int = 0) -> None:
+    pad = " " * indent
+    for line in textwrap.wrap(text, width=92 - indent, subsequent_indent=" " * hang):
+        lines.append(f"{pad}# {line}")
+
+
+def _render(key: str, node: Key | Section | Entries, indent: int, lines: list[str]) -> None:
+    pad = " " * indent
+    if isinstance(node, Section):
+        _comment(node.help, indent, lines)
+        lines.append(f"{pad}{key}:")
+        for sub_key, sub in node.keys.items():
+            _render(sub_key, sub, indent + 2, lines)
+    elif isinstance(node, Entries):
+        _comment(node.help, indent, lines)
+        _comment("Each entry may have:", indent, lines)
+        for item_key, item in node.item.keys.items():
+            default = item.default if isinstance(item.default, _Marker) else f"default {_flow(item.default)}"
+            _comment(f"  {item_key} ({default}): {_describe(item)}", indent, lines, hang=4)
+        lines.append(f"{pad}# For example:")
+        lines.extend(f"{pad}#   {line}" for line in node.example.splitlines())
+        lines.append(f"{pad}{key}: {_flow(node.default)}")
+    else:
+        _comment(_describe(node), indent, lines)
+        lines.append(f"{pad}{key}: {_flow(node.default)}")
+
+
+def _describe(key: Key) -> str:
+    text = key.help
+    if key.choices:
+        text += f" One of: {', '.join(key.choices)}."
+    if key.minimum is not None and key.maximum is not None:
+        text += f" From {key.minimum:g} to {key.maximum:g}."
+    elif key.minimum is not None:
+        text += f" At least {key.minimum:g}."
+    return text
+
+
+def _flow(value: object) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).strip()
+    return text.removesuffix("...").strip()
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``werkbank-site check FILE`` | ``werkbank-site defaults``. Returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="werkbank-site", description="Check werkbank's site file or print its reference."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="validate a site file without starting anything")
+    check.add_argument("file", help="the site file, e.g. hub_config/site.yaml")
+    commands.add_parser("defaults", help="print every key, its default and meaning as YAML")
+    args = parser.parse_args(argv)
+
+    if args.command == "defaults":
+        sys.stdout.write(render_defaults())
+        return 0
+    try:
+        site = validate(load(args.file))
+        apply(Config(), site, config_dir=Path(args.file).resolve().parent)
+    except SiteConfigError as e:
+        print(f"FATAL: {e}", file=sys.stderr)
+        return 1
+    if site["hub"]["spawner"] == "local":
+        print(
+            "note: hub.spawner is local: servers run as processes on the hub machine, not as Slurm jobs",
+            file=sys.stderr,
+        )
+    print(f"ok: {args.file}")
+    return 0

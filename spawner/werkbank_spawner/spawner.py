@@ -1,0 +1,474 @@
+"""WerkbankSlurmSpawner: JupyterLab as a Slurm job, with site profiles and policy.
+
+The life of a server:
+
+1. The spawn page (or ``POST /hub/api/users/{name}/server``) sends ``user_options``.
+   :func:`validate_user_options` (JupyterHub's ``apply_user_options`` hook) turns them into a
+   :class:`~werkbank_spawner.policy.JobRequest` or answers 400 with the reason; nothing
+   reaches ``sbatch`` before that.
+2. :meth:`start` renders the script from the request (:mod:`werkbank_spawner.script`),
+   submits it with an argument vector as the user (``sudo -u``), and waits until the job
+   reports its port (:mod:`werkbank_spawner.api`) or the shared queue says the job is gone.
+3. :meth:`poll` reads the shared queue (:mod:`werkbank_spawner.queue`): one ``squeue`` call
+   per interval for all servers. "Scheduler unreachable" keeps the server for
+   ``unreachable_grace`` seconds instead of dropping it.
+4. :meth:`stop` cancels the job and waits until Slurm no longer runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import sys
+import time
+from typing import ClassVar
+
+from batchspawner import SlurmSpawner
+from jupyterhub.spawner import LocalProcessSpawner
+from tornado import web
+from traitlets import Dict, Float, List, Unicode, default
+
+from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
+from .form import render_options_form
+from .policy import OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
+from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
+from .script import USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm command (or sudo in front of it) failed; ``str()`` is for the user."""
+
+
+def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
+    """JupyterHub's ``apply_user_options`` hook: validate, or answer 400 with the reason."""
+    try:
+        spawner.job_request = spawner.policy.validate(user_options or {}, spawner.user_groups)
+    except PolicyError as e:
+        raise web.HTTPError(400, f"Invalid server options: {e}") from None
+
+
+class WerkbankSlurmSpawner(SlurmSpawner):
+    """Start single-user servers as Slurm jobs chosen from the site's profiles.
+
+    Traits inherited from batchspawner that are *not* used: ``batch_script``, ``exec_prefix``,
+    ``req_*`` and the ``batch_*_cmd`` strings (commands here are argument vectors).
+    """
+
+    policy_config = Dict(
+        help="""Profiles, custom fields and limits, as in the site file's ``profiles``,
+        ``custom_fields`` and ``limits`` keys (see werkbank_spawner.policy).""",
+    ).tag(config=True)
+
+    mlflow_tracking_uri = Unicode(
+        "", help="MLflow tracking server URL given to every server as MLFLOW_TRACKING_URI."
+    ).tag(config=True)
+
+    slurm_conf = Unicode(
+        "", help="Path of slurm.conf if not the default; exported as SLURM_CONF to every command."
+    ).tag(config=True)
+
+    slurm_bin_dir = Unicode("/usr/bin", help="Directory holding sbatch, squeue, scancel, sinfo.").tag(
+        config=True
+    )
+
+    sbatch_cmd = List(Unicode(), help="Argument vector for sbatch (default: <slurm_bin_dir>/sbatch).").tag(
+        config=True
+    )
+    squeue_cmd = List(Unicode(), help="Argument vector for squeue (run as the hub user).").tag(config=True)
+    scancel_cmd = List(Unicode(), help="Argument vector for scancel (run as the job's user).").tag(
+        config=True
+    )
+    sinfo_cmd = List(Unicode(), help="Argument vector for sinfo (run as the hub user).").tag(config=True)
+
+    @default("sbatch_cmd")
+    def _sbatch_cmd_default(self):
+        return [os.path.join(self.slurm_bin_dir, "sbatch")]
+
+    @default("squeue_cmd")
+    def _squeue_cmd_default(self):
+        return [os.path.join(self.slurm_bin_dir, "squeue")]
+
+    @default("scancel_cmd")
+    def _scancel_cmd_default(self):
+        return [os.path.join(self.slurm_bin_dir, "scancel")]
+
+    @default("sinfo_cmd")
+    def _sinfo_cmd_default(self):
+        return [os.path.join(self.slurm_bin_dir, "sinfo")]
+
+    sudo_cmd = List(
+        Unicode(),
+        default_value=["sudo", "-n", "-u", "{username}"],
+        help="""Prefix that runs sbatch/scancel/mkdir as the user; ``{username}`` is replaced by
+        the (validated) user name. A hub that does not run as root needs a sudoers rule with
+        SETENV for sbatch, scancel and mkdir. Empty: run the commands as the hub user.""",
+    ).tag(config=True)
+
+    queue_poll_interval = Float(
+        2.0, help="Seconds between the shared squeue calls (one call answers for all servers)."
+    ).tag(config=True)
+
+    unreachable_grace = Float(
+        600.0,
+        help="""Seconds a server is kept while the scheduler does not answer; after that the
+        hub reports it stopped. Slurm restarts and controller fail-overs take a minute or two.""",
+    ).tag(config=True)
+
+    job_prologue = Unicode(
+        "", help="Trusted admin shell lines run in the job before Jupyter (e.g. module load)."
+    ).tag(config=True)
+
+    job_name = Unicode("werkbank-jupyter", help="Slurm job name of the servers.").tag(config=True)
+
+    job_log_dir = Unicode(
+        "{homedir}/.werkbank/logs",
+        help="Where the job's output file goes; {homedir} is the user's home directory.",
+    ).tag(config=True)
+
+    server_path = Unicode(
+        help="Directory put first on PATH in the job: where jupyterhub-singleuser lives "
+        "(default: the hub's own Python environment, which must be readable by users).",
+    ).tag(config=True)
+
+    @default("server_path")
+    def _server_path_default(self):
+        return os.path.dirname(sys.executable)
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return validate_user_options
+
+    @default("options_form")
+    def _options_form_default(self):
+        return render_options_form
+
+    @default("poll_interval")
+    def _poll_interval_default(self):
+        # Cheap: poll() reads the shared queue's cache. Keeps "job vanished" noticed in seconds.
+        return 5
+
+    # Explicit state beyond batchspawner's job_id/job_status.
+    job_request: JobRequest | None = None
+    last_end_reason: str = ""
+
+    _queues: ClassVar[dict[tuple, SlurmQueue]] = {}
+    _addresses: ClassVar[dict[tuple, NodeAddresses]] = {}
+
+    # -- configuration-derived helpers
+
+    @property
+    def policy(self) -> Policy:
+        return policy_from_dict(self.policy_config)
+
+    @property
+    def user_groups(self) -> list[str]:
+        return [g.name for g in getattr(self.user, "groups", [])]
+
+    def _slurm_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        return env
+
+    @property
+    def queue(self) -> SlurmQueue:
+        """The queue shared by every spawner with the same squeue command and interval."""
+        key = (tuple(self.squeue_cmd), self.slurm_conf, self.queue_poll_interval)
+        if key not in self._queues:
+            self._queues[key] = SlurmQueue(
+                self.squeue_cmd, env=self._slurm_env(), interval=self.queue_poll_interval
+            )
+        return self._queues[key]
+
+    @property
+    def node_addresses(self) -> NodeAddresses:
+        key = (tuple(self.sinfo_cmd), self.slurm_conf)
+        if key not in self._addresses:
+            self._addresses[key] = NodeAddresses(self.sinfo_cmd, env=self._slurm_env())
+        return self._addresses[key]
+
+    # -- form
+
+    def options_from_form(self, formdata):
+        """Form fields arrive as lists of strings; keep one value per known key.
+
+        Unknown keys are passed on so that validation rejects them by name.
+        """
+        options = {}
+        for key, values in formdata.items():
+            if key == "_xsrf":
+                continue
+            value = values[0] if isinstance(values, list) and len(values) == 1 else values
+            options[key] = value.strip() if isinstance(value, str) else value
+        return options
+
+    # -- environment
+
+    def get_env(self):
+        env = super().get_env()
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        if self.job_request is not None:
+            env["WERKBANK_PROFILE"] = self.job_request.describe()
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        return env
+
+    # -- state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.last_end_reason = state.get("last_end_reason", "")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.last_end_reason:
+            state["last_end_reason"] = self.last_end_reason
+        return state
+
+    def clear_state(self):
+        super().clear_state()
+        self.job_request = None
+        self.port = 0
+
+    # -- commands
+
+    async def _run(self, argv: list[str], *, stdin: str | None = None, env=None, timeout=60.0) -> str:
+        """Run an argument vector (no shell); return stdout or raise SlurmCommandError."""
+        self.log.debug("werkbank: running %s", argv)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=env if env is not None else self._slurm_env(),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(stdin.encode() if stdin is not None else None), timeout
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SlurmCommandError(
+                f"{os.path.basename(argv[0])} did not answer in {timeout:.0f} s"
+            ) from None
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+            raise SlurmCommandError(message)
+        return out.decode(errors="replace")
+
+    def _as_user(self, argv: list[str]) -> list[str]:
+        name = self._username()
+        return [part.replace("{username}", name) for part in self.sudo_cmd] + argv
+
+    def _username(self) -> str:
+        name = self.user.name
+        if not USERNAME.match(name):
+            raise web.HTTPError(400, f"user name {name!r} is not a valid Linux account name")
+        return name
+
+    def _job_context(self) -> JobContext:
+        name = self._username()
+        try:
+            home = pwd.getpwnam(name).pw_dir
+        except KeyError:
+            raise web.HTTPError(500, f"no Linux account {name!r} on the hub host") from None
+        return JobContext(
+            username=name,
+            homedir=home,
+            log_dir=self.job_log_dir.replace("{homedir}", home),
+            job_name=self.job_name,
+        )
+
+    def _server_command(self) -> list[str]:
+        return [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+
+    # -- the lifecycle
+
+    async def submit_batch_script(self) -> str:
+        """Render and submit the job; set and return ``self.job_id``."""
+        if self.job_request is None:  # apply_user_options did not run (e.g. overridden)
+            validate_user_options(self, self.user_options)
+        ctx = self._job_context()
+        script = render_script(
+            self.job_request,
+            ctx,
+            self._server_command(),
+            path_prefix=self.server_path,
+            prologue=self.job_prologue,
+        )
+        if not os.path.isdir(ctx.log_dir):
+            # As the user, never as root: a symlink in their home must not make root write.
+            await self._run(self._as_user(["mkdir", "-p", ctx.log_dir]))
+        env = self.get_env()
+        env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+        keep = sorted(k for k in env if k not in ("PATH", "HOME", "USER", "SHELL", "LOGNAME"))
+        argv = sbatch_argv(self.sudo_cmd, self.sbatch_cmd, ctx.username, keep)
+        self.log.info("werkbank: submitting %s for %s", self.job_request.describe(), ctx.username)
+        self.log.debug("werkbank: batch script:\n%s", script)
+        try:
+            out = await self._run(argv, stdin=script, env=env)
+        except SlurmCommandError as e:
+            raise web.HTTPError(500, f"Slurm refused the job: {e}") from None
+        self.job_id = parse_job_id(out)
+        return self.job_id
+
+    async def start(self):
+        """Submit the job and return ``(address, port)`` once the server reports its port."""
+        self.port = 0
+        self.last_end_reason = ""
+        self._port_reported = asyncio.Event()
+        await self.submit_batch_script()
+        self.queue.watch(self.job_id)
+        self.db.commit()
+        self.log.info("werkbank: job %s submitted for %s", self.job_id, self.user.name)
+        address = await self._wait_until_serving()
+        self.log.info("werkbank: job %s serves at %s:%s", self.job_id, address, self.port)
+        return address, self.port
+
+    def report_port(self, port: int) -> None:
+        """Called by the API handler when the job says where its server listens."""
+        self.port = port
+        event = getattr(self, "_port_reported", None)
+        if event is not None:
+            event.set()
+
+    async def _wait_until_serving(self) -> str:
+        """Wait for the port report; return the node's address. Raise if the job dies."""
+        while True:
+            reported = asyncio.ensure_future(self._port_reported.wait())
+            updated = asyncio.ensure_future(self.queue.wait_for_update(self.queue_poll_interval * 2))
+            await asyncio.wait({reported, updated}, return_when=asyncio.FIRST_COMPLETED)
+            reported.cancel()
+            updated.cancel()
+            if self.port:
+                info = await self.queue.refresh(self.job_id)
+                if info is not None and info.state is JobState.RUNNING and info.nodes:
+                    return await self.node_addresses.address(first_node(info.nodes))
+                await asyncio.sleep(0.2)  # reported, but Slurm does not say RUNNING yet
+            info = self.queue.get(self.job_id)
+            if info is not None and info.state is JobState.GONE:
+                self.last_end_reason = info.explain()
+                self.queue.unwatch(self.job_id)
+                log_dir = self._job_context().log_dir
+                raise RuntimeError(
+                    f"The Slurm job stopped before Jupyter started: {self.last_end_reason}. "
+                    f"Its output is in {log_dir}/jupyter-{self.job_id}.log"
+                )
+
+    async def poll(self):
+        """None while the job is pending or running (or Slurm is briefly unreachable), else 1."""
+        if not self.job_id:
+            return 0
+        self.queue.watch(self.job_id)
+        info = self.queue.get(self.job_id) or await self.queue.refresh(self.job_id)
+        if info is None or info.state in (JobState.PENDING, JobState.RUNNING):
+            return None
+        if info.state is JobState.UNREACHABLE:
+            waited = time.monotonic() - info.since
+            if waited < self.unreachable_grace:
+                self.log.warning(
+                    "werkbank: Slurm unreachable for %.0f s; keeping %s's server (job %s) for up to %.0f s",
+                    waited,
+                    self.user.name,
+                    self.job_id,
+                    self.unreachable_grace,
+                )
+                return None
+            self.last_end_reason = f"Slurm did not answer for {waited:.0f} s ({info.error})"
+        else:
+            self.last_end_reason = info.explain()
+        self.log.warning("werkbank: %s's server stopped: %s", self.user.name, self.last_end_reason)
+        self.queue.unwatch(self.job_id)
+        self.job_id = ""
+        return 1
+
+    async def stop(self, now=False):
+        """Cancel the job; unless ``now``, wait (bounded) until Slurm no longer runs it."""
+        job_id = self.job_id
+        if not job_id:
+            return
+        self.log.info("werkbank: cancelling job %s of %s", job_id, self.user.name)
+        try:
+            await self._run(self._as_user([*self.scancel_cmd, job_id]))
+        except SlurmCommandError as e:
+            self.log.error("werkbank: scancel %s failed: %s", job_id, e)
+        if not now:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                info = await self.queue.refresh(job_id)
+                if info is None or info.state is not JobState.RUNNING:
+                    break
+                await asyncio.sleep(0.5)
+        self.queue.unwatch(job_id)
+
+    async def progress(self):
+        """Messages for the spawn-pending page: job id, state, pending reason, expected start."""
+        last = None
+        while True:
+            info = self.queue.get(self.job_id) if self.job_id else None
+            message, percent = progress_message(self.job_id, info, self.port)
+            if message != last:
+                yield {"progress": percent, "message": message}
+                last = message
+            await self.queue.wait_for_update(self.queue_poll_interval * 2)
+
+
+def first_node(nodes: str) -> str:
+    """The first host of a Slurm node list; ``node[1-3]`` → ``node1`` (single-node jobs are plain)."""
+    head = nodes.split(",")[0]
+    if "[" in head:
+        prefix, _, rest = head.partition("[")
+        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def progress_message(job_id: str, info: JobInfo | None, port: int) -> tuple[str, int]:
+    if not job_id:
+        return "Submitting the Slurm job…", 10
+    if info is None:
+        return f"Slurm job {job_id} submitted", 20
+    if info.state is JobState.PENDING:
+        text = f"Slurm job {job_id} is pending"
+        if info.reason:
+            text += f" (reason: {info.reason})"
+        if info.start_time:
+            text += f"; estimated start {info.start_time}"
+        return text, 30
+    if info.state is JobState.RUNNING:
+        where = f" on {info.nodes}" if info.nodes else ""
+        if port:
+            return f"Slurm job {job_id} running{where}; Jupyter is listening on port {port}", 90
+        return f"Slurm job {job_id} running{where}; starting Jupyter…", 60
+    if info.state is JobState.UNREACHABLE:
+        return f"Slurm job {job_id}: the scheduler is not answering, retrying…", 30
+    return f"Slurm job {job_id}: {info.explain()}", 100
+
+
+class WerkbankLocalSpawner(LocalProcessSpawner):
+    """Fallback where Slurm is not available (not root, not Debian/Ubuntu): servers run as
+    local processes. Clearly labelled as such on the spawn page and in WERKBANK_PROFILE."""
+
+    LABEL = "Local process (no Slurm on this machine; demo fallback, no GPUs, no limits)"
+
+    mlflow_tracking_uri = Unicode("", help="Given to every server as MLFLOW_TRACKING_URI.").tag(config=True)
+    policy_config = Dict(help="Ignored here: there is no scheduler to apply it.").tag(config=True)
+
+    @default("options_form")
+    def _options_form_default(self):
+        return f'<p class="alert alert-warning">{self.LABEL}</p>'
+
+    def options_from_form(self, formdata):
+        return {}
+
+    def get_env(self):
+        env = super().get_env()
+        env["WERKBANK_PROFILE"] = "local: " + self.LABEL
+        if self.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        return env
+
+
+__all__ = ["OPTION_KEYS", "WerkbankLocalSpawner", "WerkbankSlurmSpawner", "validate_user_options"]

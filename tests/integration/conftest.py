@@ -1,0 +1,239 @@
+"""Real services for the integration tests, started once per test session.
+
+- ``slurm``: the single-node cluster from ``deploy/slurm-up.sh`` (munge, slurmctld, slurmd,
+  2 fake GPUs). Nothing here is mocked.
+- ``hub``: JupyterHub started from ``hub_config/jupyterhub_config.py`` with a test site file,
+  the real configurable-http-proxy and the hub-managed MLflow server.
+
+A service that does not come up fails the tests with its log; it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+VENV_BIN = Path(sys.executable).parent
+TEST_USERS = ("alice", "bob")
+HUB_PORT = 18000
+HUB_API_PORT = 18081
+MLFLOW_PORT = 15000
+SERVICE_TOKEN = "werkbank-tests-" + os.urandom(16).hex()
+
+
+def run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- Slurm
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running single-node Slurm cluster; fails (never skips) if it cannot start."""
+    result = run(str(DEPLOY / "slurm-up.sh"), check=False)
+    if result.returncode != 0:
+        pytest.fail(f"deploy/slurm-up.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    for user in TEST_USERS:
+        run(str(DEPLOY / "users.sh"), user)
+    yield
+    run("scancel", "--name=werkbank-jupyter", check=False)
+
+
+def squeue(*args) -> str:
+    return run("squeue", "--noheader", *args).stdout
+
+
+def job_field(job_id: str, key: str) -> str:
+    """A ``Key=Value`` field from ``scontrol show job``."""
+    out = run("scontrol", "show", "job", job_id).stdout
+    for token in out.split():
+        if token.startswith(key + "="):
+            return token.split("=", 1)[1]
+    raise KeyError(key)
+
+
+# --------------------------------------------------------------------------- JupyterHub
+
+
+def test_site(data_dir: Path) -> dict:
+    """The demo site with test ports and a private data directory."""
+    site = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
+    site["hub"].update(
+        bind_url=f"http://127.0.0.1:{HUB_PORT}",
+        hub_bind_url=f"http://127.0.0.1:{HUB_API_PORT}",
+        data_dir=str(data_dir / "hub"),
+        admin_users=[],
+    )
+    site["auth"].update(allowed_users=[*TEST_USERS])
+    site["slurm"] = dict(site.get("slurm") or {}, poll_interval=2.0, unreachable_grace=600)
+    mlflow = site.setdefault("tracking", {}).setdefault("mlflow", {})
+    mlflow.update(
+        manage=True,
+        port=MLFLOW_PORT,
+        url=f"http://127.0.0.1:{MLFLOW_PORT}",
+        backend_store_uri=f"sqlite:///{data_dir}/mlflow/mlflow.db",
+        artifacts_destination=str(data_dir / "mlflow" / "artifacts"),
+    )
+    site["culling"] = {"enabled": False}
+    return site
+
+
+# The test-only part of the hub config, through the documented escape hatch: a service
+# token with admin rights for the tests to drive the REST API.
+TEST_HUB_EXTRA = f"""
+c.JupyterHub.services = list(c.JupyterHub.services) + [
+    {{"name": "werkbank-tests", "api_token": {SERVICE_TOKEN!r}}}
+]
+c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
+    {{"name": "werkbank-tests", "services": ["werkbank-tests"],
+      "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens", "list:users", "read:users"]}}
+]
+"""
+
+
+@dataclass
+class Hub:
+    """A JupyterHub process we started; restartable in place."""
+
+    workdir: Path
+    env: dict
+    proc: subprocess.Popen | None = None
+    user_tokens: dict = field(default_factory=dict)
+    log_path: Path = None
+
+    url = f"http://127.0.0.1:{HUB_PORT}"
+
+    def start(self):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.workdir / "jupyterhub_config.py")],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"JupyterHub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/hub/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"JupyterHub did not answer within 90 s:\n{self.log_tail()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # -- REST API
+
+    def api(self, method: str, path: str, token: str = SERVICE_TOKEN, **kw) -> httpx.Response:
+        return httpx.request(
+            method, f"{self.url}/hub/api{path}", headers={"Authorization": f"token {token}"}, timeout=30, **kw
+        )
+
+    def token_for(self, user: str) -> str:
+        if user not in self.user_tokens:
+            r = self.api("POST", f"/users/{user}/tokens", json={"note": "werkbank tests", "expires_in": 3600})
+            assert r.status_code == 201, r.text
+            self.user_tokens[user] = r.json()["token"]
+        return self.user_tokens[user]
+
+    def user_model(self, user: str) -> dict:
+        r = self.api("GET", f"/users/{user}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def server(self, user: str) -> dict | None:
+        return self.user_model(user).get("servers", {}).get("")
+
+    def spawn(self, user: str, options: dict) -> httpx.Response:
+        return self.api("POST", f"/users/{user}/server", json=options)
+
+    def wait_ready(self, user: str, timeout: float = 90) -> dict:
+        def ready():
+            server = self.server(user)
+            return server if server and server.get("ready") else None
+
+        try:
+            return wait_for(ready, timeout, f"{user}'s server to be ready")
+        except AssertionError:
+            raise AssertionError(f"{user}'s server not ready:\n{self.log_tail()}") from None
+
+    def stop_server(self, user: str, timeout: float = 60):
+        r = self.api("DELETE", f"/users/{user}/server")
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: self.server(user) is None, timeout, f"{user}'s server to stop")
+
+    def job_id(self, user: str) -> str:
+        r = self.api("GET", f"/users/{user}?include_stopped_servers=1")
+        state = r.json()["servers"][""].get("state") or {}
+        return state.get("job_id", "")
+
+
+@pytest.fixture(scope="session")
+def hub(slurm, tmp_path_factory):
+    """JupyterHub running the werkbank config against the real Slurm cluster."""
+    if shutil.which("configurable-http-proxy") is None:
+        pytest.fail("configurable-http-proxy is not installed (deploy/install.sh installs it)")
+    workdir = tmp_path_factory.mktemp("hub")
+    os.chmod(workdir, 0o755)
+    data_dir = workdir / "data"
+    (data_dir / "mlflow").mkdir(parents=True)
+    shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", workdir / "jupyterhub_config.py")
+    (workdir / "jupyterhub_config.d").mkdir()
+    (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)
+    (workdir / "site.yaml").write_text(yaml.safe_dump(test_site(data_dir)))
+    env = dict(os.environ, WERKBANK_SITE_CONFIG=str(workdir / "site.yaml"), WERKBANK_SPAWNER="slurm")
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    hub = Hub(workdir=workdir, env=env, log_path=workdir / "jupyterhub.log")
+    hub.start()
+    yield hub
+    for user in TEST_USERS:
+        hub.api("DELETE", f"/users/{user}/server")
+    hub.stop()
+    run("scancel", "--name=werkbank-jupyter", check=False)

@@ -1,0 +1,240 @@
+"""End to end: JupyterHub → werkbank spawner → real Slurm jobs running as the users."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import re
+import subprocess
+import time
+from contextlib import closing
+
+import httpx
+import pytest
+
+from .conftest import DEPLOY, Hub, job_field, run, squeue, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def job_environ(job_id: str) -> dict[str, str]:
+    """The environment of the Jupyter process inside the job (read from /proc as root)."""
+    out = run("scontrol", "listpids", job_id).stdout
+    env = {}
+    for line in out.splitlines()[1:]:
+        pid = line.split()[0]
+        try:
+            raw = open(f"/proc/{pid}/environ", "rb").read()
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"jupyterhub-singleuser" in cmdline:
+            env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    assert env, f"no jupyterhub-singleuser process in job {job_id}"
+    return env
+
+
+def job_user(job_id: str) -> str:
+    return squeue("--jobs", job_id, "--format=%u").strip()
+
+
+def through_proxy(hub: Hub, user: str, token: str) -> httpx.Response:
+    return httpx.get(
+        f"{hub.url}/user/{user}/api/status", headers={"Authorization": f"token {token}"}, timeout=10
+    )
+
+
+def test_two_users_get_their_own_jobs(hub):
+    assert hub.spawn("alice", {"profile": "gpu1", "walltime": "1h"}).status_code in (201, 202)
+    assert hub.spawn("bob", {"profile": "cpu"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    hub.wait_ready("bob")
+    alice_job, bob_job = hub.job_id("alice"), hub.job_id("bob")
+    assert alice_job and bob_job and alice_job != bob_job
+
+    # Each job belongs to its own Linux account and got what the profile asked for.
+    assert job_user(alice_job) == "alice"
+    assert job_user(bob_job) == "bob"
+    assert job_field(alice_job, "TresPerNode") == "gres:gpu:1"
+    with pytest.raises(KeyError):
+        job_field(bob_job, "TresPerNode")
+    assert job_field(alice_job, "Partition") == "gpu"
+    assert job_field(alice_job, "TimeLimit") == "01:00:00"
+
+    alice_env = job_environ(alice_job)
+    assert alice_env["USER"] == "alice"
+    assert alice_env["CUDA_VISIBLE_DEVICES"] in ("0", "1")
+    assert alice_env["SLURM_JOB_GPUS"] in ("0", "1")
+    assert alice_env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+    assert alice_env["WERKBANK_PROFILE"].startswith("gpu1: 1 GPU · 4 cores · 16 GB · 1 h")
+    assert "CUDA_VISIBLE_DEVICES" not in job_environ(bob_job)
+    for pid_line in run("scontrol", "listpids", alice_job).stdout.splitlines()[1:]:
+        pid = pid_line.split()[0]
+        try:
+            uid = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[0]
+        except OSError:
+            continue
+        assert int(uid) == pwd.getpwnam("alice").pw_uid
+
+    # Reached through the proxy with the owner's token; the other user's token is refused.
+    alice_token, bob_token = hub.token_for("alice"), hub.token_for("bob")
+    r = through_proxy(hub, "alice", alice_token)
+    assert r.status_code == 200, r.text
+    assert "kernels" in r.json()
+    assert through_proxy(hub, "bob", bob_token).status_code == 200
+    assert through_proxy(hub, "alice", bob_token).status_code in (403, 404)
+    assert through_proxy(hub, "bob", alice_token).status_code in (403, 404)
+
+    # Stop → scancel → the jobs are gone from the queue.
+    hub.stop_server("alice")
+    hub.stop_server("bob")
+    wait_for(
+        lambda: alice_job not in squeue("--states=PD,R,CG", "--format=%i").split(), 15, "alice's job to leave"
+    )
+    wait_for(
+        lambda: bob_job not in squeue("--states=PD,R,CG", "--format=%i").split(), 15, "bob's job to leave"
+    )
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"profile": "nope"}, "unknown profile"),
+        ({"profile": "gpu1", "gpus": 5}, "5 GPUs requested, your limit is 2"),
+        ({"profile": "cpu", "gpus": -1}, "gpus"),
+        ({"profile": "cpu", "walltime": "99:00:00"}, "walltime"),
+        ({"profile": "cpu", "memory": "12Q"}, "size like 16G"),
+        ({"profile": "cpu", "partition": "gpu\n#SBATCH --gres=gpu:8"}, "not a valid name"),
+        ({"profile": "cpu", "account": "somebody-else"}, "account"),
+        ({"profile": "cpu", "cmd": "/bin/sh -c 'id'"}, "unknown option"),
+    ],
+)
+def test_invalid_options_are_refused_before_sbatch(hub, options, words):
+    jobs_before = squeue("--states=all", "--user=alice", "--format=%i")
+    r = hub.spawn("alice", options)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["message"]
+    assert hub.server("alice") is None
+    assert squeue("--states=all", "--user=alice", "--format=%i") == jobs_before
+
+
+def login(hub: Hub, user: str) -> httpx.Client:
+    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
+    client.get("/hub/login")
+    r = client.post(
+        "/hub/login",
+        data={"username": user, "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
+    )
+    assert r.status_code == 200, r.text[:500]
+    return client
+
+
+def test_spawn_page_lists_profiles_and_shows_errors(hub):
+    with closing(login(hub, "bob")) as client:
+        page = client.get("/hub/spawn")
+        assert page.status_code == 200
+        for label in ("CPU · 1 core · 2 GB · 1 h", "1 GPU · 4 cores · 16 GB · 4 h", "Full node"):
+            assert label in page.text
+        jobs_before = squeue("--states=all", "--user=bob", "--format=%i")
+        r = client.post(
+            "/hub/spawn",
+            data={"profile": "cpu", "gpus": "7", "_xsrf": client.cookies.get("_xsrf", "")},
+        )
+        assert "7 GPUs requested, your limit is 2" in r.text
+        assert squeue("--states=all", "--user=bob", "--format=%i") == jobs_before
+
+
+def progress_messages(hub: Hub, user: str, until: str, timeout: float = 30) -> list[str]:
+    """Read the progress event stream until a message matches ``until``."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    with httpx.stream(
+        "GET",
+        f"{hub.url}/hub/api/users/{user}/server/progress",
+        headers={"Authorization": f"token {hub.token_for(user)}"},
+        timeout=timeout,
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if re.search(until, messages[-1]) or event.get("ready") or event.get("failed"):
+                    break
+            if time.monotonic() > deadline:
+                break
+    return messages
+
+
+def test_pending_job_shows_reason_then_starts(hub):
+    # Hold both GPUs with a job of root's so the user's GPU job has to wait.
+    blocker = run(
+        "sbatch", "--parsable", "--partition=gpu", "--gres=gpu:2", "--output=/dev/null", "--wrap=sleep 300"
+    ).stdout.strip()
+    try:
+        wait_for(lambda: "RUNNING" in squeue("--jobs", blocker, "--format=%T"), 20, "the blocker job to run")
+        assert hub.spawn("alice", {"profile": "gpu1", "walltime": "1h"}).status_code == 202
+        messages = progress_messages(hub, "alice", r"pending \(reason: \w+\)")
+        pending = [m for m in messages if "pending" in m]
+        assert pending, messages
+        job_id = hub.job_id("alice")
+        assert f"Slurm job {job_id} is pending (reason: " in pending[-1]
+        assert re.search(r"reason: (Resources|Priority)", pending[-1])
+    finally:
+        run("scancel", blocker, check=False)
+    hub.wait_ready("alice")
+    messages = progress_messages(hub, "alice", "running")
+    hub.stop_server("alice")
+
+
+def test_cancelled_job_is_noticed_with_reason(hub):
+    hub.spawn("bob", {"profile": "cpu"})
+    hub.wait_ready("bob")
+    job_id = hub.job_id("bob")
+    started = time.monotonic()
+    run("scancel", job_id)
+    wait_for(lambda: hub.server("bob") is None, 12, "the hub to notice the cancelled job")
+    noticed = time.monotonic() - started
+    assert noticed < 10, noticed  # two poll intervals (5 s)
+    with closing(login(hub, "bob")) as client:
+        page = client.get("/hub/spawn")
+        assert f"job {job_id} ended: CANCELLED" in page.text
+
+
+def test_hub_restart_keeps_running_servers(hub):
+    hub.spawn("alice", {"profile": "cpu"})
+    hub.wait_ready("alice")
+    job_id = hub.job_id("alice")
+    hub.restart()
+    token = hub.token_for("alice")
+    r = wait_for(
+        lambda: (r := through_proxy(hub, "alice", token)).status_code == 200 and r, 30, "the server again"
+    )
+    assert r.status_code == 200
+    assert hub.job_id("alice") == job_id
+    hub.stop_server("alice")
+
+
+@pytest.mark.slow
+def test_scheduler_outage_keeps_the_server(hub):
+    hub.spawn("bob", {"profile": "cpu"})
+    hub.wait_ready("bob")
+    job_id = hub.job_id("bob")
+    token = hub.token_for("bob")
+    run("pkill", "-x", "slurmctld")
+    try:
+        wait_for(
+            lambda: subprocess.run(["pgrep", "-x", "slurmctld"]).returncode != 0, 20, "slurmctld to stop"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert hub.server("bob") is not None, "the hub dropped the server while Slurm was down"
+            assert through_proxy(hub, "bob", token).status_code == 200
+            time.sleep(5)
+        assert "Slurm unreachable" in hub.log_text()
+    finally:
+        up = run(str(DEPLOY / "slurm-up.sh"), check=False)
+        assert up.returncode == 0, up.stderr
+    time.sleep(4)  # one more queue refresh and hub poll with Slurm back
+    assert hub.server("bob") is not None
+    assert hub.job_id("bob") == job_id
+    hub.stop_server("bob")

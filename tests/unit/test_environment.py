@@ -1,0 +1,61 @@
+"""environment.yml (conda sites) and the pip requirements must name the same pins.
+
+conda cannot be installed on the CI machines, so this is the check that keeps both honest.
+"""
+
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# conda-forge names that differ from the PyPI names.
+CONDA_TO_PIP = {"pytorch": "torch"}
+# conda-only entries (no pip counterpart): the interpreter, Node and the proxy, pip itself.
+CONDA_ONLY = {"python", "nodejs", "configurable-http-proxy", "pip"}
+
+
+def pip_pins() -> dict[str, str]:
+    pins = {}
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (REPO / name).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", line)
+                assert m, f"{name}: {line!r} is not pinned with =="
+                pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def conda_pins() -> dict[str, str]:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pins = {}
+    for dep in env["dependencies"]:
+        if not isinstance(dep, str):
+            continue
+        # name==version, or name=version=build (a single '=' alone would match any 2.13.0*)
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:==([^=\s]+)|=([^=\s]+)=(\S+))?", dep.strip())
+        assert m, f"environment.yml: cannot read {dep!r}"
+        name = m.group(1).lower()
+        if name in CONDA_ONLY:
+            continue
+        version = m.group(2) or m.group(3)
+        assert version, f"environment.yml: {name} is not pinned"
+        pins[CONDA_TO_PIP.get(name, name)] = version
+    return pins
+
+
+def test_conda_and_pip_pin_the_same_packages_and_versions():
+    assert conda_pins() == pip_pins()
+
+
+def test_required_pins():
+    pins = pip_pins()
+    assert pins["torch"] == "2.13.0"  # the CPU wheel on disk; unpinned pulls a CUDA build
+    assert pins["mlflow"] == "3.17.2"  # 3.18's mlflow-skinny is not served
+
+
+def test_conda_env_installs_the_spawner_package():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ./spawner" in pip_section

@@ -1,0 +1,162 @@
+"""Batch script rendering, and a property-based attack on the whole options → script path."""
+
+import re
+import shlex
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from werkbank_spawner.policy import JobRequest, PolicyError, policy_from_dict
+from werkbank_spawner.script import (
+    JobContext,
+    ScriptError,
+    parse_job_id,
+    render_script,
+    sbatch_argv,
+)
+
+from .test_policy import SITE
+
+CTX = JobContext(username="alice", homedir="/home/alice", log_dir="/home/alice/.werkbank/logs")
+CMD = ["batchspawner-singleuser", "jupyterhub-singleuser"]
+
+
+def directives(script: str) -> dict[str, str]:
+    return dict(
+        re.match(r"#SBATCH --([a-z-]+)=(.*)", line).groups()
+        for line in script.splitlines()
+        if line.startswith("#SBATCH")
+    )
+
+
+def test_gpu_request_renders_all_directives():
+    request = JobRequest("gpu1", "gpu", cpus=4, memory_mb=16384, walltime_min=240, gpus=1, account="demo")
+    d = directives(render_script(request, CTX, CMD))
+    assert d == {
+        "job-name": "werkbank-jupyter",
+        "partition": "gpu",
+        "cpus-per-task": "4",
+        "mem": "16384M",
+        "time": "04:00:00",
+        "output": "/home/alice/.werkbank/logs/jupyter-%j.log",
+        "chdir": "/home/alice",
+        "account": "demo",
+        "gres": "gpu:1",
+    }
+
+
+def test_cpu_request_has_no_gres_or_account():
+    d = directives(render_script(JobRequest("cpu", "cpu", 1, 2048, 60), CTX, CMD))
+    assert "gres" not in d and "account" not in d
+
+
+def test_command_and_path_are_quoted():
+    script = render_script(
+        JobRequest("cpu", "cpu", 1, 2048, 60),
+        CTX,
+        [*CMD, "--NotebookApp.default_url=/lab; rm -rf ~"],
+        path_prefix="/opt/my venv/bin",
+    )
+    assert "export PATH='/opt/my venv/bin':\"$PATH\"" in script
+    last = script.strip().splitlines()[-1]
+    assert shlex.split(last) == [*CMD, "--NotebookApp.default_url=/lab; rm -rf ~"]
+
+
+def test_prologue_is_included_before_the_command():
+    script = render_script(JobRequest("cpu", "cpu", 1, 2048, 60), CTX, CMD, prologue="module load cuda")
+    assert script.index("module load cuda") < script.index("batchspawner-singleuser")
+
+
+@pytest.mark.parametrize(
+    "request_, ctx",
+    [
+        (JobRequest("x", "gpu\n#SBATCH --gres=gpu:8", 1, 1, 1), CTX),
+        (JobRequest("x", "cpu", 1, 1, 1, account="a;b"), CTX),
+        (JobRequest("x", "cpu", 1, 1, 1), JobContext("alice", "/home/a lice", "/tmp")),
+        (JobRequest("x", "cpu", 1, 1, 1), JobContext("Alice; id", "/home/alice", "/tmp")),
+    ],
+)
+def test_renderer_refuses_unsafe_values_even_if_policy_was_bypassed(request_, ctx):
+    with pytest.raises(ScriptError):
+        render_script(request_, ctx, CMD)
+
+
+def test_sbatch_argv_preserves_env_by_name_only():
+    argv = sbatch_argv(
+        ["sudo", "-n", "-u", "{username}"], ["/usr/bin/sbatch"], "alice", ["JUPYTERHUB_API_TOKEN"]
+    )
+    assert argv == [
+        "sudo",
+        "--preserve-env=JUPYTERHUB_API_TOKEN",
+        "-n",
+        "-u",
+        "alice",
+        "/usr/bin/sbatch",
+        "--parsable",
+    ]
+    with pytest.raises(ScriptError):
+        sbatch_argv(["sudo", "-u", "{username}"], ["sbatch"], "root -s", [])
+
+
+def test_parse_job_id():
+    assert parse_job_id("123\n") == "123"
+    assert parse_job_id("warning: something\n456;cluster\n") == "456"
+    with pytest.raises(ValueError):
+        parse_job_id("sbatch: error: Batch job submission failed")
+
+
+# --- property-based: hostile strings through validation and rendering -------------------
+
+HOSTILE = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(
+        [
+            "gpu\n#SBATCH --gres=gpu:8",
+            "cpu --account=other",
+            "$(id)",
+            "`reboot`",
+            "a;rm -rf /",
+            "cpu'\"",
+            "ｇｐｕ",
+            "gpu\u2028#SBATCH",
+            "1e9",
+            "9" * 40,
+            "-1",
+            "1; scancel -u alice",
+            "04:00:00\n#SBATCH --partition=reserved",
+            "../../etc/passwd",
+        ]
+    ),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.booleans(),
+    st.none(),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.floats(allow_nan=True),
+)
+KEYS = st.sampled_from(
+    ["profile", "gpus", "cpus", "memory", "walltime", "partition", "account", "cmd", "options"]
+)
+SAFE_LINE = re.compile(r"#SBATCH --[a-z-]+=[A-Za-z0-9_.:/%=,+@-]+\Z")
+POLICY = policy_from_dict(SITE)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, HOSTILE, max_size=5))
+def test_no_hostile_input_reaches_the_script(options):
+    try:
+        request = POLICY.validate(options)
+    except PolicyError:
+        return  # rejected with a message: fine
+    script = render_script(request, CTX, CMD)
+    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert all(SAFE_LINE.match(line) for line in header), header
+    d = directives(script)
+    # Whatever was accepted stays inside the default limits and allow-lists.
+    assert d["partition"] in ("cpu", "gpu")
+    assert d.get("account", "demo") == "demo"
+    assert int(d.get("gres", "gpu:0").split(":")[1]) <= 2
+    assert 1 <= int(d["cpus-per-task"]) <= 16
+    assert int(d["mem"].rstrip("M")) <= 64 * 1024
+    # Only the lines we render: header, fixed preamble and the one command line.
+    assert script.count("\n#SBATCH") == len(header)
+    assert "\n" not in script.rstrip("\n").splitlines()[-1]

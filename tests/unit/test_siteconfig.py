@@ -1,0 +1,699 @@
+"""The site file: schema, loading, validation, application to a Config, CLI, hub config."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from traitlets.config import Config
+from werkbank_spawner import siteconfig
+from werkbank_spawner.policy import policy_from_dict
+from werkbank_spawner.siteconfig import SiteConfigError, apply, load, main, validate
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SITE = REPO / "hub_config" / "site.yaml"
+HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
+
+
+def minimal() -> dict:
+    """The smallest valid site: one profile in one allowed partition."""
+    return {
+        "profiles": [{"name": "cpu", "partition": "cpu"}],
+        "limits": {"default": {"partitions": ["cpu"]}},
+    }
+
+
+def with_value(site: dict, path: str, value: object) -> dict:
+    """A copy of ``site`` with the key at ``path`` (``a.b``, ``profiles[0].gpus``) set."""
+    site = copy.deepcopy(site)
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    node = site
+    for part in parts[:-1]:
+        if isinstance(part, str):
+            node = node.setdefault(part, {})
+        else:
+            node = node[part]
+    node[parts[-1]] = value
+    return site
+
+
+def error_of(site: object) -> SiteConfigError:
+    with pytest.raises(SiteConfigError) as info:
+        validate(site)
+    return info.value
+
+
+# --- the demo site and defaults ----------------------------------------------------------
+
+
+def test_demo_site_validates():
+    site = validate(load(DEMO_SITE))
+    assert site["auth"]["type"] == "shared-password"
+    assert site["auth"]["allowed_users"] == ["demo"]
+    assert [p["name"] for p in site["profiles"]] == ["cpu", "gpu1", "fullnode"]
+    assert site["limits"]["groups"]["workshop"] == {"gpus": 1, "walltime": "2h"}
+    policy = policy_from_dict(siteconfig.policy_config(site))
+    assert policy.limits_for(["workshop"]).gpus == 1
+    assert policy.limits_for([]).memory_mb == 64 * 1024
+
+
+def test_missing_keys_take_their_defaults():
+    site = validate(minimal())
+    assert site["hub"]["bind_url"] == "http://127.0.0.1:8000"
+    assert site["hub"]["spawner"] == "slurm"
+    assert site["auth"]["oauth"]["scope"] == ["openid", "profile"]
+    assert site["slurm"]["poll_interval"] == 2.0
+    assert site["tracking"]["mlflow"]["manage"] is True
+    assert site["culling"] == {"enabled": True, "timeout": 3600, "every": 300}
+    assert site["limits"]["default"]["gpus"] == 0
+    assert site["limits"]["groups"] == {}
+    assert set(site) == set(siteconfig.SCHEMA.keys)
+
+
+def test_a_section_with_every_key_commented_out_is_the_defaults():
+    site = validate({**minimal(), "hub": None})
+    assert site["hub"] == siteconfig.defaults()["hub"]
+
+
+def test_validate_and_merge_never_mutate_defaults_or_input():
+    before = siteconfig.defaults()
+    given = minimal()
+    given_copy = copy.deepcopy(given)
+    first = validate(given)
+    # Mutate everything the result holds that is mutable.
+    first["hub"]["admin_users"].append("mallory")
+    first["auth"]["oauth"]["scope"].append("email")
+    first["limits"]["default"]["partitions"].append("gpu")
+    first["profiles"][0]["gpus"] = 8
+    merged = siteconfig.merge_defaults(given)
+    merged["custom_fields"].append("gpus")
+    second = validate(given)
+    assert second["hub"]["admin_users"] == []
+    assert second["auth"]["oauth"]["scope"] == ["openid", "profile"]
+    assert second["limits"]["default"]["partitions"] == ["cpu"]
+    assert second["custom_fields"] == []
+    assert "gpus" not in second["profiles"][0]
+    assert siteconfig.defaults() == before
+    assert given == given_copy
+    scope_key = siteconfig.SCHEMA.keys["auth"].keys["oauth"].keys["scope"]
+    assert scope_key.default == ["openid", "profile"]
+
+
+def test_int_for_a_float_setting_is_converted():
+    site = validate(with_value(minimal(), "slurm.poll_interval", 3))
+    assert site["slurm"]["poll_interval"] == 3.0
+    assert isinstance(site["slurm"]["poll_interval"], float)
+
+
+def test_documented_profile_defaults_are_the_policys():
+    item = siteconfig.SCHEMA.keys["profiles"].item
+    documented = {
+        key: key_schema.default
+        for key, key_schema in item.keys.items()
+        if key_schema.default is not siteconfig.REQUIRED
+    }
+    bare = minimal()
+    explicit = with_value(bare, "profiles[0]", {**bare["profiles"][0], **documented})
+    assert policy_from_dict(explicit) == policy_from_dict(bare)
+
+
+def test_documented_default_limits_are_the_policys():
+    filled = policy_from_dict(siteconfig.policy_config(validate(minimal())))
+    bare = policy_from_dict(minimal())
+    assert filled == bare
+
+
+# --- unknown keys and types ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "hubb",
+        "hub.bindurl",
+        "auth.oauth.clientid",
+        "tracking.mlflow.prot",
+        "profiles[0].gpu",
+        "limits.default.gpu",
+        "limits.groups.workshop.walltim",
+    ],
+)
+def test_unknown_key_is_an_error_naming_its_path(path):
+    error = error_of(with_value(minimal(), path, 1))
+    assert error.path == path
+    assert "unknown key" in error.message
+    assert str(error).startswith(f"{path}: unknown key")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("hub", [], "expected a mapping"),
+        ("hub.bind_url", 8000, "expected a string"),
+        ("hub.admin_users", "alice", "expected a list"),
+        ("hub.admin_users", ["alice", 7], "expected a string"),
+        ("hub.spawner", "kubernetes", "not one of: slurm, local"),
+        ("auth.allow_all", "yes please", "expected true or false"),
+        ("auth.type", "ldap", "not one of"),
+        ("slurm.poll_interval", "fast", "expected a number"),
+        ("slurm.poll_interval", True, "expected a number"),
+        ("slurm.poll_interval", 0.1, "below the minimum 0.5"),
+        ("slurm.poll_interval", float("nan"), "finite"),
+        ("slurm.start_timeout", 1.5, "expected a whole number"),
+        ("tracking.mlflow.port", 70000, "above the maximum 65535"),
+        ("culling.timeout", 10, "below the minimum"),
+        ("profiles", {"name": "cpu"}, "expected a list"),
+        ("profiles[0]", "cpu", "expected a mapping"),
+        ("profiles[0].groups", "staff", "expected a list"),
+        ("limits.groups", ["workshop"], "expected a mapping of names"),
+    ],
+)
+def test_wrong_type_is_an_error_naming_its_path(path, value, message):
+    error = error_of(with_value(minimal(), path, value))
+    expected_path = "hub.admin_users[1]" if value == ["alice", 7] else path
+    assert error.path == expected_path
+    assert message in error.message
+
+
+def test_site_that_is_not_a_mapping_is_an_error():
+    assert error_of(["hub"]).path == "(top level)"
+
+
+def test_a_required_profile_key_is_reported():
+    error = error_of(with_value(minimal(), "profiles[0]", {"name": "cpu"}))
+    assert (error.path, error.message) == ("profiles[0].partition", "required")
+
+
+# --- profiles, custom fields, limits (through the policy) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("profiles[0].gpus", -1),
+        ("profiles[0].memory", "12Q"),
+        ("profiles[0].partition", "gpu nodes"),
+        ("profiles[0].walltime", "forever"),
+        ("profiles[0].name", "CPU Large"),
+        ("limits.default.memory", "lots"),
+        ("limits.groups.workshop.gpus", "one"),
+        ("custom_fields", ["gpus", "colour"]),
+    ],
+)
+def test_bad_policy_value_is_reported_at_its_site_path(path, value):
+    error = error_of(with_value(minimal(), path, value))
+    assert error.path == path
+
+
+def test_second_profile_error_names_its_index():
+    site = minimal()
+    site["profiles"].append({"name": "gpu", "partition": "cpu", "gpus": "x"})
+    assert error_of(site).path == "profiles[1].gpus"
+
+
+def test_duplicate_profile_names_are_refused():
+    site = minimal()
+    site["profiles"].append({"name": "cpu", "partition": "cpu"})
+    error = error_of(site)
+    assert error.path == "profiles"
+    assert "twice" in error.message
+
+
+def test_no_profiles_are_refused():
+    assert error_of(with_value(minimal(), "profiles", [])).path == "profiles"
+
+
+def test_default_partitions_must_not_be_empty():
+    site = with_value(minimal(), "limits.default.partitions", [])
+    site["limits"]["groups"] = {"staff": {"partitions": ["cpu"]}}
+    assert error_of(site).path == "limits.default.partitions"
+
+
+def test_profile_partition_must_be_allowed_somewhere():
+    site = minimal()
+    site["profiles"].append({"name": "gpu", "partition": "gpu"})
+    error = error_of(site)
+    assert error.path == "profiles[1].partition"
+    assert "'gpu'" in error.message
+
+
+def test_profile_partition_allowed_by_a_group_only_is_fine():
+    site = minimal()
+    site["profiles"].append({"name": "gpu", "partition": "gpu", "groups": ["gpu-users"]})
+    site["limits"]["groups"] = {"gpu-users": {"partitions": ["cpu", "gpu"], "gpus": 1}}
+    validate(site)
+
+
+def test_a_group_with_no_keys_inherits_everything():
+    site = with_value(minimal(), "limits.groups", {"staff": None})
+    assert validate(site)["limits"]["groups"] == {"staff": {}}
+
+
+# --- authentication ------------------------------------------------------------------------
+
+
+def shared(bind_url: str, password: str = "werkbank-demo") -> dict:
+    site = with_value(minimal(), "auth", {"type": "shared-password", "shared_password": password})
+    return with_value(site, "hub.bind_url", bind_url)
+
+
+@pytest.mark.parametrize(
+    "bind_url",
+    ["http://0.0.0.0:8000", "http://:8000", "https://hub.example.org", "http://10.0.0.5:8000"],
+)
+def test_shared_password_is_refused_beyond_loopback(bind_url):
+    error = error_of(shared(bind_url))
+    assert error.path == "auth.type"
+    assert "loopback" in error.message
+
+
+@pytest.mark.parametrize(
+    "bind_url", ["http://127.0.0.1:8000", "http://127.0.0.2:8000", "http://localhost:8000/x/"]
+)
+def test_shared_password_is_allowed_on_loopback(bind_url):
+    assert validate(shared(bind_url))["auth"]["shared_password"] == "werkbank-demo"
+
+
+def test_shared_password_on_ipv6_loopback():
+    validate(shared("http://[::1]:8000"))
+
+
+def test_short_shared_password_is_refused():
+    error = error_of(shared("http://127.0.0.1:8000", password="short"))
+    assert error.path == "auth.shared_password"
+    assert "at least 8" in error.message
+
+
+def test_unused_shared_password_is_refused():
+    site = with_value(minimal(), "auth.shared_password", "werkbank-demo")
+    error = error_of(site)
+    assert error.path == "auth.shared_password"
+    assert "type is pam" in error.message
+
+
+OAUTH = {
+    "client_id": "werkbank",
+    "client_secret": "s3cret",
+    "authorize_url": "https://idp.example.org/auth",
+    "token_url": "https://idp.example.org/token",
+    "userdata_url": "https://idp.example.org/userinfo",
+}
+
+
+def test_oauth_without_client_id_is_refused():
+    oauth = {k: v for k, v in OAUTH.items() if k != "client_id"}
+    site = with_value(minimal(), "auth", {"type": "oauth", "oauth": oauth})
+    error = error_of(site)
+    assert error.path == "auth.oauth.client_id"
+    assert "required" in error.message
+
+
+def test_oauth_url_must_be_a_url():
+    oauth = {**OAUTH, "token_url": "idp.example.org/token"}
+    site = with_value(minimal(), "auth", {"type": "oauth", "oauth": oauth})
+    assert error_of(site).path == "auth.oauth.token_url"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("hub.bind_url", "127.0.0.1:8000"),
+        ("hub.hub_bind_url", "http://x:port"),
+        ("tracking.mlflow.url", "mlflow:5000"),
+    ],
+)
+def test_urls_are_checked(path, value):
+    assert error_of(with_value(minimal(), path, value)).path == path
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+
+def applied(site: dict, config_dir: Path = Path("/etc/werkbank")) -> Config:
+    c = Config()
+    apply(c, site, config_dir=config_dir)
+    return c
+
+
+def test_apply_demo_site(tmp_path):
+    site = validate(load(DEMO_SITE))
+    c = applied(site)
+    assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankSlurmSpawner"
+    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert c.SharedPasswordAuthenticator.user_password == "werkbank-demo"
+    assert c.Authenticator.allowed_users == {"demo"}
+    assert c.Authenticator.admin_users == set()
+    assert c.Authenticator.allow_all is False
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8000"
+    assert "hub_bind_url" not in c.JupyterHub
+    assert c.JupyterHub.db_url == "sqlite:////var/lib/werkbank/hub/jupyterhub.sqlite"
+    assert c.JupyterHub.cookie_secret_file == "/var/lib/werkbank/hub/jupyterhub_cookie_secret"
+    assert c.ConfigurableHTTPProxy.pid_file == "/var/lib/werkbank/hub/proxy.pid"
+    assert c.Spawner.poll_interval == 5
+
+    spawner = c.WerkbankSlurmSpawner
+    assert spawner.policy_config == {
+        "profiles": site["profiles"],
+        "custom_fields": site["custom_fields"],
+        "limits": site["limits"],
+    }
+    assert spawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert spawner.queue_poll_interval == 2.0
+    assert spawner.unreachable_grace == 600
+    assert spawner.start_timeout == 300
+    assert spawner.slurm_conf == ""
+    assert spawner.slurm_bin_dir == "/usr/bin"
+    assert spawner.job_prologue == ""
+    assert c.WerkbankLocalSpawner.policy_config == spawner.policy_config
+    assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert set(services) == {"mlflow", "idle-culler"}
+    assert all("url" not in s for s in services.values())
+    mlflow = services["mlflow"]["command"]
+    assert mlflow[0] == str(Path(sys.executable).parent / "mlflow")
+    assert mlflow[1] == "server"
+    flags = dict(zip(mlflow[2::2], mlflow[3::2], strict=False))
+    assert flags["--host"] == "127.0.0.1"
+    assert flags["--port"] == "5000"
+    assert flags["--backend-store-uri"] == "sqlite:////var/lib/werkbank/mlflow/mlflow.db"
+    assert flags["--artifacts-destination"] == "/var/lib/werkbank/mlflow/artifacts"
+    assert "--serve-artifacts" in mlflow
+    assert mlflow[mlflow.index("--workers") + 1] == "1"
+    allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
+    assert allowed == ["127.0.0.1:5000", "localhost:5000"]
+    assert services["idle-culler"]["command"] == [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        "--timeout=3600",
+        "--cull-every=300",
+    ]
+    (role,) = c.JupyterHub.load_roles
+    assert role["services"] == ["idle-culler"]
+    assert set(role["scopes"]) == {
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+        "delete:servers",
+    }
+
+
+def test_apply_shares_nothing_with_the_site():
+    site = validate(minimal())
+    c = applied(site)
+    c.WerkbankSlurmSpawner.policy_config["profiles"][0]["gpus"] = 4
+    c.WerkbankLocalSpawner.policy_config["custom_fields"].append("gpus")
+    assert "gpus" not in site["profiles"][0]
+    assert site["custom_fields"] == []
+    assert "gpus" not in c.WerkbankSlurmSpawner.policy_config["custom_fields"]
+
+
+def test_applying_twice_gives_the_same_config():
+    site = validate(load(DEMO_SITE))
+    once, twice = applied(site), applied(site)
+    apply(twice, site, config_dir="/etc/werkbank")
+    assert twice == once
+
+
+def test_apply_sets_whole_lists_and_does_not_append():
+    c = Config()
+    c.JupyterHub.services = [{"name": "stale", "command": ["true"]}]
+    c.JupyterHub.load_roles = [{"name": "stale", "scopes": ["admin:users"]}]
+    apply(c, with_value(minimal(), "tracking.mlflow.manage", False), config_dir="/")
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
+
+
+def test_apply_without_services():
+    site = with_value(minimal(), "tracking.mlflow.manage", False)
+    site = with_value(site, "culling.enabled", False)
+    c = applied(site)
+    assert c.JupyterHub.services == []
+    assert c.JupyterHub.load_roles == []
+
+
+def test_apply_validates_first():
+    with pytest.raises(SiteConfigError, match=r"^hub\.spawner: "):
+        applied(with_value(minimal(), "hub.spawner", "docker"))
+
+
+def test_apply_local_spawner_pam_and_hub_bind_url():
+    site = with_value(minimal(), "hub.spawner", "local")
+    site = with_value(site, "hub.hub_bind_url", "http://10.1.2.3:8081")
+    site = with_value(site, "hub.admin_users", ["root"])
+    site = with_value(site, "auth.allow_all", True)
+    c = applied(site)
+    assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankLocalSpawner"
+    assert c.JupyterHub.authenticator_class == "jupyterhub.auth.PAMAuthenticator"
+    assert c.JupyterHub.hub_bind_url == "http://10.1.2.3:8081"
+    assert c.Authenticator.admin_users == {"root"}
+    assert c.Authenticator.allow_all is True
+    assert "SharedPasswordAuthenticator" not in c
+
+
+def test_apply_oauth():
+    oauth = {**OAUTH, "callback_url": "https://hub.example.org/hub/oauth_callback"}
+    site = with_value(minimal(), "auth", {"type": "oauth", "oauth": oauth})
+    c = applied(site)
+    assert c.JupyterHub.authenticator_class == "oauthenticator.generic.GenericOAuthenticator"
+    generic = c.GenericOAuthenticator
+    for key, value in OAUTH.items():
+        assert generic[key] == value
+    assert generic.username_claim == "preferred_username"
+    assert generic.scope == ["openid", "profile"]
+    assert generic.oauth_callback_url == "https://hub.example.org/hub/oauth_callback"
+
+
+def test_apply_resolves_relative_paths_against_the_config_dir(tmp_path):
+    site = with_value(minimal(), "hub.data_dir", "state/hub")
+    site = with_value(site, "slurm.conf", "slurm/slurm.conf")
+    c = applied(site, config_dir=tmp_path)
+    assert c.JupyterHub.db_url == f"sqlite:///{tmp_path}/state/hub/jupyterhub.sqlite"
+    assert c.WerkbankSlurmSpawner.slurm_conf == f"{tmp_path}/slurm/slurm.conf"
+    mlflow = c.JupyterHub.services[0]["command"]
+    assert f"sqlite:///{tmp_path}/state/mlflow/mlflow.db" in mlflow
+
+
+def test_apply_mlflow_settings():
+    site = with_value(
+        minimal(),
+        "tracking.mlflow",
+        {
+            "url": "http://hub.cluster:5001",
+            "host": "0.0.0.0",
+            "port": 5001,
+            "backend_store_uri": "postgresql://mlflow@db/mlflow",
+            "artifacts_destination": "s3://bucket/mlflow",
+            "workers": 4,
+        },
+    )
+    c = applied(site)
+    (mlflow,) = [s["command"] for s in c.JupyterHub.services if s["name"] == "mlflow"]
+    assert mlflow[mlflow.index("--backend-store-uri") + 1] == "postgresql://mlflow@db/mlflow"
+    assert mlflow[mlflow.index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
+    assert mlflow[mlflow.index("--workers") + 1] == "4"
+    allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
+    assert allowed == ["0.0.0.0:5001", "localhost:5001", "127.0.0.1:5001", "hub.cluster:5001"]
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://hub.cluster:5001"
+
+
+def test_prepare_dirs_creates_private_state_folders(tmp_path):
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "werkbank" / "hub"))
+    siteconfig.prepare_dirs(site, config_dir="/")
+    for folder in (tmp_path / "werkbank" / "hub", tmp_path / "werkbank" / "mlflow"):
+        assert folder.is_dir()
+        assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_prepare_dirs_reports_what_it_cannot_create(tmp_path):
+    (tmp_path / "file").write_text("")
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "file" / "hub"))
+    with pytest.raises(SiteConfigError, match=r"^hub\.data_dir: cannot create "):
+        siteconfig.prepare_dirs(site, config_dir="/")
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_times_load_as_strings_not_base_60_numbers(tmp_path):
+    path = write(tmp_path, "limits:\n  default:\n    walltime: 4:00:00\n    memory: 1:30\n")
+    default = load(path)["limits"]["default"]
+    assert default == {"walltime": "4:00:00", "memory": "1:30"}
+
+
+def test_plain_numbers_still_load_as_numbers(tmp_path):
+    path = write(tmp_path, "a: 5000\nb: 2.5\nc: -3\nd: 0x10\n")
+    assert load(path) == {"a": 5000, "b": 2.5, "c": -3, "d": 16}
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    path = write(tmp_path, "hub:\n  bind_url: http://127.0.0.1:8000\n  bind_url: http://x\n")
+    with pytest.raises(SiteConfigError, match=r"site\.yaml:3: duplicate key 'bind_url'"):
+        load(path)
+
+
+def test_file_that_is_not_a_mapping_is_an_error(tmp_path):
+    path = write(tmp_path, "- hub\n- auth\n")
+    with pytest.raises(SiteConfigError, match="expected a mapping") as info:
+        load(path)
+    assert info.value.path == str(path)
+
+
+def test_empty_file_is_an_empty_site(tmp_path):
+    assert load(write(tmp_path, "# nothing yet\n")) == {}
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = write(tmp_path, "hub:\n  bind_url: [unclosed\n")
+    with pytest.raises(SiteConfigError, match="not valid YAML") as info:
+        load(path)
+    assert re.fullmatch(re.escape(str(path)) + r":\d+", info.value.path)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(SiteConfigError, match="cannot read"):
+        load(tmp_path / "absent.yaml")
+
+
+# --- the reference and the CLI ------------------------------------------------------------
+
+
+def test_rendered_defaults_load_as_the_defaults():
+    assert yaml.safe_load(siteconfig.render_defaults()) == siteconfig.defaults()
+
+
+def test_rendered_defaults_document_every_key():
+    text = siteconfig.render_defaults()
+
+    def walk(section):
+        for key, node in section.keys.items():
+            assert key in text
+            first_words = " ".join(node.help.split()[:3])
+            assert first_words in " ".join(text.replace("#", " ").split()), key
+            if isinstance(node, siteconfig.Section):
+                walk(node)
+            elif isinstance(node, siteconfig.Entries):
+                walk(node.item)
+
+    walk(siteconfig.SCHEMA)
+
+
+def test_cli_defaults(capsys):
+    assert main(["defaults"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["hub"]["spawner"] == "slurm"
+    assert "# Where users reach the hub" in out
+
+
+def test_cli_check_ok(capsys):
+    assert main(["check", str(DEMO_SITE)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"ok: {DEMO_SITE}\n"
+    assert captured.err == ""
+
+
+def test_cli_check_fatal(tmp_path, capsys):
+    site = shared("http://0.0.0.0:8000")
+    path = write(tmp_path, yaml.safe_dump(site))
+    assert main(["check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("FATAL: auth.type: shared-password is for demos")
+    assert captured.err.count("\n") == 1
+
+
+def test_cli_check_notes_the_local_spawner(tmp_path, capsys):
+    path = write(tmp_path, yaml.safe_dump(with_value(minimal(), "hub.spawner", "local")))
+    assert main(["check", str(path)]) == 0
+    assert "not as Slurm jobs" in capsys.readouterr().err
+
+
+def test_cli_check_missing_file(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "absent.yaml")]) == 1
+    assert capsys.readouterr().err.startswith(f"FATAL: {tmp_path / 'absent.yaml'}: cannot read")
+
+
+# --- jupyterhub_config.py -----------------------------------------------------------------
+
+# Runs a jupyterhub_config.py the way JupyterHub's loader does (get_config and __file__ in its
+# globals) and prints a few resulting settings as JSON.
+RUNNER = """
+import json, sys
+from traitlets.config import Config
+config = Config()
+path = sys.argv[1]
+namespace = {"get_config": lambda: config, "__file__": path, "__name__": "__config__"}
+exec(compile(open(path, encoding="utf-8").read(), path, "exec"), namespace)
+print(json.dumps({
+    "spawner_class": config.JupyterHub.spawner_class,
+    "services": [s["name"] for s in config.JupyterHub.services],
+    "extra": config.Extra.order if "order" in config.Extra else [],
+}))
+"""
+
+
+def run_hub_config(config_file: Path, site_file: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WERKBANK_SITE_CONFIG": str(site_file)}
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, str(config_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_hub_config_stops_the_hub_on_a_bad_site_file(tmp_path):
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    site = with_value(site, "slurm.poll_interval", 100)
+    result = run_hub_config(HUB_CONFIG, write(tmp_path, yaml.safe_dump(site)))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == "FATAL: slurm.poll_interval: 100.0 is above the maximum 60\n"
+    assert not (tmp_path / "hub").exists()
+
+
+def test_hub_config_applies_a_good_site_file(tmp_path):
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    result = run_hub_config(HUB_CONFIG, write(tmp_path, yaml.safe_dump(site)))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["spawner_class"] == "werkbank_spawner.spawner.WerkbankSlurmSpawner"
+    assert out["services"] == ["mlflow", "idle-culler"]
+    assert (tmp_path / "hub").is_dir()
+
+
+def test_hub_config_runs_the_escape_hatch_in_sorted_order(tmp_path):
+    config_dir = tmp_path / "hub_config"
+    (config_dir / "jupyterhub_config.d").mkdir(parents=True)
+    config_file = config_dir / "jupyterhub_config.py"
+    config_file.write_text(HUB_CONFIG.read_text())
+    extra = config_dir / "jupyterhub_config.d"
+    for name in ("20-second.py", "10-first.py"):
+        (extra / name).write_text(
+            'order = c.Extra.order if "order" in c.Extra else []\n'
+            f"c.Extra.order = [*order, {name!r} + ':' + str(len(c.JupyterHub.services))]\n"
+        )
+    (extra / "30-not-python.txt").write_text("raise SystemExit(3)\n")
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    result = run_hub_config(config_file, write(tmp_path, yaml.safe_dump(site)))
+    assert result.returncode == 0, result.stderr
+    # Both ran, in name order, after the site file was applied (they saw its 2 services).
+    assert json.loads(result.stdout)["extra"] == ["10-first.py:2", "20-second.py:2"]
