@@ -379,11 +379,21 @@ class WerkbankSlurmSpawner(SlurmSpawner):
                 return None
             self.last_end_reason = f"Slurm did not answer for {waited:.0f} s ({info.error})"
         else:
+            info = await self._final_state(info)
             self.last_end_reason = info.explain()
         self.log.warning("werkbank: %s's server stopped: %s", self.user.name, self.last_end_reason)
         self.queue.unwatch(self.job_id)
         self.job_id = ""
         return 1
+
+    async def _final_state(self, info: JobInfo, wait: float = 3.0) -> JobInfo:
+        """A job seen COMPLETING is ending; Slurm knows why (CANCELLED, TIMEOUT, ...) a moment
+        later. Ask again briefly so the user is told the reason, not "COMPLETING"."""
+        deadline = time.monotonic() + wait
+        while info.slurm_state == "COMPLETING" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            info = await self.queue.refresh(self.job_id) or info
+        return info
 
     async def stop(self, now=False):
         """Cancel the job; unless ``now``, wait (bounded) until Slurm no longer runs it."""
