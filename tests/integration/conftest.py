@@ -111,7 +111,8 @@ c.JupyterHub.services = list(c.JupyterHub.services) + [
 ]
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
     {{"name": "werkbank-tests", "services": ["werkbank-tests"],
-      "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens", "list:users", "read:users"]}}
+      "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:groups",
+                 "tokens", "list:users", "read:users"]}}
 ]
 """
 

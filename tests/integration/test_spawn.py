@@ -118,6 +118,20 @@ def test_invalid_options_are_refused_before_sbatch(hub, options, words):
     assert squeue("--states=all", "--user=alice", "--format=%i") == jobs_before
 
 
+def test_group_limits_apply(hub):
+    r = hub.api("POST", "/groups/workshop", json={"users": ["alice"]})
+    assert r.status_code in (201, 409), r.text
+    try:
+        r = hub.spawn("alice", {"profile": "fullnode", "walltime": "1h"})
+        assert r.status_code == 400, r.text
+        assert "2 GPUs requested, your limit is 1" in r.json()["message"]
+        r = hub.spawn("alice", {"profile": "gpu1"})
+        assert r.status_code == 400, r.text
+        assert "04:00:00 requested, your limit is 02:00:00" in r.json()["message"]
+    finally:
+        hub.api("DELETE", "/groups/workshop")
+
+
 def login(hub: Hub, user: str) -> httpx.Client:
     client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
     client.get("/hub/login")
