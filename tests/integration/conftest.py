@@ -80,20 +80,22 @@ def job_field(job_id: str, key: str) -> str:
 # --------------------------------------------------------------------------- JupyterHub
 
 
-def test_site(data_dir: Path) -> dict:
+def test_site(
+    data_dir: Path, port: int = HUB_PORT, api_port: int = HUB_API_PORT, mlflow: bool = True
+) -> dict:
     """The demo site with test ports and a private data directory."""
     site = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
     site["hub"].update(
-        bind_url=f"http://127.0.0.1:{HUB_PORT}",
-        hub_bind_url=f"http://127.0.0.1:{HUB_API_PORT}",
+        bind_url=f"http://127.0.0.1:{port}",
+        hub_bind_url=f"http://127.0.0.1:{api_port}",
         data_dir=str(data_dir / "hub"),
         admin_users=[],
     )
     site["auth"].update(allowed_users=[*TEST_USERS])
     site["slurm"] = dict(site.get("slurm") or {}, poll_interval=2.0, unreachable_grace=600)
-    mlflow = site.setdefault("tracking", {}).setdefault("mlflow", {})
-    mlflow.update(
-        manage=True,
+    tracking = site.setdefault("tracking", {}).setdefault("mlflow", {})
+    tracking.update(
+        manage=mlflow,
         port=MLFLOW_PORT,
         url=f"http://127.0.0.1:{MLFLOW_PORT}",
         backend_store_uri=f"sqlite:///{data_dir}/mlflow/mlflow.db",
@@ -123,11 +125,10 @@ class Hub:
 
     workdir: Path
     env: dict
+    url: str = f"http://127.0.0.1:{HUB_PORT}"
     proc: subprocess.Popen | None = None
     user_tokens: dict = field(default_factory=dict)
     log_path: Path = None
-
-    url = f"http://127.0.0.1:{HUB_PORT}"
 
     def start(self):
         log = open(self.log_path, "a")
@@ -216,22 +217,29 @@ class Hub:
         return state.get("job_id", "")
 
 
-@pytest.fixture(scope="session")
-def hub(slurm, tmp_path_factory):
-    """JupyterHub running the werkbank config against the real Slurm cluster."""
+def make_hub(workdir: Path, *, port: int, api_port: int, spawner: str, mlflow: bool) -> Hub:
+    """A Hub (not started) in ``workdir`` with the repo's jupyterhub_config.py and a test site."""
     if shutil.which("configurable-http-proxy") is None:
         pytest.fail("configurable-http-proxy is not installed (deploy/install.sh installs it)")
-    workdir = tmp_path_factory.mktemp("hub")
     os.chmod(workdir, 0o755)
     data_dir = workdir / "data"
     (data_dir / "mlflow").mkdir(parents=True)
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", workdir / "jupyterhub_config.py")
     (workdir / "jupyterhub_config.d").mkdir()
     (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)
-    (workdir / "site.yaml").write_text(yaml.safe_dump(test_site(data_dir)))
-    env = dict(os.environ, WERKBANK_SITE_CONFIG=str(workdir / "site.yaml"), WERKBANK_SPAWNER="slurm")
+    site = test_site(data_dir, port=port, api_port=api_port, mlflow=mlflow)
+    (workdir / "site.yaml").write_text(yaml.safe_dump(site))
+    env = dict(os.environ, WERKBANK_SITE_CONFIG=str(workdir / "site.yaml"), WERKBANK_SPAWNER=spawner)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    hub = Hub(workdir=workdir, env=env, log_path=workdir / "jupyterhub.log")
+    return Hub(workdir=workdir, env=env, url=f"http://127.0.0.1:{port}", log_path=workdir / "jupyterhub.log")
+
+
+@pytest.fixture(scope="session")
+def hub(slurm, tmp_path_factory):
+    """JupyterHub running the werkbank config against the real Slurm cluster."""
+    hub = make_hub(
+        tmp_path_factory.mktemp("hub"), port=HUB_PORT, api_port=HUB_API_PORT, spawner="slurm", mlflow=True
+    )
     hub.start()
     yield hub
     for user in TEST_USERS:

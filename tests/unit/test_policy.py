@@ -1,6 +1,7 @@
 """Validation of user options against profiles and limits (pure, no hub, no Slurm)."""
 
 import pytest
+
 from werkbank_spawner.policy import (
     PolicyError,
     format_walltime,

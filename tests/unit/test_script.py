@@ -6,6 +6,7 @@ import shlex
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from werkbank_spawner.policy import JobRequest, PolicyError, policy_from_dict
 from werkbank_spawner.script import (
     JobContext,

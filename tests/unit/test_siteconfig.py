@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from traitlets.config import Config
+
 from werkbank_spawner import siteconfig
 from werkbank_spawner.policy import policy_from_dict
 from werkbank_spawner.siteconfig import SiteConfigError, apply, load, main, validate
