@@ -68,9 +68,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     args=()
     for r in "${reqs[@]}"; do args+=(-r "$r"); done
     "$VENV/bin/pip" install -q "${args[@]}" 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/pip" install -q --no-deps -e "$REPO/spawner" 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
-    "$VENV/bin/python" -c "import jupyterhub, batchspawner, werkbank_spawner, mlflow, torch" \
+    "$VENV/bin/python" -c "import jupyterhub, batchspawner, mlflow, torch" \
         || { echo "install: the Python environment is incomplete" >&2; exit 1; }
     echo "$want" >"$stamp"
+fi
+# The spawner package is installed editable from *this* checkout; a checkout elsewhere (or a
+# deleted CI clone) must not stay the one the hub imports.
+where=$("$VENV/bin/python" -c "import werkbank_spawner, os; print(os.path.dirname(os.path.dirname(werkbank_spawner.__file__)))" 2>/dev/null || true)
+if [ "$where" != "$REPO/spawner" ]; then
+    say "pip install -e $REPO/spawner"
+    "$VENV/bin/pip" install -q --no-deps -e "$REPO/spawner" 2>&1 \
+        | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
+    "$VENV/bin/python" -c "import werkbank_spawner" \
+        || { echo "install: werkbank_spawner does not import" >&2; exit 1; }
 fi
 say "ok ($VENV, configurable-http-proxy $(configurable-http-proxy --version))"
