@@ -480,6 +480,17 @@ c.SlurmSpawner.batchspawner_singleuser_cmd = {BATCHSPAWNER_SINGLEUSER!r}
 c.SlurmSpawner.batch_submit_cmd = {str(counter.bin_dir)!r} + "/" + _default("batch_submit_cmd")
 c.SlurmSpawner.batch_query_cmd = {str(counter.bin_dir)!r} + "/" + _default("batch_query_cmd")
 c.SlurmSpawner.batch_cancel_cmd = {str(counter.bin_dir)!r} + "/" + _default("batch_cancel_cmd")
+# JupyterHub imports every installed "jupyterhub.spawners" entry point at start (to list
+# their config classes), and importing werkbank_spawner replaces /api/batchspawner with
+# werkbank's handler, which refuses stock spawners' port reports (403). Put batchspawner's own
+# handler back, as in an environment without werkbank-spawner installed.
+import sys
+import batchspawner.api
+from jupyterhub.apihandlers import default_handlers
+
+print("stock config: werkbank_spawner.api imported before this file:", "werkbank_spawner.api" in sys.modules)
+default_handlers[:] = [h for h in default_handlers if h[0] != r"/api/batchspawner"]
+default_handlers.append((r"/api/batchspawner", batchspawner.api.BatchSpawnerAPIHandler))
 # squeue %B says "node1", which does not resolve on this demo host (werkbank maps it through
 # sinfo's NodeAddr=127.0.0.1); a real site's node names resolve.
 c.SlurmSpawner.state_exechost_exp = "127.0.0.1"
@@ -487,6 +498,16 @@ c.SlurmSpawner.state_exechost_exp = "127.0.0.1"
     )
     (workdir / "jupyterhub_config.py").write_text(config)
     return Hub("stock", workdir, port, hub_env())
+
+
+def report_handler_swap(hub: Hub) -> None:
+    """Say whether JupyterHub's entry-point scan had imported werkbank_spawner in the stock hub."""
+    match = re.search(r"imported before this file: (True|False)", hub.log_path.read_text(errors="replace"))
+    if match and match.group(1) == "True":
+        say(
+            "note: the stock hub imported werkbank_spawner through JupyterHub's entry-point scan, which\n"
+            "      replaced /api/batchspawner; the stock config put batchspawner's handler back"
+        )
 
 
 def local_hub(root: Path, users: list[str]) -> Hub:
@@ -585,7 +606,8 @@ def print_latency(spawns: list[Spawn]) -> None:
 def hub_events(variant: str, user: str, job: str) -> list[tuple[str, str]]:
     """(label, regex) of the hub-log lines that mark a spawn's steps."""
     done = ("hub: spawn finished, route added", rf"User {user} took [\d.]+ seconds to start")
-    port = ("job reported its port", rf"201 POST /hub/api/batchspawner \({user}@")
+    # werkbank's handler answers 201; batchspawner's sets 201 after finish(), so logs 200.
+    port = ("job reported its port", rf"20[01] POST /hub/api/batchspawner \({user}@")
     if variant == "werkbank":
         return [
             ("sbatch returned", rf"werkbank: job {job} submitted for {user}\b"),
@@ -839,7 +861,7 @@ def main(argv=None) -> int:
     ok = False
     started = time.monotonic()
     load = os.getloadavg()
-    say(f"werkbank spawn benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores, ")
+    say(f"werkbank spawn benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPU cores")
     say(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; work directory {root}")
     others = foreign_jobs(all_users)
     say(f"other jobs in the Slurm queue at start: {len(others)}" + (f" {others}" if others else ""))
@@ -847,6 +869,7 @@ def main(argv=None) -> int:
         cancel_jobs_of(all_users)  # leftovers of an earlier, interrupted run
         for hub in hubs.values():
             hub.start()
+        report_handler_swap(hubs["stock"])
         if "A" not in args.skip:
             say(f"\nA: {args.spawns} interleaved rounds ...")
             spawns = bench_spawn_latency(hubs, args.spawns)

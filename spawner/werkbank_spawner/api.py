@@ -4,7 +4,11 @@ batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* 
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
 ``req_partition`` and have the hub run commands of their choosing. Importing this module
 replaces that handler, at the same URL (so ``batchspawner-singleuser`` keeps working), with
-one that accepts exactly ``{"port": <1..65535>}`` from the token of a werkbank spawner.
+one that accepts exactly ``{"port": <1..65535>}`` and sets nothing but the port.
+
+The route table is process-wide and JupyterHub imports every installed spawner plugin at
+start, so this handler also serves plain batchspawner spawners in a hub that uses them: for
+those it sets ``spawner.port``, which is all batchspawner's own start() waits for.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hmac
 import json
 
 import batchspawner.api  # noqa: F401  (registers the handler we replace below)
+from batchspawner import BatchSpawnerBase
 from jupyterhub.apihandlers import APIHandler, default_handlers
 from tornado import web
 
@@ -31,7 +36,10 @@ class PortReportHandler(APIHandler):
         port = body["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise web.HTTPError(400, "port must be a number from 1 to 65535")
-        spawner.report_port(port)
+        if hasattr(spawner, "report_port"):
+            spawner.report_port(port)
+        else:
+            spawner.port = port
         self.set_status(201)
         self.finish(json.dumps({"message": "port recorded"}))
 
@@ -40,9 +48,9 @@ class PortReportHandler(APIHandler):
         user = self.current_user
         for spawner in getattr(user, "spawners", {}).values():
             theirs = getattr(spawner, "api_token", None) or ""
-            if theirs and hmac.compare_digest(theirs, token) and hasattr(spawner, "report_port"):
+            if theirs and hmac.compare_digest(theirs, token) and isinstance(spawner, BatchSpawnerBase):
                 return spawner
-        raise web.HTTPError(403, "this token belongs to no starting werkbank server")
+        raise web.HTTPError(403, "this token belongs to no starting batch server")
 
 
 def install_handler() -> None:

@@ -55,6 +55,8 @@ class JobInfo:
         """A sentence for the user about a job that is gone."""
         if not self.slurm_state:
             return f"job {self.job_id} is no longer known to Slurm"
+        if self.slurm_state == "COMPLETING":  # seen before Slurm recorded why it ended
+            return f"job {self.job_id} ended"
         text = f"job {self.job_id} ended: {self.slurm_state}"
         if self.slurm_state == "TIMEOUT":
             text += " (walltime reached)"

@@ -22,6 +22,29 @@ _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.:/%=,+@-]{1,255}\Z")
 USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
 
 
+# Runs in the job before Jupyter: pick a free port, report it to the hub (the route
+# werkbank_spawner.api serves), and print the service URL with that port for Jupyter to bind.
+# Only the standard library, so it starts in tens of milliseconds where batchspawner-singleuser
+# spends about a second importing requests and jupyterhub first. The API token stays in the
+# environment; it never appears on a command line.
+PORT_REPORT = """\
+import json, os, socket, urllib.parse, urllib.request
+with socket.socket() as s:
+    s.bind(("", 0))
+    port = s.getsockname()[1]
+request = urllib.request.Request(
+    os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner",
+    data=json.dumps({"port": port}).encode(),
+    headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"],
+             "Content-Type": "application/json"},
+    method="POST",
+)
+urllib.request.urlopen(request, timeout=60).read()
+url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
+print(url._replace(netloc=f"{url.hostname}:{port}").geturl())
+"""
+
+
 class ScriptError(ValueError):
     """A value that must never reach a batch script (a bug or an attack; never user-facing)."""
 
@@ -84,14 +107,21 @@ def render_script(
     lines += [
         "# Rendered by werkbank-spawner from validated values; do not edit.",
         "set -euo pipefail",
-        # Jupyter should shut down cleanly when Slurm cancels the job or the walltime ends.
-        "trap 'echo \"werkbank: job received SIGTERM\"' TERM",
     ]
     if path_prefix:
         lines.append(f'export PATH={shlex.quote(path_prefix)}:"$PATH"')
     if prologue.strip():
         lines += ["# --- site prologue ---", prologue.rstrip("\n"), "# --- end prologue ---"]
-    lines.append(shlex.join(command))
+    lines += [
+        "# Pick a port, report it to the hub, bind Jupyter to it.",
+        "JUPYTERHUB_SERVICE_URL=$(python3 - <<'WERKBANK_PORT_REPORT'",
+        PORT_REPORT.rstrip("\n"),
+        "WERKBANK_PORT_REPORT",
+        ")",
+        "export JUPYTERHUB_SERVICE_URL",
+        # exec: Slurm's SIGTERM (scancel, walltime) reaches Jupyter itself, which shuts down cleanly.
+        "exec " + shlex.join(command),
+    ]
     return "\n".join(lines) + "\n"
 
 

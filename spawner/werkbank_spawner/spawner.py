@@ -27,7 +27,7 @@ from typing import ClassVar
 from batchspawner import SlurmSpawner
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from traitlets import Dict, Float, List, Unicode, default
+from traitlets import Dict, Float, List, Unicode, default, observe
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
@@ -157,9 +157,18 @@ class WerkbankSlurmSpawner(SlurmSpawner):
 
     # -- configuration-derived helpers
 
+    _policy: Policy | None = None
+
+    @observe("policy_config")
+    def _policy_config_changed(self, change):
+        self._policy = None
+
     @property
     def policy(self) -> Policy:
-        return policy_from_dict(self.policy_config)
+        """The site policy, built once from ``policy_config`` (the hub validated it at start)."""
+        if self._policy is None:
+            self._policy = policy_from_dict(self.policy_config)
+        return self._policy
 
     @property
     def user_groups(self) -> list[str]:
@@ -283,7 +292,8 @@ class WerkbankSlurmSpawner(SlurmSpawner):
         )
 
     def _server_command(self) -> list[str]:
-        return [self.batchspawner_singleuser_cmd, *self.cmd, *self.get_args()]
+        # No batchspawner-singleuser: the script reports the port itself (script.PORT_REPORT).
+        return [*self.cmd, *self.get_args()]
 
     # -- the lifecycle
 
@@ -336,7 +346,8 @@ class WerkbankSlurmSpawner(SlurmSpawner):
             event.set()
 
     async def _wait_until_serving(self) -> str:
-        """Wait for the port report; return the node's address. Raise if the job dies."""
+        """Wait for the port report and until the server accepts connections; return the
+        node's address. Raise if the job dies first."""
         while True:
             reported = asyncio.ensure_future(self._port_reported.wait())
             updated = asyncio.ensure_future(self.queue.wait_for_update(self.queue_poll_interval * 2))
@@ -346,17 +357,40 @@ class WerkbankSlurmSpawner(SlurmSpawner):
             if self.port:
                 info = await self.queue.refresh(self.job_id)
                 if info is not None and info.state is JobState.RUNNING and info.nodes:
-                    return await self.node_addresses.address(first_node(info.nodes))
+                    address = await self.node_addresses.address(first_node(info.nodes))
+                    await self._wait_listening(address, self.port)
+                    return address
                 await asyncio.sleep(0.2)  # reported, but Slurm does not say RUNNING yet
-            info = self.queue.get(self.job_id)
-            if info is not None and info.state is JobState.GONE:
-                self.last_end_reason = info.explain()
-                self.queue.unwatch(self.job_id)
-                log_dir = self._job_context().log_dir
-                raise RuntimeError(
-                    f"The Slurm job stopped before Jupyter started: {self.last_end_reason}. "
-                    f"Its output is in {log_dir}/jupyter-{self.job_id}.log"
-                )
+            self._raise_if_gone()
+
+    async def _wait_listening(self, address: str, port: int) -> None:
+        """Return once Jupyter accepts TCP connections.
+
+        The port is reported before Jupyter has imported itself (seconds). JupyterHub's own
+        readiness check backs off exponentially from the moment start() returns, so returning
+        early costs about half a second on every spawn; a cheap connect loop here does not.
+        """
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 1)
+            except (OSError, TimeoutError):
+                self._raise_if_gone()
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
+
+    def _raise_if_gone(self) -> None:
+        info = self.queue.get(self.job_id)
+        if info is None or info.state is not JobState.GONE:
+            return
+        self.last_end_reason = info.explain()
+        self.queue.unwatch(self.job_id)
+        log_dir = self._job_context().log_dir
+        raise RuntimeError(
+            f"The Slurm job stopped before Jupyter started: {self.last_end_reason}. "
+            f"Its output is in {log_dir}/jupyter-{self.job_id}.log"
+        )
 
     async def poll(self):
         """None while the job is pending or running (or Slurm is briefly unreachable), else 1."""

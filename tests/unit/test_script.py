@@ -19,7 +19,7 @@ from werkbank_spawner.script import (
 from .test_policy import SITE
 
 CTX = JobContext(username="alice", homedir="/home/alice", log_dir="/home/alice/.werkbank/logs")
-CMD = ["batchspawner-singleuser", "jupyterhub-singleuser"]
+CMD = ["jupyterhub-singleuser", "--debug"]
 
 
 def directives(script: str) -> dict[str, str]:
@@ -60,12 +60,12 @@ def test_command_and_path_are_quoted():
     )
     assert "export PATH='/opt/my venv/bin':\"$PATH\"" in script
     last = script.strip().splitlines()[-1]
-    assert shlex.split(last) == [*CMD, "--NotebookApp.default_url=/lab; rm -rf ~"]
+    assert shlex.split(last) == ["exec", *CMD, "--NotebookApp.default_url=/lab; rm -rf ~"]
 
 
 def test_prologue_is_included_before_the_command():
     script = render_script(JobRequest("cpu", "cpu", 1, 2048, 60), CTX, CMD, prologue="module load cuda")
-    assert script.index("module load cuda") < script.index("batchspawner-singleuser")
+    assert script.index("module load cuda") < script.index("exec jupyterhub-singleuser")
 
 
 @pytest.mark.parametrize(
@@ -161,3 +161,18 @@ def test_no_hostile_input_reaches_the_script(options):
     # Only the lines we render: header, fixed preamble and the one command line.
     assert script.count("\n#SBATCH") == len(header)
     assert "\n" not in script.rstrip("\n").splitlines()[-1]
+
+
+def test_rendered_script_is_valid_bash_and_python(tmp_path):
+    import subprocess
+
+    from werkbank_spawner.script import PORT_REPORT
+
+    script = render_script(
+        JobRequest("gpu1", "gpu", 4, 16384, 240, gpus=1), CTX, CMD, path_prefix="/opt/x/bin"
+    )
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    compile(PORT_REPORT, "port-report", "exec")
+    assert "JUPYTERHUB_API_TOKEN" not in script.replace('os.environ["JUPYTERHUB_API_TOKEN"]', "")
