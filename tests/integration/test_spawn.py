@@ -252,3 +252,34 @@ def test_scheduler_outage_keeps_the_server(hub):
     assert hub.server("bob") is not None
     assert hub.job_id("bob") == job_id
     hub.stop_server("bob")
+
+
+def test_session_logs_to_the_hubs_mlflow_without_configuration(hub):
+    """A session's environment alone is enough to log a run to the hub-managed MLflow."""
+    hub.spawn("bob", {"profile": "cpu"})
+    hub.wait_ready("bob")
+    env = job_environ(hub.job_id("bob"))
+    uri = env["MLFLOW_TRACKING_URI"]
+    wait_for(
+        lambda: httpx.get(f"{uri}/health", timeout=5).status_code == 200, 90, "MLflow to answer", interval=1
+    )
+    keep = {k: env[k] for k in ("PATH", "HOME", "USER", "MLFLOW_TRACKING_URI", "WERKBANK_PROFILE")}
+    code = (
+        "import mlflow, os\n"
+        "mlflow.set_experiment('werkbank-integration')\n"
+        "with mlflow.start_run() as run:\n"
+        "    mlflow.log_param('profile', os.environ['WERKBANK_PROFILE'])\n"
+        "    mlflow.log_metric('answer', 42)\n"
+        "print(run.info.run_id)\n"
+    )
+    result = run(
+        "sudo", "-u", "bob", "env", "-i", *(f"{k}={v}" for k, v in keep.items()), "python3", "-c", code
+    )
+    run_id = result.stdout.strip().splitlines()[-1]
+    r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10)
+    assert r.status_code == 200, r.text
+    data = r.json()["run"]["data"]
+    assert {"key": "answer", "value": 42.0} in [
+        {"key": m["key"], "value": m["value"]} for m in data["metrics"]
+    ]
+    hub.stop_server("bob")
