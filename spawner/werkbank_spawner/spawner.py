@@ -143,6 +143,10 @@ class WerkbankSlurmSpawner(SlurmSpawner):
     def _options_form_default(self):
         return render_options_form
 
+    @default("default_url")
+    def _default_url_default(self):
+        return "/lab"
+
     @default("poll_interval")
     def _poll_interval_default(self):
         # Cheap: poll() reads the shared queue's cache. Keeps "job vanished" noticed in seconds.
@@ -503,6 +507,10 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
     @default("options_form")
     def _options_form_default(self):
         return f'<p class="alert alert-warning">{self.LABEL}</p>'
+
+    @default("default_url")
+    def _default_url_default(self):
+        return "/lab"
 
     def options_from_form(self, formdata):
         return {}

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 TEST_USERS = ("alice", "bob")
+# Their Linux password, for the PAM login test (the demo site's shared password is separate).
+TEST_PASSWORD = "werkbank-" + os.urandom(6).hex()
 HUB_PORT = 18000
 HUB_API_PORT = 18081
 MLFLOW_PORT = 15000
@@ -59,7 +61,7 @@ def slurm():
     if result.returncode != 0:
         pytest.fail(f"deploy/slurm-up.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     for user in TEST_USERS:
-        run(str(DEPLOY / "users.sh"), user)
+        run(str(DEPLOY / "users.sh"), user, TEST_PASSWORD)
     yield
     run("scancel", "--name=werkbank-jupyter", check=False)
 
@@ -217,7 +219,9 @@ class Hub:
         return state.get("job_id", "")
 
 
-def make_hub(workdir: Path, *, port: int, api_port: int, spawner: str, mlflow: bool) -> Hub:
+def make_hub(
+    workdir: Path, *, port: int, api_port: int, spawner: str, mlflow: bool, auth: str = "shared-password"
+) -> Hub:
     """A Hub (not started) in ``workdir`` with the repo's jupyterhub_config.py and a test site."""
     if shutil.which("configurable-http-proxy") is None:
         pytest.fail("configurable-http-proxy is not installed (deploy/install.sh installs it)")
@@ -228,6 +232,8 @@ def make_hub(workdir: Path, *, port: int, api_port: int, spawner: str, mlflow: b
     (workdir / "jupyterhub_config.d").mkdir()
     (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)
     site = test_site(data_dir, port=port, api_port=api_port, mlflow=mlflow)
+    if auth == "pam":
+        site["auth"] = {"type": "pam", "allowed_users": [*TEST_USERS]}
     (workdir / "site.yaml").write_text(yaml.safe_dump(site))
     env = dict(os.environ, WERKBANK_SITE_CONFIG=str(workdir / "site.yaml"), WERKBANK_SPAWNER=spawner)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"

@@ -1,9 +1,10 @@
-"""The fallback for machines without Slurm: servers as local processes, clearly labelled."""
+"""The fallback for machines without Slurm (servers as local processes, clearly labelled),
+with PAM logins: the authenticator a real site uses for cluster accounts."""
 
 import httpx
 import pytest
 
-from .conftest import make_hub, run
+from .conftest import TEST_PASSWORD, make_hub, run
 
 pytestmark = pytest.mark.integration
 
@@ -16,9 +17,20 @@ def environ(pid: str) -> dict[str, str]:
 
 
 def test_local_fallback_spawns_a_labelled_server(slurm, tmp_path):
-    hub = make_hub(tmp_path, port=PORT, api_port=API_PORT, spawner="local", mlflow=False)
+    hub = make_hub(tmp_path, port=PORT, api_port=API_PORT, spawner="local", mlflow=False, auth="pam")
     hub.start()
     try:
+        with httpx.Client(base_url=hub.url, timeout=30) as client:
+            client.get("/hub/login")
+            xsrf = client.cookies.get("_xsrf", "")
+            wrong = client.post("/hub/login", data={"username": "alice", "password": "nope", "_xsrf": xsrf})
+            assert wrong.status_code == 403
+            right = client.post(
+                "/hub/login", data={"username": "alice", "password": TEST_PASSWORD, "_xsrf": xsrf}
+            )
+            assert right.status_code == 302, right.text[:300]
+            page = client.get("/hub/spawn")
+            assert "Local process (no Slurm" in page.text
         assert hub.spawn("alice", {}).status_code in (201, 202)
         hub.wait_ready("alice", timeout=60)
         token = hub.token_for("alice")
