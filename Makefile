@@ -23,7 +23,8 @@ install-dev:
 slurm:
 	deploy/slurm-up.sh
 
-demo: install
+# Not root: demo-up.sh falls back to local processes under your account (no install step).
+demo:
 	deploy/demo-up.sh
 
 demo-stop:

@@ -6,19 +6,30 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PID_FILE=/var/lib/werkbank/hub/jupyterhub.pid
 
-# Servers first: the hub keeps user jobs alive across its own restarts on purpose.
-if command -v scancel >/dev/null 2>&1; then
-    scancel --name=werkbank-jupyter 2>/dev/null || true
-fi
-if [ -f "$PID_FILE" ]; then
-    pid=$(cat "$PID_FILE")
+stop_hub() {
+    local pid
+    [ -f "$1" ] || return 0
+    pid=$(cat "$1")
     if kill -0 "$pid" 2>/dev/null; then
         echo "demo-stop: stopping JupyterHub (pid $pid)"
         kill -TERM "$pid"
         for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     fi
-    rm -f "$PID_FILE"
+    rm -f "$1"
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    # The fallback hub of demo-up-user.sh (its servers are its children and stop with it).
+    stop_hub "${WERKBANK_USER_DIR:-$HOME/.werkbank}/hub/jupyterhub.pid"
+    echo "demo-stop: done"
+    exit 0
 fi
+
+# Servers first: the hub keeps user jobs alive across its own restarts on purpose.
+if command -v scancel >/dev/null 2>&1; then
+    scancel --name=werkbank-jupyter 2>/dev/null || true
+fi
+stop_hub "$PID_FILE"
 "$HERE/slurm-down.sh"
 echo "demo-stop: done"

@@ -2,8 +2,9 @@
 # `make demo`: Slurm (+ munge, fake GPUs), a demo user, and JupyterHub with its managed
 # MLflow server, all on this machine. Prints the URL and the credentials. Safe to re-run.
 #
-# Where Slurm cannot be set up (not root, no apt-get), it says so and runs the hub with the
-# clearly labelled local-process spawner instead of failing.
+# Where Slurm cannot be set up, it says so and runs the hub with the clearly labelled
+# local-process spawner instead of failing: without apt-get here, without root in
+# demo-up-user.sh.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +19,11 @@ DEMO_USER=demo
 DEMO_PASSWORD=werkbank-demo   # the shared password in hub_config/site.yaml
 
 say() { echo "demo: $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec "$HERE/demo-up-user.sh"
+fi
+"$HERE/install.sh"
 
 spawner=slurm
 rc=0

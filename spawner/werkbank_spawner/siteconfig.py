@@ -171,7 +171,8 @@ SCHEMA = Section(
                 "bind_url": Key(
                     (str,),
                     "http://127.0.0.1:8000",
-                    "Where users reach the hub (the proxy's public URL).",
+                    "Where users reach the hub (the proxy's public URL); the proxy's own API listens on "
+                    "127.0.0.1 at the next port.",
                 ),
                 "hub_bind_url": Key(
                     (str,),
@@ -704,8 +705,12 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "proxy.pid")
-    # Servers are Slurm jobs: they keep running while the hub restarts and are found again.
-    c.JupyterHub.cleanup_servers = False
+    # The proxy's REST API on loopback at the port after the public one, so that two hubs on
+    # one machine (the demo beside the tests) do not both claim JupyterHub's default 8001.
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{_port_of(hub['bind_url']) + 1}"
+    # Slurm servers are jobs: they keep running while the hub restarts and are found again.
+    # Local-process servers (the fallback) stop with the hub, so that stopping it stops all.
+    c.JupyterHub.cleanup_servers = hub["spawner"] != "slurm"
     c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub["spawner"]]
 
     c.JupyterHub.authenticator_class = AUTHENTICATOR_CLASSES[auth["type"]]
@@ -757,6 +762,11 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
         roles.append({"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def state_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> list[Path]:

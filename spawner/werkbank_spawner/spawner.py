@@ -512,8 +512,24 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
     def _default_url_default(self):
         return "/lab"
 
+    @default("cmd")
+    def _cmd_default(self):
+        # The hub's own environment, whatever PATH the hub was started with.
+        return [os.path.join(os.path.dirname(sys.executable), "jupyterhub-singleuser")]
+
     def options_from_form(self, formdata):
         return {}
+
+    def make_preexec_fn(self, name):
+        """As root: switch to the user (JupyterHub's way). Not root (``make demo`` by a plain
+        user): servers run as the hub's own account, which is the only user allowed then."""
+        if os.geteuid() == 0:
+            return super().make_preexec_fn(name)
+        if name != pwd.getpwuid(os.geteuid()).pw_name:
+            raise web.HTTPError(
+                403, f"this hub runs without root and can start servers only for its own user, not {name!r}"
+            )
+        return None
 
     def get_env(self):
         env = super().get_env()

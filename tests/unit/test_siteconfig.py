@@ -355,6 +355,7 @@ def test_apply_demo_site(tmp_path):
     assert c.Authenticator.allow_all is False
     assert c.JupyterHub.cleanup_servers is False
     assert c.JupyterHub.bind_url == "http://127.0.0.1:8000"
+    assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8001"
     assert "hub_bind_url" not in c.JupyterHub
     assert c.JupyterHub.db_url == "sqlite:////var/lib/werkbank/hub/jupyterhub.sqlite"
     assert c.JupyterHub.cookie_secret_file == "/var/lib/werkbank/hub/jupyterhub_cookie_secret"
@@ -698,3 +699,11 @@ def test_hub_config_runs_the_escape_hatch_in_sorted_order(tmp_path):
     assert result.returncode == 0, result.stderr
     # Both ran, in name order, after the site file was applied (they saw its 2 services).
     assert json.loads(result.stdout)["extra"] == ["10-first.py:2", "20-second.py:2"]
+
+
+def test_local_fallback_servers_stop_with_the_hub():
+    site = validate(load(DEMO_SITE))
+    site["hub"]["spawner"] = "local"
+    c = applied(site)
+    assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankLocalSpawner"
+    assert c.JupyterHub.cleanup_servers is True
