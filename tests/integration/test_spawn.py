@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pwd
 import re
+import socket
 import subprocess
 import time
 from contextlib import closing
@@ -51,6 +52,11 @@ def test_two_users_get_their_own_jobs(hub):
     hub.wait_ready("bob")
     alice_job, bob_job = hub.job_id("alice"), hub.job_id("bob")
     assert alice_job and bob_job and alice_job != bob_job
+    # The job runs on node1, a name this host cannot resolve: the hub reached the servers at
+    # the node's NodeAddr from Slurm, as it must on a real cluster.
+    assert job_field(alice_job, "NodeList") == "node1"
+    with pytest.raises(OSError):
+        socket.getaddrinfo("node1", None)
 
     # Each job belongs to its own Linux account and got what the profile asked for.
     assert job_user(alice_job) == "alice"
