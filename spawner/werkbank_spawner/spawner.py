@@ -488,7 +488,7 @@ def progress_message(job_id: str, info: JobInfo | None, port: int) -> tuple[str,
     if info.state is JobState.RUNNING:
         where = f" on {info.nodes}" if info.nodes else ""
         if port:
-            return f"Slurm job {job_id} running{where}; Jupyter is listening on port {port}", 90
+            return f"Slurm job {job_id} running{where}; Jupyter is starting on port {port}", 80
         return f"Slurm job {job_id} running{where}; starting Jupyter…", 60
     if info.state is JobState.UNREACHABLE:
         return f"Slurm job {job_id}: the scheduler is not answering, retrying…", 30
