@@ -60,7 +60,7 @@ fi
 reqs=("$REPO/requirements.txt")
 [ "$DEV" = yes ] && reqs+=("$REPO/requirements-dev.txt")
 stamp=$VENV/.werkbank-requirements.sha256
-want=$(cat "${reqs[@]}" "$REPO/spawner/pyproject.toml" | sha256sum | cut -d' ' -f1)
+want=$(cat "${reqs[@]}" "$REPO/spawner/pyproject.toml" "$REPO/extensions/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "pip install -r ${reqs[*]##*/} (a few minutes the first time)"
     # The site's pip config may add local indexes that do not exist everywhere; their
@@ -72,14 +72,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         || { echo "install: the Python environment is incomplete" >&2; exit 1; }
     echo "$want" >"$stamp"
 fi
-# The spawner package is installed editable from *this* checkout; a checkout elsewhere (or a
-# deleted CI clone) must not stay the one the hub imports.
-where=$("$VENV/bin/python" -c "import werkbank_spawner, os; print(os.path.dirname(os.path.dirname(werkbank_spawner.__file__)))" 2>/dev/null || true)
-if [ "$where" != "$REPO/spawner" ]; then
-    say "pip install -e $REPO/spawner"
-    "$VENV/bin/pip" install -q --no-deps -e "$REPO/spawner" 2>&1 \
-        | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
-    "$VENV/bin/python" -c "import werkbank_spawner" \
-        || { echo "install: werkbank_spawner does not import" >&2; exit 1; }
-fi
+# The project's packages are installed editable from *this* checkout; a checkout elsewhere
+# (or a deleted CI clone) must not stay the one that is imported.
+for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
+    dir=${pkg%%:*} module=${pkg##*:}
+    where=$("$VENV/bin/python" -c "import $module, os; print(os.path.dirname(os.path.dirname($module.__file__)))" 2>/dev/null || true)
+    if [ "$where" != "$REPO/$dir" ]; then
+        say "pip install -e $REPO/$dir"
+        "$VENV/bin/pip" install -q --no-deps -e "$REPO/$dir" 2>&1 \
+            | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
+        "$VENV/bin/python" -c "import $module" \
+            || { echo "install: $module does not import" >&2; exit 1; }
+    fi
+done
 say "ok ($VENV, configurable-http-proxy $(configurable-http-proxy --version))"

@@ -55,7 +55,8 @@ def test_required_pins():
     assert pins["mlflow"] == "3.17.2"  # 3.18's mlflow-skinny is not served
 
 
-def test_conda_env_installs_the_spawner_package():
+def test_conda_env_installs_the_project_packages():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ./spawner" in pip_section
+    assert "-e ./extensions" in pip_section

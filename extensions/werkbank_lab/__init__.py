@@ -1,0 +1,3 @@
+"""werkbank-lab: helpers for a werkbank JupyterLab session (tracking so far)."""
+
+__version__ = "0.1.0"
