@@ -40,9 +40,15 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
             "--workers", "1",
         ]  # fmt: skip
+        env = dict(os.environ)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        # The server's job runner (GenAI evaluation jobs) starts about a dozen worker processes
+        # nothing here uses; on a 2-core machine they slow everything down.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 argv,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -834,6 +834,9 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
             "--allowed-hosts",
             ",".join(dict.fromkeys(allowed)),
         ],
+        # MLflow's job runner (GenAI evaluation jobs) starts about a dozen worker processes of
+        # ~100 MB each that werkbank does not use yet.
+        "environment": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     }
 
 
