@@ -203,7 +203,9 @@ class MetricLogger:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not (self._pending or self._flush_wanted or self._closing):
+                # Collect for flush_interval unless a full batch, a flush or close is waiting:
+                # sending whatever is pending right away would make one request per step.
+                if len(self._pending) < MAX_BATCH and not (self._flush_wanted or self._closing):
                     self._lock.wait(self.flush_interval)
                 batch, self._pending = self._pending, []
                 closing, self._idle = self._closing, False

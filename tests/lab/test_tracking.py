@@ -37,6 +37,18 @@ def test_ten_thousand_metrics_in_a_few_requests(mlflow_server, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing left in the spool
 
 
+def test_a_training_loop_costs_about_one_request_per_flush_interval(mlflow_server, tmp_path):
+    run_id = new_run(mlflow_server.url)
+    with MetricLogger(
+        run_id, tracking_uri=mlflow_server.url, spool_dir=tmp_path, flush_interval=0.5
+    ) as logger:
+        for step in range(100):  # ~1.2 s of "training", one value every ~12 ms
+            logger.log("loss", step, step=step)
+            time.sleep(0.012)
+    assert logger.sent == 100
+    assert logger.requests <= 5  # not one request per step
+
+
 def test_outage_loses_nothing_and_warns_once(tmp_path, caplog):
     server = MlflowServer(tmp_path / "server")
     server.start()
