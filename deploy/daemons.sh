@@ -1,4 +1,5 @@
-# Shell helpers shared by slurm-up.sh and slurm-down.sh (sourced; they define say()).
+# Shell helpers for starting and stopping werkbank's daemons, sourced by the deploy scripts
+# (which define say()).
 
 # alive PID NAME: PID is a live process called NAME (the name check guards
 # against a stale pid file whose pid now belongs to something else).
@@ -24,4 +25,20 @@ stop() {
     for _ in $(seq 1 100); do alive "$pid" "$1" || return 0; sleep 0.1; done
     say "$1 did not stop within 10 s; killing it"
     kill -9 "$pid" 2>/dev/null || true
+}
+
+# wait_for_hub URL PID_FILE LOG: wait up to 60 s until JupyterHub answers on URL; fail with the
+# tail of LOG if its process (PID_FILE) exits first.
+wait_for_hub() {
+    for _ in $(seq 120); do
+        curl -fsS "$1/hub/health" >/dev/null 2>&1 && return 0
+        if ! kill -0 "$(cat "$2")" 2>/dev/null; then
+            say "JupyterHub exited; last lines of $3:" >&2
+            tail -n 30 "$3" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+    say "JupyterHub did not answer on $1 within 60 s; see $3" >&2
+    return 1
 }

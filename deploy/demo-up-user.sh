@@ -20,6 +20,7 @@ PASSWORD=werkbank-demo
 ME=$(id -un)
 
 say() { echo "demo: $*"; }
+. "$HERE/daemons.sh"
 
 say "not root: Slurm cannot be set up here (installing it and running its daemons needs root)."
 say "FALLBACK: servers run as LOCAL PROCESSES under your account ($ME): no Slurm, no GPUs, no limits."
@@ -87,9 +88,8 @@ else
     echo $! >"$PID_FILE"
 fi
 
-for _ in $(seq 120); do
-    if curl -fsS "$URL/hub/health" >/dev/null 2>&1; then
-        cat <<TXT
+wait_for_hub "$URL" "$PID_FILE" "$LOG" || exit 1
+cat <<TXT
 
   werkbank is up (FALLBACK: local processes, no Slurm).
     URL:       $URL/
@@ -98,14 +98,3 @@ for _ in $(seq 120); do
     MLflow:    http://127.0.0.1:$MLFLOW_PORT/  (started by the hub; may take ~15 s)
   Stop it with: make demo-stop
 TXT
-        exit 0
-    fi
-    if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
-        say "JupyterHub exited; last lines of $LOG:" >&2
-        tail -n 30 "$LOG" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-say "JupyterHub did not answer on $URL within 60 s; see $LOG" >&2
-exit 1

@@ -19,6 +19,7 @@ DEMO_USER=demo
 DEMO_PASSWORD=werkbank-demo   # the shared password in hub_config/site.yaml
 
 say() { echo "demo: $*"; }
+. "$HERE/daemons.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
     exec "$HERE/demo-up-user.sh"
@@ -56,9 +57,8 @@ else
     echo $! >"$PID_FILE"
 fi
 
-for _ in $(seq 120); do
-    if curl -fsS "$URL/hub/health" >/dev/null 2>&1; then
-        cat <<TXT
+wait_for_hub "$URL" "$PID_FILE" "$LOG" || exit 1
+cat <<TXT
 
   werkbank is up.
     URL:       $URL/
@@ -68,14 +68,3 @@ for _ in $(seq 120); do
     MLflow:    http://127.0.0.1:5000/  (started by the hub; may take ~15 s)
   Stop everything with: make demo-stop
 TXT
-        exit 0
-    fi
-    if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
-        say "JupyterHub exited; last lines of $LOG:" >&2
-        tail -n 30 "$LOG" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-say "JupyterHub did not answer on $URL within 60 s; see $LOG" >&2
-exit 1
