@@ -31,7 +31,12 @@ def conda_pins() -> dict[str, str]:
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pins = {}
     for dep in env["dependencies"]:
-        if not isinstance(dep, str):
+        if isinstance(dep, dict):  # the pip section: packages conda-forge does not have
+            for line in dep["pip"]:
+                if not line.startswith("-e "):
+                    m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+                    assert m, f"environment.yml pip section: {line!r} is not pinned with =="
+                    pins[m.group(1).lower()] = m.group(2)
             continue
         # name==version, or name=version=build (a single '=' alone would match any 2.13.0*)
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:==([^=\s]+)|=([^=\s]+)=(\S+))?", dep.strip())

@@ -1,0 +1,61 @@
+"""02-data: a run per data set, with its reproducible split logged as MLflow dataset inputs and artifacts."""
+
+import getpass
+import math
+from pathlib import Path
+
+import pandas as pd
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+
+from tests.notebooks.lifecycle import Execution, digest, inputs_by_context, runs_in
+
+NEEDS: tuple[str, ...] = ()
+
+
+def smoke(upstream: dict[str, Execution]) -> dict:
+    # Values differ from the defaults where that shows the parameter is used.
+    return {"data_dir": "werkbank-data", "seed": 7, "test_fraction": 0.25}
+
+
+SPLIT_FILES = {"training": "train.csv", "testing": "test.csv"}
+
+
+def check(execution: Execution) -> None:
+    client, parameters, workdir = execution.client, execution.parameters, execution.workdir
+    experiment_name = execution.experiment_name
+    runs = {run.data.tags.get("werkbank.dataset"): run for run in runs_in(client, experiment_name)}
+    assert set(runs) == {"wine", "digits"}, sorted(map(str, runs))
+    seed, test_fraction = parameters["seed"], parameters["test_fraction"]
+    data_root = (workdir / parameters["data_dir"]).resolve()
+    for name, loader in (("wine", datasets.load_wine), ("digits", datasets.load_digits)):
+        run = runs[name]
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags["werkbank.template"] == "02-data"
+        assert tags["werkbank.user"] == getpass.getuser()
+        assert run.data.params["seed"] == str(seed)
+        assert float(run.data.params["test_fraction"]) == test_fraction
+
+        # The split is train_test_split of the bundled data, with the given seed, stratified.
+        full = loader(as_frame=True).frame
+        train, test = train_test_split(
+            full, test_size=test_fraction, random_state=seed, stratify=full["target"]
+        )
+        expected = {"training": train.reset_index(drop=True), "testing": test.reset_index(drop=True)}
+        assert len(expected["testing"]) == math.ceil(test_fraction * len(full))
+
+        inputs = inputs_by_context(run)
+        assert set(inputs) == {"training", "testing"}, sorted(inputs)
+        # The run's folder is under data_dir, and its files hold exactly the logged data.
+        folder = Path(run.data.params["folder"])
+        assert folder.is_relative_to(data_root), folder
+        for context, dataset in inputs.items():
+            assert dataset.digest == tags[f"werkbank.digest.{context}"] == digest(expected[context])
+            assert digest(pd.read_csv(folder / SPLIT_FILES[context])) == dataset.digest
+        artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "data")}
+        assert artifacts == {f"data/{file_name}" for file_name in SPLIT_FILES.values()}
+
+    # Nothing was written in the working directory outside data_dir but papermill's own output.
+    written = {p for p in workdir.rglob("*") if p.is_file() and not p.name.startswith("executed-")}
+    assert written and all(p.resolve().is_relative_to(data_root) for p in written), sorted(written)

@@ -1,0 +1,129 @@
+"""Runs the notebook templates in lifecycle order, each at most once per test session.
+
+Templates build on each other through MLflow (03 trains on the data 02 logged, 05 validates what 03 trained,
+06 deploys the model 05 registered), so a template's test first runs the templates it needs. Each template
+has a module in ``tests/notebooks/checks/`` named after its folder (``01-onboarding`` → ``t01_onboarding``)
+that declares:
+
+- ``NEEDS``: the templates whose MLflow output it reads (run first, in this session);
+- ``smoke(upstream)``: its smoke parameters; ``upstream`` maps each needed template to its ``Execution``, so
+  parameters can name the experiment (or registered model) the earlier run used;
+- ``check(execution)``: asserts from outside, through the MLflow API, what the template claims.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import mlflow
+import pandas as pd
+import papermill
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+REPO = Path(__file__).resolve().parents[2]
+# Lifecycle order: the folders are numbered (01-onboarding, 02-data, ...).
+TEMPLATES = sorted((REPO / "notebooks").glob("[0-9][0-9]-*/*.ipynb"))
+SMOKE_BUDGET_S = 60  # per template on a 2-core machine, kernel start included
+PROFILE = "test: 0 GPUs · 2 cores · 4 GB · 1 h · partition none"
+
+
+def template_id(path: Path) -> str:
+    return path.parent.name
+
+
+def checks_for(name: str) -> ModuleType:
+    number, _, rest = name.partition("-")
+    return importlib.import_module(f"tests.notebooks.checks.t{number}_{rest.replace('-', '_')}")
+
+
+@dataclass
+class Execution:
+    """One smoke run of a template: where it ran, with what, and for how long."""
+
+    name: str
+    path: Path
+    workdir: Path
+    parameters: dict
+    client: MlflowClient
+    seconds: float = 0.0
+    upstream: dict[str, Execution] = field(default_factory=dict)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.parameters["experiment_name"]
+
+
+def execute(path: Path, workdir: Path, parameters: dict) -> float:
+    """Run ``path`` with papermill in ``workdir``; return the wall time in seconds."""
+    start = time.monotonic()
+    papermill.execute_notebook(
+        str(path),
+        str(workdir / f"executed-{path.name}"),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(workdir),
+        progress_bar=False,
+    )
+    return time.monotonic() - start
+
+
+class Lifecycle:
+    """The session's template runs, each done once; a failed one fails every template that needs it."""
+
+    def __init__(self, tracking_uri: str, root: Path):
+        self.tracking_uri = tracking_uri
+        self.root = root
+        self.session = uuid.uuid4().hex[:8]
+        self.done: dict[str, Execution] = {}
+        self.failed: dict[str, str] = {}
+
+    def run(self, name: str) -> Execution:
+        if name in self.failed:
+            pytest.fail(f"{name} failed earlier in this session: {self.failed[name]}")
+        if name in self.done:
+            return self.done[name]
+        checks = checks_for(name)
+        upstream = {need: self.run(need) for need in checks.NEEDS}
+        path = next(p for p in TEMPLATES if template_id(p) == name)
+        workdir = self.root / name
+        workdir.mkdir(parents=True)
+        parameters = {**checks.smoke(upstream), "experiment_name": f"test-{name}-{self.session}"}
+        execution = Execution(
+            name, path, workdir, parameters, MlflowClient(self.tracking_uri), upstream=upstream
+        )
+        try:
+            execution.seconds = execute(path, workdir, parameters)
+            print(f"{name}: smoke run {execution.seconds:.1f} s")  # shown with -s or -rP
+            checks.check(execution)
+        except BaseException as e:
+            self.failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
+            raise
+        self.done[name] = execution
+        return execution
+
+
+# --------------------------------------------------------------------------- helpers for the checks
+
+
+def runs_in(client: MlflowClient, experiment_name: str) -> list[Run]:
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"experiment {experiment_name!r} was not created"
+    return client.search_runs([experiment.experiment_id])
+
+
+def inputs_by_context(run: Run) -> dict:
+    return {
+        {tag.key: tag.value for tag in item.tags}["mlflow.data.context"]: item.dataset
+        for item in run.inputs.dataset_inputs
+    }
+
+
+def digest(frame: pd.DataFrame) -> str:
+    return mlflow.data.from_pandas(frame).digest
