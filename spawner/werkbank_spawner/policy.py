@@ -263,6 +263,41 @@ class Policy:
         problem = _excess(self._request(profile), self.limits_for(groups))
         return problem[1] if problem else ""
 
+    def view_for(self, groups: Iterable[str]) -> dict:
+        """What this user may do, in the site file's format (``policy_from_dict`` reads it back).
+
+        Sessions get it as ``WERKBANK_POLICY`` so that ``werkbank submit`` offers and checks the
+        same profiles as the spawn page, without reading the site file (which holds secrets).
+        """
+        limits = self.limits_for(groups)
+        return {
+            "profiles": [
+                {
+                    "name": p.name,
+                    "partition": p.partition,
+                    "cpus": p.cpus,
+                    "memory": f"{p.memory_mb}M",
+                    "walltime": p.walltime_min,
+                    "gpus": p.gpus,
+                    **({"account": p.account} if p.account else {}),
+                    "display_name": p.display_name,
+                    "description": p.description,
+                }
+                for p in self.profiles_for(groups)
+            ],
+            "limits": {
+                "default": {
+                    "gpus": limits.gpus,
+                    "cpus": limits.cpus,
+                    "memory": f"{limits.memory_mb}M",
+                    "walltime": limits.walltime_min,
+                    "partitions": list(limits.partitions),
+                    "accounts": list(limits.accounts),
+                }
+            },
+            "custom_fields": sorted(self.custom_fields),
+        }
+
     # -- validation
 
     def validate(self, options: Mapping[str, object], groups: Iterable[str] = ()) -> JobRequest:

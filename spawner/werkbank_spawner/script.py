@@ -59,16 +59,13 @@ class JobContext:
     job_name: str = "werkbank-jupyter"
 
 
-def sbatch_directives(request: JobRequest, ctx: JobContext) -> list[str]:
-    """The ``#SBATCH`` option list for ``request``, each value re-checked."""
+def resource_options(request: JobRequest) -> list[tuple[str, str]]:
+    """The ``sbatch`` options that ask for ``request``'s resources (no names of files)."""
     options = [
-        ("job-name", ctx.job_name),
         ("partition", request.partition),
         ("cpus-per-task", str(request.cpus)),
         ("mem", f"{request.memory_mb}M"),
         ("time", format_walltime(request.walltime_min)),
-        ("output", f"{ctx.log_dir}/jupyter-%j.log"),
-        ("chdir", ctx.homedir),
     ]
     if request.account:
         options.append(("account", request.account))
@@ -77,12 +74,29 @@ def sbatch_directives(request: JobRequest, ctx: JobContext) -> list[str]:
     for name in (request.partition, request.account or "x"):
         if not SAFE_NAME.match(name):
             raise ScriptError(f"unsafe name {name!r}")
+    return options
+
+
+def directive_lines(options: list[tuple[str, str]]) -> list[str]:
+    """``#SBATCH --key=value`` lines, each value re-checked against a strict character set."""
     lines = []
     for key, value in options:
         if not _SBATCH_VALUE.match(value):
             raise ScriptError(f"unsafe value for --{key}: {value!r}")
         lines.append(f"#SBATCH --{key}={value}")
     return lines
+
+
+def sbatch_directives(request: JobRequest, ctx: JobContext) -> list[str]:
+    """The ``#SBATCH`` lines of a Jupyter server job for ``request``."""
+    return directive_lines(
+        [
+            ("job-name", ctx.job_name),
+            *resource_options(request),
+            ("output", f"{ctx.log_dir}/jupyter-%j.log"),
+            ("chdir", ctx.homedir),
+        ]
+    )
 
 
 def render_script(

@@ -18,6 +18,7 @@ The life of a server:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import sys
@@ -224,6 +225,8 @@ class WerkbankSlurmSpawner(SlurmSpawner):
             env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
+        # For `werkbank submit` in the session: the profiles and limits of this user only.
+        env["WERKBANK_POLICY"] = json.dumps(self.policy.view_for(self.user_groups), separators=(",", ":"))
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         return env

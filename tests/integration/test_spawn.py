@@ -73,6 +73,9 @@ def test_two_users_get_their_own_jobs(hub):
     assert alice_env["SLURM_JOB_GPUS"] in ("0", "1")
     assert alice_env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
     assert alice_env["WERKBANK_PROFILE"].startswith("gpu1: 1 GPU · 4 cores · 16 GB · 1 h")
+    # `werkbank submit` in the session offers the profiles the spawn page offered this user.
+    session_policy = json.loads(alice_env["WERKBANK_POLICY"])
+    assert [p["name"] for p in session_policy["profiles"]] == ["cpu", "gpu1", "fullnode"]
     assert "CUDA_VISIBLE_DEVICES" not in job_environ(bob_job)
     for pid_line in run("scontrol", "listpids", alice_job).stdout.splitlines()[1:]:
         pid = pid_line.split()[0]

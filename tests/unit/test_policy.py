@@ -178,3 +178,28 @@ def test_bad_site_policy_names_the_key(site, path):
     with pytest.raises(PolicyError) as e:
         policy_from_dict(site)
     assert e.value.field == path
+
+
+@pytest.mark.parametrize("groups", [(), ("workshop",), ("power",), ("staff", "workshop")])
+def test_a_users_view_of_the_policy_reads_back_to_the_same_decisions(policy, groups):
+    """Sessions get ``view_for(groups)`` as WERKBANK_POLICY: ``werkbank submit`` decides as the hub does."""
+    view = policy_from_dict(policy.view_for(groups))
+    assert [p.name for p in view.profiles] == [p.name for p in policy.profiles_for(groups)]
+    assert view.limits_for(()) == policy.limits_for(groups)
+    attempts = [
+        {"profile": "gpu1"},
+        {"profile": "fullnode"},
+        {"profile": "staff"},
+        {"profile": "cpu", "gpus": "2", "walltime": "1d"},
+        {"profile": "gpu1", "partition": "big", "account": "demo"},
+    ]
+    for options in attempts:
+        try:
+            expected = policy.validate(options, groups)
+        except PolicyError as e:
+            with pytest.raises(PolicyError) as seen:
+                view.validate(options)
+            # "not available to you" becomes "unknown" for a profile the view leaves out; same field.
+            assert seen.value.field == e.field
+        else:
+            assert view.validate(options) == expected

@@ -1,0 +1,269 @@
+"""Notebook → Slurm batch job, from inside a werkbank session (``werkbank submit|jobs|cancel``).
+
+A notebook that works interactively is run unattended with papermill in an ``sbatch`` job that asks
+for one of the same profiles the spawn page offers. The session's ``WERKBANK_POLICY`` (set by the
+spawner: this user's profiles and limits, in the site file's format) is checked here, so a bad choice
+is refused with the spawn page's message before anything reaches ``sbatch``. It is a convenience,
+not the security boundary: the user has a shell and can call ``sbatch`` directly, so on a real
+cluster Slurm's own limits (associations, QOS) are what bounds batch jobs.
+
+Nothing the user types reaches a shell: parameters travel in a JSON spec file that the job reads
+(:mod:`werkbank_lab.runjob`), ``sbatch`` is called with an argument vector, and the script holds only
+validated resource values and two quoted paths.
+
+Book-keeping lives in ``~/.werkbank/jobs/``: ``<job id>.json`` (what was submitted) and
+``<job id>.status.json`` (written by the job when papermill ends), so ``werkbank jobs`` can say
+how a job ended after Slurm has forgotten it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from werkbank_spawner.policy import JobRequest, Policy, PolicyError, policy_from_dict
+from werkbank_spawner.script import directive_lines, parse_job_id, resource_options
+
+#: Slurm job name of every notebook job (``werkbank jobs`` lists these).
+JOB_NAME = "werkbank-batch"
+#: Folder of the spec and status files, per user.
+JOBS_DIR = Path("~/.werkbank/jobs")
+#: papermill parameter types whose command-line strings we convert; others must be given as JSON.
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+class SubmitError(ValueError):
+    """A submission refused before ``sbatch``; the message says what to change."""
+
+
+@dataclass
+class Submission:
+    """A validated notebook job, ready for ``sbatch``."""
+
+    notebook: Path
+    parameters: dict
+    request: JobRequest
+    python: str = sys.executable
+    spec_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def log_pattern(self) -> str:
+        """Slurm's output file: next to the notebook, with the job id (``%j``) in its name."""
+        return str(self.notebook.with_name(f"{self.notebook.stem}-%j.log"))
+
+    def output_for(self, job_id: str) -> Path:
+        return self.notebook.with_name(f"{self.notebook.stem}-{job_id}.ipynb")
+
+
+# --- checks before anything is submitted -----------------------------------------------
+
+
+def session_policy(environ: dict[str, str] | None = None) -> Policy:
+    """The profiles and limits of the session's user, from ``WERKBANK_POLICY``."""
+    text = (environ if environ is not None else os.environ).get("WERKBANK_POLICY", "")
+    if not text:
+        raise SubmitError(
+            "WERKBANK_POLICY is not set: `werkbank submit` runs inside a werkbank Jupyter session "
+            "on the cluster, which knows your profiles"
+        )
+    try:
+        return policy_from_dict(json.loads(text))
+    except (ValueError, PolicyError) as e:
+        raise SubmitError(f"WERKBANK_POLICY cannot be read ({e}); start a new session") from None
+
+
+def notebook_parameters(notebook: Path) -> dict[str, dict]:
+    """The notebook's ``parameters`` cell as papermill reads it: name → {inferred_type_name, default}."""
+    import papermill  # imported here: half a second, and only submit needs it
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def convert(name: str, value: object, type_name: str) -> object:
+    """A parameter value from the command line (a string) as the type the notebook declares."""
+    if not isinstance(value, str):
+        return value  # from the Python API: taken as given (papermill writes it as a literal)
+    kind = (type_name or "").lower()
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return _BOOL_WORDS[value.strip().lower()]
+    except (ValueError, KeyError):
+        raise SubmitError(f"parameter {name!r} expects {kind}, got {value!r}") from None
+    if kind in {"str", "none", ""}:
+        return value
+    try:  # list, dict, ...: JSON on the command line
+        return json.loads(value)
+    except ValueError:
+        raise SubmitError(f"parameter {name!r} expects {kind}; give it as JSON, e.g. '[1, 2]'") from None
+
+
+def check_notebook(path: str | os.PathLike) -> Path:
+    notebook = Path(path).expanduser().resolve()
+    if notebook.suffix != ".ipynb":
+        raise SubmitError(f"{path}: not a notebook (.ipynb)")
+    if not notebook.is_file():
+        raise SubmitError(f"{path}: no such notebook")
+    # Slurm reads '%' in --output as a pattern, and a newline would break the log's name.
+    if "%" in str(notebook) or "\n" in str(notebook):
+        raise SubmitError(f"{path}: rename it without '%' or line breaks, then submit")
+    if not os.access(notebook.parent, os.W_OK):
+        raise SubmitError(
+            f"{notebook.parent}: not writable, and the executed notebook goes next to the input"
+        )
+    return notebook
+
+
+def prepare(
+    notebook: str | os.PathLike,
+    parameters: dict[str, object] | None = None,
+    *,
+    profile: str | None = None,
+    policy: Policy | None = None,
+    groups: tuple[str, ...] = (),
+    **resources: object,
+) -> Submission:
+    """Check everything about a notebook job; raise :class:`SubmitError` with the reason.
+
+    ``resources`` are the spawn form's custom fields (gpus, cpus, memory, walltime, partition,
+    account) where the site allows them; ``None`` means "the profile's value".
+    """
+    path = check_notebook(notebook)
+    policy = policy or session_policy()
+    options = {"profile": profile, **{k: v for k, v in resources.items() if v is not None}}
+    try:
+        request = policy.validate(options, groups)
+    except PolicyError as e:
+        raise SubmitError(str(e)) from None
+
+    declared = notebook_parameters(path)
+    values = {}
+    for name, value in (parameters or {}).items():
+        if name not in declared:
+            known = ", ".join(declared) or "none (the notebook has no cell tagged 'parameters')"
+            raise SubmitError(f"{path.name} has no parameter {name!r}; its parameters: {known}")
+        values[name] = convert(name, value, declared[name].get("inferred_type_name", ""))
+    return Submission(path, values, request)
+
+
+# --- the job ----------------------------------------------------------------------------
+
+
+def render_batch_script(sub: Submission, spec_path: Path) -> str:
+    """The job script: validated ``#SBATCH`` lines and one quoted command."""
+    lines = [
+        "#!/bin/bash",
+        *directive_lines([("job-name", JOB_NAME), *resource_options(sub.request)]),
+        "",
+        "# Rendered by `werkbank submit`; parameters are in the spec file, not in this script.",
+        "set -euo pipefail",
+        "exec " + shlex.join([sub.python, "-m", "werkbank_lab.runjob", str(spec_path)]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def jobs_dir() -> Path:
+    folder = JOBS_DIR.expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
+    """Submit ``sub``; return the Slurm job id."""
+    folder = jobs_dir()
+    spec_path = folder / f"spec-{sub.spec_id}.json"
+    spec = {
+        "notebook": str(sub.notebook),
+        "parameters": sub.parameters,
+        "request": asdict(sub.request),
+        "submitted": time.time(),
+    }
+    spec_path.write_text(json.dumps(spec, indent=1))
+    argv = [
+        *sbatch,
+        "--parsable",
+        f"--chdir={sub.notebook.parent}",
+        f"--output={sub.log_pattern}",
+    ]
+    result = subprocess.run(
+        argv, input=render_batch_script(sub, spec_path), capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        spec_path.unlink(missing_ok=True)
+        raise SubmitError(f"Slurm refused the job: {result.stderr.strip() or result.returncode}")
+    job_id = parse_job_id(result.stdout)
+    record = {**spec, "job_id": job_id, "output": str(sub.output_for(job_id)), "spec": str(spec_path)}
+    (folder / f"{job_id}.json").write_text(json.dumps(record, indent=1))
+    return job_id
+
+
+# --- after submission -------------------------------------------------------------------
+
+
+@dataclass
+class JobView:
+    job_id: str
+    state: str
+    notebook: str
+    output: str
+    detail: str = ""
+
+
+def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
+    """The user's notebook jobs: Slurm's view while queued or running, the status file after."""
+    user = os.environ.get("USER") or _whoami()
+    out = subprocess.run(
+        [*squeue, "--noheader", "--user", user, "--name", JOB_NAME, "--format", "%i|%T|%r|%N"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SubmitError(f"squeue failed: {out.stderr.strip()}")
+    live = {}
+    for line in out.stdout.splitlines():
+        job_id, state, reason, nodes = [*line.split("|"), "", "", ""][:4]
+        live[job_id] = (state, reason if state == "PENDING" else nodes)
+    views = []
+    folder = jobs_dir()
+    for record_path in sorted(folder.glob("[0-9]*.json"), key=lambda p: int(p.name.split(".")[0])):
+        if record_path.name.endswith(".status.json"):
+            continue
+        record = json.loads(record_path.read_text())
+        job_id = record["job_id"]
+        status_path = folder / f"{job_id}.status.json"
+        if job_id in live:
+            state, detail = live.pop(job_id)
+        elif status_path.exists():
+            status = json.loads(status_path.read_text())
+            state, detail = status["state"], status.get("error", "")
+        else:
+            state, detail = "ENDED", "no status written (cancelled, or ended by Slurm at its walltime)"
+        views.append(JobView(job_id, state, record["notebook"], record["output"], detail))
+    # Jobs submitted elsewhere (e.g. another home on another cluster) but still queued.
+    views += [JobView(j, s, "?", "?", d) for j, (s, d) in live.items()]
+    return views
+
+
+def cancel(job_id: str, scancel: tuple[str, ...] = ("scancel",)) -> None:
+    if not (job_id.isascii() and job_id.isdigit()):
+        raise SubmitError(f"{job_id!r} is not a job id (a number, as `werkbank jobs` shows)")
+    result = subprocess.run([*scancel, job_id], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SubmitError(f"scancel {job_id}: {result.stderr.strip()}")
+
+
+def _whoami() -> str:
+    import getpass
+
+    return getpass.getuser()

@@ -1,0 +1,71 @@
+"""Runs inside a ``werkbank submit`` job: execute the notebook with papermill, record how it ended.
+
+``python -m werkbank_lab.runjob SPEC`` where SPEC is the JSON file ``werkbank submit`` wrote.
+The executed notebook lands next to the input as ``<name>-<job id>.ipynb``; the kernel inherits
+the job's environment, so ``SLURM_JOB_ID`` reaches the notebook's MLflow tags
+(:func:`werkbank_lab.tracking.session_tags`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from werkbank_lab.batch import jobs_dir
+
+
+def write_status(job_id: str, **status) -> None:
+    path = jobs_dir() / f"{job_id}.status.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"job_id": job_id, "finished": time.time(), **status}, indent=1))
+    tmp.replace(path)  # a reader never sees half a file
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    job_id = os.environ.get("SLURM_JOB_ID", "local")
+    notebook = Path(spec["notebook"])
+    output = notebook.with_name(f"{notebook.stem}-{job_id}.ipynb")
+
+    def on_term(signum, frame):
+        # scancel or the walltime end: say so before Slurm kills the job for good.
+        write_status(
+            job_id, state="CANCELLED", output=str(output), error="ended by Slurm (scancel or walltime)"
+        )
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"werkbank: job {job_id} runs {notebook} → {output}", flush=True)
+
+    import papermill
+
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=spec["parameters"],
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            log_output=True,
+        )
+    except papermill.PapermillExecutionError as e:
+        write_status(
+            job_id, state="FAILED", output=str(output), error=f"cell {e.exec_count}: {e.ename}: {e.evalue}"
+        )
+        print(f"werkbank: the notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", flush=True)
+        return 1
+    except Exception as e:  # recorded for `werkbank jobs`, then re-raised
+        write_status(job_id, state="FAILED", output=str(output), error=f"{type(e).__name__}: {e}")
+        raise
+    write_status(job_id, state="COMPLETED", output=str(output))
+    print(f"werkbank: done, executed notebook: {output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""``werkbank submit``/``jobs``/``cancel`` as a user in a session would run them: real ``sbatch`` jobs
+on the test cluster, running as that user, papermill inside, the MLflow run tagged with the job id."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from werkbank_spawner.policy import policy_from_dict
+from werkbank_spawner.siteconfig import policy_config
+
+from .conftest import REPO, run, squeue, wait_for
+
+pytestmark = pytest.mark.integration
+WERKBANK = str(Path(sys.executable).parent / "werkbank")
+SITE = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
+# What the spawner puts in a session of a user in no group.
+POLICY_JSON = json.dumps(policy_from_dict(policy_config(SITE)).view_for(()))
+
+
+@pytest.fixture
+def session_env(mlflow_server) -> dict[str, str]:
+    return {"WERKBANK_POLICY": POLICY_JSON, "MLFLOW_TRACKING_URI": mlflow_server.url}
+
+
+def as_user(user: str, env: dict[str, str], *argv: str):
+    """Run ``argv`` as ``user`` with the session's environment (no shell anywhere)."""
+    assignments = [f"{key}={value}" for key, value in env.items()]
+    return run("sudo", "-n", "-u", user, "-H", "env", *assignments, *argv, check=False)
+
+
+def user_folder(user: str, name: str) -> Path:
+    """A fresh folder in the user's home, owned by the user."""
+    folder = Path(pwd.getpwnam(user).pw_dir) / name
+    shutil.rmtree(folder, ignore_errors=True)
+    run("sudo", "-n", "-u", user, "mkdir", "-p", str(folder))
+    return folder
+
+
+def put(user: str, source: Path, folder: Path) -> Path:
+    """A copy of ``source`` in ``folder``, owned by ``user``."""
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    account = pwd.getpwnam(user)
+    os.chown(target, account.pw_uid, account.pw_gid)
+    return target
+
+
+def submitted_job_id(result) -> str:
+    assert result.returncode == 0, result.stderr
+    m = re.search(r"Submitted job (\d+)", result.stdout)
+    assert m, result.stdout
+    return m.group(1)
+
+
+def status_of(user: str, job_id: str) -> dict | None:
+    path = Path(pwd.getpwnam(user).pw_dir) / ".werkbank" / "jobs" / f"{job_id}.status.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(slurm, session_env, mlflow_server):
+    folder = user_folder("alice", "submit-test")
+    notebook = put("alice", REPO / "notebooks" / "01-onboarding" / "onboarding.ipynb", folder)
+    experiment = f"submit-{uuid.uuid4().hex[:8]}"
+    result = as_user(
+        "alice", session_env, WERKBANK, "submit", str(notebook),
+        "-p", "matmul_size", "128", "-p", "run_name", "batch", "-p", "experiment_name", experiment,
+        "--profile", "cpu",
+    )  # fmt: skip
+    job_id = submitted_job_id(result)
+    assert "CPU" in result.stdout and f"onboarding-{job_id}.ipynb" in result.stdout
+    assert squeue("--jobs", job_id, "--format=%u|%j").strip() in {"alice|werkbank-batch", ""}
+
+    status = wait_for(lambda: status_of("alice", job_id), 240, f"job {job_id} to finish")
+    log = folder / f"onboarding-{job_id}.log"
+    assert status["state"] == "COMPLETED", (status, log.read_text() if log.exists() else "no log")
+    executed = folder / f"onboarding-{job_id}.ipynb"
+    assert executed.exists() and executed.stat().st_uid == pwd.getpwnam("alice").pw_uid
+    # The executed notebook holds outputs; the parameters given are in its injected cell.
+    nb = nbformat.read(executed, as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "matmul_size = 128" in injected.source
+
+    client = MlflowClient(mlflow_server.url)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
+    assert mlflow_run.data.tags["werkbank.user"] == "alice"
+    assert mlflow_run.data.params["cwd"] == str(folder)
+
+    listing = as_user("alice", session_env, WERKBANK, "jobs")
+    assert re.search(rf"^\s*{job_id}\s+COMPLETED\s+{re.escape(str(notebook))}$", listing.stdout, re.M), (
+        listing.stdout
+    )
+
+
+def test_a_bad_choice_is_refused_before_sbatch(slurm, session_env):
+    folder = user_folder("alice", "submit-refused")
+    notebook = put("alice", REPO / "notebooks" / "01-onboarding" / "onboarding.ipynb", folder)
+    jobs_before = squeue("--user", "alice", "--name", "werkbank-batch")
+    jobs_dir = Path(pwd.getpwnam("alice").pw_dir) / ".werkbank" / "jobs"
+    specs_before = sorted(jobs_dir.glob("spec-*.json"))
+    for args, reason in [
+        (["--profile", "nope"], "unknown profile 'nope'"),
+        (["--profile", "cpu", "--gpus", "9"], "9 GPUs requested, your limit is"),
+        (["--profile", "cpu", "-p", "matmul_sise", "8"], "has no parameter 'matmul_sise'"),
+        (["--profile", "cpu", "-p", "matmul_size", "$(id)"], "parameter 'matmul_size' expects int"),
+    ]:
+        result = as_user("alice", session_env, WERKBANK, "submit", str(notebook), *args)
+        assert result.returncode == 2 and reason in result.stderr, (args, result.stderr)
+    assert squeue("--user", "alice", "--name", "werkbank-batch") == jobs_before
+    assert sorted(jobs_dir.glob("spec-*.json")) == specs_before
+
+
+def test_cancel_ends_the_job_and_only_its_owner_may(slurm, session_env, tmp_path):
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("seconds: int = 1")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell("import time\ntime.sleep(seconds)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "sleep.ipynb"
+    nbformat.write(nb, source)
+    notebook = put("alice", source, user_folder("alice", "submit-cancel"))
+
+    job_id = submitted_job_id(
+        as_user("alice", session_env, WERKBANK, "submit", str(notebook), "-p", "seconds", "600")
+    )
+    wait_for(lambda: squeue("--jobs", job_id, "--format=%T").strip() == "RUNNING", 60, "the job to run")
+
+    refused = as_user("bob", session_env, WERKBANK, "cancel", job_id)
+    assert refused.returncode == 2 and f"scancel {job_id}" in refused.stderr
+    assert squeue("--jobs", job_id, "--format=%T").strip() == "RUNNING"
+
+    cancelled = as_user("alice", session_env, WERKBANK, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    wait_for(lambda: not squeue("--jobs", job_id).strip(), 60, "the job to leave the queue")
+    listing = wait_for(
+        lambda: (
+            (out := as_user("alice", session_env, WERKBANK, "jobs").stdout) and "CANCELLED" in out and out
+        ),
+        30,
+        "`werkbank jobs` to show the job cancelled",
+    )
+    assert re.search(rf"^\s*{job_id}\s+CANCELLED", listing, re.M), listing

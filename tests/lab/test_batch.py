@@ -1,0 +1,147 @@
+"""``werkbank submit``: what is checked before ``sbatch`` and what the job script holds (no Slurm here;
+tests/integration/test_submit.py runs real jobs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from werkbank_lab import batch
+from werkbank_spawner.policy import policy_from_dict
+
+SITE = {
+    "profiles": [
+        {"name": "cpu", "partition": "cpu", "cpus": 1, "memory": "2G", "walltime": "01:00:00"},
+        {"name": "gpu1", "partition": "gpu", "gpus": 1, "cpus": 4, "memory": "16G", "walltime": "4h"},
+    ],
+    "custom_fields": ["gpus", "walltime"],
+    "limits": {
+        "default": {"gpus": 1, "cpus": 4, "memory": "16G", "walltime": "4h", "partitions": ["cpu", "gpu"]}
+    },
+}
+POLICY_JSON = json.dumps(policy_from_dict(SITE).view_for(()))
+
+
+@pytest.fixture
+def notebook(tmp_path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell(
+        'epochs: int = 3\nlearning_rate: float = 0.1\nname: str = "run"\ncompile_model: bool = False\n'
+        "layers: list = [32, 16]"
+    )
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell("print(epochs, learning_rate, name)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "my notebook.ipynb"  # a space: users' file names have them
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def policy():
+    return batch.session_policy({"WERKBANK_POLICY": POLICY_JSON})
+
+
+def test_parameters_are_converted_to_the_declared_types(notebook, policy):
+    sub = batch.prepare(
+        notebook,
+        {
+            "epochs": "20",
+            "learning_rate": "1e-3",
+            "name": "a b; rm -rf ~",
+            "compile_model": "yes",
+            "layers": "[8]",
+        },
+        profile="gpu1",
+        policy=policy,
+    )
+    assert sub.parameters == {
+        "epochs": 20,
+        "learning_rate": 0.001,
+        "name": "a b; rm -rf ~",
+        "compile_model": True,
+        "layers": [8],
+    }
+    assert (sub.request.profile, sub.request.gpus, sub.request.partition) == ("gpu1", 1, "gpu")
+    assert sub.output_for("42") == notebook.with_name("my notebook-42.ipynb")
+
+
+@pytest.mark.parametrize(
+    ("parameters", "options", "message"),
+    [
+        ({"epoch": "3"}, {}, "has no parameter 'epoch'; its parameters: epochs, learning_rate"),
+        ({"epochs": "three"}, {}, "parameter 'epochs' expects int, got 'three'"),
+        ({"compile_model": "maybe"}, {}, "parameter 'compile_model' expects bool"),
+        ({"layers": "8, 16"}, {}, "give it as JSON"),
+        ({}, {"profile": "bigmem"}, "unknown profile 'bigmem'; choose one of: cpu, gpu1"),
+        ({}, {"profile": "cpu", "gpus": "2"}, "gpus: 2 GPUs requested, your limit is 1"),
+        ({}, {"profile": "cpu", "cpus": "2"}, "cpus: this site does not allow changing it"),
+        ({}, {"profile": "cpu", "walltime": "1h; id"}, "walltime: expected a time like 04:00:00"),
+    ],
+)
+def test_bad_choices_are_refused_with_the_reason(notebook, policy, parameters, options, message):
+    with pytest.raises(batch.SubmitError) as refused:
+        batch.prepare(notebook, parameters, policy=policy, **options)
+    assert message in str(refused.value)
+
+
+def test_only_notebooks_that_exist(tmp_path, policy):
+    with pytest.raises(batch.SubmitError, match="no such notebook"):
+        batch.prepare(tmp_path / "missing.ipynb", policy=policy)
+    (tmp_path / "script.py").write_text("print(1)\n")
+    with pytest.raises(batch.SubmitError, match=r"not a notebook \(.ipynb\)"):
+        batch.prepare(tmp_path / "script.py", policy=policy)
+
+
+def test_outside_a_session_submit_says_why():
+    with pytest.raises(batch.SubmitError, match="WERKBANK_POLICY is not set"):
+        batch.session_policy({})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(min_size=1, max_size=60))
+def test_no_parameter_value_reaches_the_job_script(notebook, policy, tmp_path, value):
+    """Values travel in the spec file: the script is the same whatever the value."""
+    neutral = batch.prepare(notebook, {"name": "x"}, profile="cpu", policy=policy)
+    sub = batch.prepare(notebook, {"name": value}, profile="cpu", policy=policy)
+    assert sub.parameters == {"name": value}
+    spec = tmp_path / "spec-x.json"
+    assert batch.render_batch_script(sub, spec) == batch.render_batch_script(neutral, spec)
+
+
+def test_the_job_script_asks_for_the_profile(notebook, policy, tmp_path):
+    sub = batch.prepare(notebook, {}, profile="gpu1", policy=policy, walltime="30m")
+    script = batch.render_batch_script(sub, tmp_path / "spec-x.json")
+    for line in (
+        "#SBATCH --job-name=werkbank-batch",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16384M",
+        "#SBATCH --time=00:30:00",
+        "#SBATCH --gres=gpu:1",
+    ):
+        assert line in script.splitlines()
+    assert f"-m werkbank_lab.runjob {tmp_path}/spec-x.json" in script
+
+
+def test_the_cli_refuses_before_sbatch(notebook, tmp_path):
+    """A bad profile exits 2 with the reason, and the (fake, recording) sbatch is never called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    called = tmp_path / "sbatch-called"
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {called}\necho 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "WERKBANK_POLICY": POLICY_JSON, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    argv = [sys.executable, "-m", "werkbank_lab.cli", "submit", str(notebook), "-p", "epochs", "3"]
+    result = subprocess.run([*argv, "--profile", "fullnode"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "werkbank submit: profile: unknown profile 'fullnode'; choose one of: cpu, gpu1" in result.stderr
+    assert not called.exists()
