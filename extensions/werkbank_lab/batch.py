@@ -28,7 +28,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from werkbank_spawner.policy import JobRequest, Policy, PolicyError, policy_from_dict
+from werkbank_spawner.policy import (
+    MAX_CPUS,
+    MAX_NODES,
+    JobRequest,
+    Policy,
+    PolicyError,
+    parse_count,
+    policy_from_dict,
+)
 from werkbank_spawner.script import directive_lines, parse_job_id, resource_options
 
 #: Slurm job name of every notebook job (``werkbank jobs`` lists these).
@@ -47,11 +55,18 @@ class SubmitError(ValueError):
 class Submission:
     """A validated notebook job, ready for ``sbatch``."""
 
-    notebook: Path
+    notebook: Path  # the notebook, or the training script for a distributed job
     parameters: dict
-    request: JobRequest
+    request: JobRequest  # resources per node
+    nodes: int = 1
+    procs_per_node: int = 0  # > 0: a torchrun job of the script with this many processes per node
+    args: list[str] = field(default_factory=list)  # the training script's arguments
     python: str = sys.executable
     spec_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def distributed(self) -> bool:
+        return self.procs_per_node > 0
 
     @property
     def log_pattern(self) -> str:
@@ -59,7 +74,16 @@ class Submission:
         return str(self.notebook.with_name(f"{self.notebook.stem}-%j.log"))
 
     def output_for(self, job_id: str) -> Path:
+        """The executed notebook; for a training script, its log."""
+        if self.distributed:
+            return Path(self.log_pattern.replace("%j", job_id))
         return self.notebook.with_name(f"{self.notebook.stem}-{job_id}.ipynb")
+
+    def describe(self) -> str:
+        what = self.request.describe()
+        if self.distributed:
+            what += f" · {self.nodes} node(s) × {self.procs_per_node} process(es)"
+        return what
 
 
 # --- checks before anything is submitted -----------------------------------------------
@@ -108,12 +132,13 @@ def convert(name: str, value: object, type_name: str) -> object:
         raise SubmitError(f"parameter {name!r} expects {kind}; give it as JSON, e.g. '[1, 2]'") from None
 
 
-def check_notebook(path: str | os.PathLike) -> Path:
+def check_notebook(path: str | os.PathLike, suffix: str = ".ipynb") -> Path:
     notebook = Path(path).expanduser().resolve()
-    if notebook.suffix != ".ipynb":
-        raise SubmitError(f"{path}: not a notebook (.ipynb)")
+    kind = {".ipynb": "notebook", ".py": "Python script"}[suffix]
+    if notebook.suffix != suffix:
+        raise SubmitError(f"{path}: not a {kind} ({suffix})")
     if not notebook.is_file():
-        raise SubmitError(f"{path}: no such notebook")
+        raise SubmitError(f"{path}: no such {kind}")
     # Slurm reads '%' in --output as a pattern, and a newline would break the log's name.
     if "%" in str(notebook) or "\n" in str(notebook):
         raise SubmitError(f"{path}: rename it without '%' or line breaks, then submit")
@@ -156,18 +181,60 @@ def prepare(
     return Submission(path, values, request)
 
 
+def prepare_distributed(
+    script: str | os.PathLike,
+    args: list[str] | None = None,
+    *,
+    nodes: int | str = 1,
+    procs_per_node: int | str | None = None,
+    profile: str | None = None,
+    policy: Policy | None = None,
+    groups: tuple[str, ...] = (),
+    **resources: object,
+) -> Submission:
+    """Check a PyTorch training script job: ``torchrun`` on ``nodes`` nodes under ``srun``.
+
+    The profile's (or ``gpus=``) GPUs, cores and memory are per node. ``procs_per_node`` defaults
+    to the GPUs per node (one process each), or 1 on CPU nodes.
+    """
+    path = check_notebook(script, suffix=".py")
+    policy = policy or session_policy()
+    options = {"profile": profile, **{k: v for k, v in resources.items() if v is not None}}
+    try:
+        request = policy.validate(options, groups)
+        limit = policy.limits_for(groups).nodes
+        nodes = parse_count(nodes, "nodes", minimum=1, maximum=MAX_NODES)
+        if nodes > limit:
+            raise PolicyError("nodes", f"{nodes} nodes requested, your limit is {limit}")
+        if procs_per_node in (None, ""):
+            procs = max(request.gpus, 1)
+        else:
+            procs = parse_count(procs_per_node, "procs-per-node", minimum=1, maximum=MAX_CPUS)
+    except PolicyError as e:
+        raise SubmitError(str(e)) from None
+    if request.gpus and procs > request.gpus:
+        raise SubmitError(f"procs-per-node: {procs} processes but {request.gpus} GPUs per node; use one each")
+    return Submission(path, {}, request, nodes=nodes, procs_per_node=procs, args=[str(a) for a in args or []])
+
+
 # --- the job ----------------------------------------------------------------------------
 
 
 def render_batch_script(sub: Submission, spec_path: Path) -> str:
     """The job script: validated ``#SBATCH`` lines and one quoted command."""
+    options = [("job-name", JOB_NAME), *resource_options(sub.request)]
+    command = [sub.python, "-m", "werkbank_lab.runjob", str(spec_path)]
+    if sub.distributed:
+        # One runjob per node (it starts torchrun there); a failed node ends the whole job.
+        options += [("nodes", str(sub.nodes)), ("ntasks-per-node", "1")]
+        command = ["srun", "--kill-on-bad-exit=1", *command]
     lines = [
         "#!/bin/bash",
-        *directive_lines([("job-name", JOB_NAME), *resource_options(sub.request)]),
+        *directive_lines(options),
         "",
         "# Rendered by `werkbank submit`; parameters are in the spec file, not in this script.",
         "set -euo pipefail",
-        "exec " + shlex.join([sub.python, "-m", "werkbank_lab.runjob", str(spec_path)]),
+        "exec " + shlex.join(command),
     ]
     return "\n".join(lines) + "\n"
 
@@ -186,6 +253,9 @@ def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
         "notebook": str(sub.notebook),
         "parameters": sub.parameters,
         "request": asdict(sub.request),
+        "nodes": sub.nodes,
+        "procs_per_node": sub.procs_per_node,
+        "args": sub.args,
         "submitted": time.time(),
     }
     spec_path.write_text(json.dumps(spec, indent=1))

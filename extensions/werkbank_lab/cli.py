@@ -26,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         help="run a notebook with papermill in a Slurm job",
         description="Run NOTEBOOK with papermill in a Slurm job; the executed notebook is written next "
-        "to it as NAME-<jobid>.ipynb.",
+        "to it as NAME-<jobid>.ipynb. A training script (.py) runs under torchrun on --nodes nodes; "
+        "its own arguments follow --.",
     )
-    submit.add_argument("notebook")
+    submit.add_argument(
+        "notebook", help="a notebook (.ipynb), or a PyTorch training script (.py) for torchrun"
+    )
     submit.add_argument(
         "-p",
         "--parameter",
@@ -41,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--profile", help="resource profile (see `werkbank profiles`); default: the first")
     for flag in RESOURCE_FLAGS:
         submit.add_argument(f"--{flag}", help=f"{flag} instead of the profile's, where the site allows it")
+    submit.add_argument("--gpus-per-node", dest="gpus", help="the same as --gpus (resources are per node)")
+    submit.add_argument("--nodes", help="training script: nodes for torchrun (default 1)")
+    submit.add_argument(
+        "--procs-per-node", help="training script: processes per node (default: one per GPU, or 1 on CPU)"
+    )
 
     commands.add_parser("jobs", help="your notebook jobs and their state")
 
@@ -50,24 +58,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after "--" belongs to the training script (argparse would take it for options).
+    script_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
+    args.args = script_args
     try:
         if args.command == "profiles":
             for profile in batch.session_policy().profiles:
                 print(f"{profile.name:<12} {profile.label}")
         elif args.command == "submit":
-            parameters = dict(args.parameter)
-            if len(parameters) != len(args.parameter):
-                raise batch.SubmitError("a parameter is given twice")
-            sub = batch.prepare(
-                args.notebook,
-                parameters,
-                profile=args.profile,
-                **{flag: getattr(args, flag) for flag in RESOURCE_FLAGS},
-            )
+            resources = {flag: getattr(args, flag) for flag in RESOURCE_FLAGS}
+            if args.notebook.endswith(".py"):
+                if args.parameter:
+                    raise batch.SubmitError("-p is for notebooks; give a script its arguments after --")
+                sub = batch.prepare_distributed(
+                    args.notebook,
+                    args.args,
+                    nodes=args.nodes or 1,
+                    procs_per_node=args.procs_per_node,
+                    profile=args.profile,
+                    **resources,
+                )
+            else:
+                if args.nodes or args.procs_per_node or args.args:
+                    raise batch.SubmitError(
+                        "--nodes, --procs-per-node and arguments are for training scripts"
+                    )
+                parameters = dict(args.parameter)
+                if len(parameters) != len(args.parameter):
+                    raise batch.SubmitError("a parameter is given twice")
+                sub = batch.prepare(args.notebook, parameters, profile=args.profile, **resources)
             job_id = batch.submit(sub)
-            print(f"Submitted job {job_id}: {sub.request.describe()}")
-            print(f"Executed notebook: {sub.output_for(job_id)}")
+            print(f"Submitted job {job_id}: {sub.describe()}")
+            if not sub.distributed:
+                print(f"Executed notebook: {sub.output_for(job_id)}")
             print(f"Log: {sub.log_pattern.replace('%j', job_id)}")
         elif args.command == "jobs":
             views = batch.list_jobs()

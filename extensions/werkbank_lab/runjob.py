@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +26,61 @@ def write_status(job_id: str, **status) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+def rendezvous_address(nodelist: str) -> str:
+    """The first node's address (Slurm's NodeAddr): its name may not resolve on the other nodes."""
+    names = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    ).stdout.split()
+    node = subprocess.run(
+        ["scontrol", "--oneliner", "show", "node", names[0]], capture_output=True, text=True, check=True
+    ).stdout
+    for token in node.split():
+        if token.startswith("NodeAddr="):
+            return token.split("=", 1)[1]
+    return names[0]
+
+
+def torchrun_argv(spec: dict, job_id: str, environ: dict[str, str]) -> list[str]:
+    """``torchrun`` for this node: standalone on one node, c10d rendezvous at the first node's address."""
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={spec['procs_per_node']}"]
+    if spec["nodes"] == 1:
+        argv.append("--standalone")
+    else:
+        # A port per job, so two jobs whose first node is the same do not meet at one rendezvous.
+        port = 20000 + int(job_id) % 10000 if job_id.isdigit() else 29500
+        address = rendezvous_address(environ["SLURM_JOB_NODELIST"])
+        argv += [
+            f"--nnodes={spec['nodes']}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={address}:{port}",
+            f"--rdzv-id={job_id}",
+        ]
+    return [*argv, spec["notebook"], *spec["args"]]
+
+
+def run_distributed(spec: dict, job_id: str) -> int:
+    """One of these per node (srun); node 0 records how the job ended."""
+    first = os.environ.get("SLURM_NODEID", "0") == "0"
+    argv = torchrun_argv(spec, job_id, dict(os.environ))
+    print(f"werkbank: job {job_id} node {os.environ.get('SLURM_NODEID', '0')}: {argv}", flush=True)
+    returncode = subprocess.run(argv, cwd=Path(spec["notebook"]).parent, check=False).returncode
+    if first:
+        output = Path(spec["notebook"]).with_name(f"{Path(spec['notebook']).stem}-{job_id}.log")
+        if returncode == 0:
+            write_status(job_id, state="COMPLETED", output=str(output))
+        else:
+            write_status(
+                job_id, state="FAILED", output=str(output), error=f"torchrun exit status {returncode}"
+            )
+    return returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     job_id = os.environ.get("SLURM_JOB_ID", "local")
+    if spec.get("procs_per_node"):
+        return run_distributed(spec, job_id)
     notebook = Path(spec["notebook"])
     output = notebook.with_name(f"{notebook.stem}-{job_id}.ipynb")
 

@@ -28,6 +28,7 @@ OPTION_KEYS = ("profile", *CUSTOM_FIELDS)
 
 MAX_GPUS = 64
 MAX_CPUS = 1024
+MAX_NODES = 4096
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_WALLTIME_MIN = 366 * 24 * 60
 
@@ -162,6 +163,7 @@ class Limits:
     walltime_min: int
     partitions: tuple[str, ...]
     accounts: tuple[str, ...] = ()
+    nodes: int = 1  # batch jobs only (`werkbank submit --nodes`); a Jupyter server uses one node
 
     def merge_generous(self, other: Limits) -> Limits:
         """Field by field the larger limit, the union of allow-lists."""
@@ -172,6 +174,7 @@ class Limits:
             walltime_min=max(self.walltime_min, other.walltime_min),
             partitions=tuple(dict.fromkeys(self.partitions + other.partitions)),
             accounts=tuple(dict.fromkeys(self.accounts + other.accounts)),
+            nodes=max(self.nodes, other.nodes),
         )
 
 
@@ -293,6 +296,7 @@ class Policy:
                     "walltime": limits.walltime_min,
                     "partitions": list(limits.partitions),
                     "accounts": list(limits.accounts),
+                    "nodes": limits.nodes,
                 }
             },
             "custom_fields": sorted(self.custom_fields),
@@ -448,6 +452,7 @@ def _limits_from_dict(d: Mapping, where: str, base: Limits | None) -> Limits:
         "walltime": ("walltime_min", parse_walltime, "01:00:00"),
         "partitions": ("partitions", _parse_names, []),
         "accounts": ("accounts", _parse_names, []),
+        "nodes": ("nodes", lambda v, f: parse_count(v, f, minimum=1, maximum=MAX_NODES), 1),
     }
     values = {}
     for key, (attr, parse, fallback) in parsers.items():

@@ -158,6 +158,7 @@ def _limits_item(help: str, *, inherited: bool) -> Section:
             "walltime": Key((str, int), default("1h"), "Longest time limit a server may ask for."),
             "partitions": Key((list,), default([]), "Partitions users may run in.", items=str),
             "accounts": Key((list,), default([]), "Slurm accounts users may name; empty: none.", items=str),
+            "nodes": Key((int, str), default(1), "Most nodes one batch job (`werkbank submit --nodes`) may span."),
         },
     )
 

@@ -152,3 +152,44 @@ def test_cancel_ends_the_job_and_only_its_owner_may(slurm, session_env, tmp_path
         "`werkbank jobs` to show the job cancelled",
     )
     assert re.search(rf"^\s*{job_id}\s+CANCELLED", listing, re.M), listing
+
+
+def ddp_script() -> str:
+    """The training script of template 07, as its %%writefile cell writes it."""
+    nb = nbformat.read(REPO / "notebooks" / "07-distributed" / "distributed.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if c.source.startswith("%%writefile train_ddp.py"))
+    return cell.split("\n", 1)[1]
+
+
+def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(
+    slurm, session_env, mlflow_server, tmp_path
+):
+    source = tmp_path / "train_ddp.py"
+    source.write_text(ddp_script())
+    folder = user_folder("alice", "submit-ddp")
+    script = put("alice", source, folder)
+    experiment = f"ddp-{uuid.uuid4().hex[:8]}"
+
+    refused = as_user(
+        "alice", session_env, WERKBANK, "submit", str(script), "--nodes", "2", "--profile", "cpu"
+    )
+    assert refused.returncode == 2 and "nodes: 2 nodes requested, your limit is 1" in refused.stderr
+
+    result = as_user(
+        "alice", session_env, WERKBANK, "submit", str(script), "--procs-per-node", "2", "--profile", "cpu",
+        "--", "--experiment", experiment, "--epochs", "3",
+    )  # fmt: skip
+    job_id = submitted_job_id(result)
+    assert "1 node(s) × 2 process(es)" in result.stdout
+    status = wait_for(lambda: status_of("alice", job_id), 240, f"job {job_id} to finish")
+    log = folder / f"train_ddp-{job_id}.log"
+    assert status["state"] == "COMPLETED", (status, log.read_text() if log.exists() else "no log")
+    assert "test accuracy" in log.read_text()
+
+    client = MlflowClient(mlflow_server.url)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert mlflow_run.data.params["world_size"] == "2"
+    assert mlflow_run.data.params["backend"] == "gloo"
+    assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
+    assert mlflow_run.data.tags["werkbank.user"] == "alice"
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 3

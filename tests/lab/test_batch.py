@@ -145,3 +145,46 @@ def test_the_cli_refuses_before_sbatch(notebook, tmp_path):
     assert result.returncode == 2
     assert "werkbank submit: profile: unknown profile 'fullnode'; choose one of: cpu, gpu1" in result.stderr
     assert not called.exists()
+
+
+def test_a_training_script_runs_under_srun_with_torchrun_per_node(tmp_path, monkeypatch):
+    from werkbank_lab import runjob
+
+    script = tmp_path / "train.py"
+    script.write_text("print('training')\n")
+    site = {**SITE, "limits": {"default": {**SITE["limits"]["default"], "nodes": 4}}}
+    policy = policy_from_dict(site)
+    sub = batch.prepare_distributed(script, ["--epochs", "$(id)"], nodes="2", profile="gpu1", policy=policy)
+    assert (sub.nodes, sub.procs_per_node, sub.args) == (2, 1, ["--epochs", "$(id)"])  # one process per GPU
+    rendered = batch.render_batch_script(sub, tmp_path / "spec-x.json")
+    assert "#SBATCH --nodes=2" in rendered and "#SBATCH --ntasks-per-node=1" in rendered
+    assert "#SBATCH --gres=gpu:1" in rendered  # per node
+    assert "$(id)" not in rendered  # arguments travel in the spec file
+    assert rendered.splitlines()[-1].startswith("exec srun --kill-on-bad-exit=1 ")
+
+    spec = {"nodes": 2, "procs_per_node": 1, "notebook": str(script), "args": sub.args}
+    monkeypatch.setattr(runjob, "rendezvous_address", lambda nodelist: "10.0.0.7")
+    argv = runjob.torchrun_argv(spec, "1234", {"SLURM_JOB_NODELIST": "node[1-2]"})
+    assert argv[1:] == [
+        "-m", "torch.distributed.run", "--nproc-per-node=1", "--nnodes=2", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=10.0.0.7:21234", "--rdzv-id=1234", str(script), "--epochs", "$(id)",
+    ]  # fmt: skip
+    single = runjob.torchrun_argv({**spec, "nodes": 1}, "1234", {})
+    assert "--standalone" in single and not any(a.startswith("--rdzv") for a in single)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"nodes": 5}, "nodes: 5 nodes requested, your limit is 4"),
+        ({"nodes": "two"}, "nodes: expected a whole number"),
+        ({"procs_per_node": 2, "profile": "gpu1"}, "2 processes but 1 GPUs per node"),
+    ],
+)
+def test_distributed_jobs_are_bounded(tmp_path, options, message):
+    script = tmp_path / "train.py"
+    script.write_text("\n")
+    policy = policy_from_dict({**SITE, "limits": {"default": {**SITE["limits"]["default"], "nodes": 4}}})
+    with pytest.raises(batch.SubmitError) as refused:
+        batch.prepare_distributed(script, policy=policy, **options)
+    assert message in str(refused.value)

@@ -1,0 +1,27 @@
+"""07-distributed: a DDP script run by torchrun with several processes, tracked in one MLflow run."""
+
+import getpass
+
+from tests.notebooks.lifecycle import Execution, runs_in
+
+NEEDS: tuple[str, ...] = ()
+
+
+def smoke(upstream: dict[str, Execution]) -> dict:
+    return {"procs": 2, "epochs": 8, "min_accuracy": 0.85}
+
+
+def check(execution: Execution) -> None:
+    (run,) = runs_in(execution.client, execution.experiment_name)
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert tags["werkbank.template"] == "07-distributed"
+    assert tags["werkbank.user"] == getpass.getuser()
+    assert params["world_size"] == "2" and params["backend"] == "gloo" and params["nodes"] == "1"
+    assert metrics["test_accuracy"] >= execution.parameters["min_accuracy"]
+    history = execution.client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(execution.parameters["epochs"]))
+    assert history[-1].value < history[0].value
+    # The script the notebook wrote is next to it, and nothing else but papermill's output.
+    written = sorted(p.name for p in execution.workdir.iterdir())
+    assert written == ["executed-distributed.ipynb", "train_ddp.py"], written
