@@ -18,7 +18,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import httpx
@@ -104,7 +104,8 @@ class MetricLogger:
     sent by the next logger for the same run, or by :func:`replay_spool`.
 
     ``on_status`` is called (from the background thread) with ``"offline"`` when the server
-    stops answering and ``"online"`` when spooled metrics have been delivered.
+    stops answering and ``"online"`` when spooled metrics have been delivered. ``listeners`` see
+    every value as it is logged (a live :class:`werkbank_lab.widgets.TrainingPanel`).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class MetricLogger:
         timeout: float = 5.0,
         retry_interval: float = 2.0,
         on_status: Callable[[str], None] | None = None,
+        listeners: Iterable[Callable[[str, float, int], None]] = (),
     ):
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         if not uri.startswith(("http://", "https://")):
@@ -125,6 +127,9 @@ class MetricLogger:
         self.flush_interval = flush_interval
         self.retry_interval = retry_interval
         self.on_status = on_status
+        # Called in the caller's thread with (key, value, step) for every value, e.g. a live
+        # TrainingPanel (werkbank_lab.widgets); they must be cheap, the training loop waits for them.
+        self.listeners = list(listeners)
         self.spool_path = Path(spool_dir or Path.home() / ".werkbank" / "spool") / f"{run_id}.jsonl"
         self.sent = 0  # metrics delivered to the server
         self.requests = 0  # log-batch requests made
@@ -154,6 +159,8 @@ class MetricLogger:
             self._pending.append(item)
             if len(self._pending) >= MAX_BATCH:
                 self._lock.notify()
+        for listener in self.listeners:
+            listener(key, item["value"], item["step"])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Queue several metrics of one step (non-blocking)."""
