@@ -73,16 +73,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" >"$stamp"
 fi
 # The project's packages are installed editable from *this* checkout; a checkout elsewhere
-# (or a deleted CI clone) must not stay the one that is imported.
+# (or a deleted CI clone) must not stay the one that is imported. A changed package definition
+# (entry points, data files such as the server extension's config) also needs a reinstall.
 for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
     dir=${pkg%%:*} module=${pkg##*:}
     where=$("$VENV/bin/python" -c "import $module, os; print(os.path.dirname(os.path.dirname($module.__file__)))" 2>/dev/null || true)
-    if [ "$where" != "$REPO/$dir" ]; then
+    pkg_stamp=$VENV/.werkbank-$dir.sha256
+    defs=("$REPO/$dir/pyproject.toml")
+    if [ -f "$REPO/$dir/setup.py" ]; then defs+=("$REPO/$dir/setup.py"); fi
+    pkg_want=$( (echo "$REPO/$dir"; cat "${defs[@]}") | sha256sum | cut -d' ' -f1)
+    if [ "$where" != "$REPO/$dir" ] || [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
         say "pip install -e $REPO/$dir"
         "$VENV/bin/pip" install -q --no-deps -e "$REPO/$dir" 2>&1 \
             | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
         "$VENV/bin/python" -c "import $module" \
             || { echo "install: $module does not import" >&2; exit 1; }
+        echo "$pkg_want" >"$pkg_stamp"
     fi
 done
 say "ok ($VENV, configurable-http-proxy $(configurable-http-proxy --version))"

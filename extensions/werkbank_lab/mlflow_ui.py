@@ -1,0 +1,179 @@
+"""The MLflow UI inside the session, at ``<server>/werkbank/mlflow/``: no other port for the user to reach.
+
+Two ways, chosen once at start (``mlflow_route``):
+
+- **proxy** (an ``http://`` tracking URI, the hub-managed server today): the session forwards requests to the
+  tracking server with jupyter-server-proxy's ``ProxyHandler``. Its named servers only reach ``localhost``,
+  but the session usually runs on a compute node and MLflow on the hub host, so this subclass targets the
+  tracking server's host and port. It only ever reaches that one server (no user-chosen hosts).
+- **redirect** (``WerkbankLab.mlflow_ui_url`` set, e.g. the hub service ``/services/mlflow/``, or an
+  ``https://`` tracking URI that browsers reach directly): ``/werkbank/mlflow/`` redirects there.
+
+Headers on the proxied request: ``Host`` becomes the tracking server's (MLflow refuses unknown hosts, a DNS
+rebinding guard); the user's Jupyter cookies and token are not passed on; the session's MLflow credentials
+(``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) are added. MLflow refuses
+state-changing cross-origin requests by their ``Origin``; a request from the page's own origin (as
+jupyter_server's ``check_origin`` judges it) is rewritten to the tracking server's origin, any other keeps its
+foreign ``Origin`` and MLflow refuses it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server_proxy.handlers import ProxyHandler
+from tornado import web
+
+PROXY_BASE = "werkbank/mlflow"
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """Where the proxy sends requests: ``http://host:port/prefix``, with the session's credentials."""
+
+    host: str
+    port: int
+    prefix: str  # "" or "/some/path", no trailing slash
+    authorization: str  # the Authorization header to send, or ""
+
+    @property
+    def netloc(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"http://{self.netloc}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How ``/werkbank/mlflow/`` reaches the UI: ``kind`` "proxy", "redirect" or "none" (with ``reason``)."""
+
+    kind: str
+    target: ProxyTarget | None = None
+    url: str = ""
+    reason: str = ""
+
+
+def mlflow_route(tracking_uri: str, ui_url: str, environ: Mapping[str, str]) -> Route:
+    """Decide how the session shows the MLflow UI (pure; see the module docstring)."""
+    if ui_url:
+        return Route("redirect", url=ui_url)
+    parts = urlsplit(tracking_uri)
+    if parts.scheme == "https" and parts.hostname:
+        return Route("redirect", url=tracking_uri.rstrip("/") + "/")
+    if parts.scheme != "http" or not parts.hostname:
+        reason = (
+            f"MLFLOW_TRACKING_URI is {tracking_uri!r}, not an MLflow server URL"
+            if tracking_uri
+            else "MLFLOW_TRACKING_URI is not set in this session"
+        )
+        return Route("none", reason=reason)
+    return Route(
+        "proxy",
+        target=ProxyTarget(
+            host=parts.hostname,
+            port=parts.port or 80,
+            prefix=parts.path.rstrip("/"),
+            authorization=_authorization(environ),
+        ),
+    )
+
+
+def _authorization(environ: Mapping[str, str]) -> str:
+    if environ.get("MLFLOW_TRACKING_TOKEN"):
+        return f"Bearer {environ['MLFLOW_TRACKING_TOKEN']}"
+    user, password = environ.get("MLFLOW_TRACKING_USERNAME"), environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return ""
+
+
+class MlflowProxyHandler(ProxyHandler):
+    """``/werkbank/mlflow/<path>`` → ``<tracking server>/<path>``, for the authenticated session owner."""
+
+    def initialize(self, target: ProxyTarget):
+        self.target = target
+        self.proxy_base = PROXY_BASE  # Location headers from MLflow are rewritten under it
+
+    def proxy_request_headers(self):
+        headers = super().proxy_request_headers()
+        for name in ("Cookie", "Authorization"):  # the user's Jupyter credentials stay here
+            headers.pop(name, None)
+        headers["Host"] = self.target.netloc
+        if "Origin" in headers and self.check_origin():
+            headers["Origin"] = self.target.origin
+        if self.target.authorization:
+            headers["Authorization"] = self.target.authorization
+        return headers
+
+    def proxy(self, proxied_path):
+        return super().proxy(self.target.host, self.target.port, self.target.prefix + "/" + proxied_path)
+
+    async def http_get(self, proxied_path):
+        return await self.proxy(proxied_path)
+
+    async def open(self, proxied_path):
+        return await self.proxy_open(
+            self.target.host, self.target.port, self.target.prefix + "/" + proxied_path
+        )
+
+    def post(self, proxied_path):
+        return self.proxy(proxied_path)
+
+    def put(self, proxied_path):
+        return self.proxy(proxied_path)
+
+    def delete(self, proxied_path):
+        return self.proxy(proxied_path)
+
+    def head(self, proxied_path):
+        return self.proxy(proxied_path)
+
+    def patch(self, proxied_path):
+        return self.proxy(proxied_path)
+
+    def options(self, proxied_path):
+        return self.proxy(proxied_path)
+
+
+class MlflowRedirectHandler(JupyterHandler):
+    """``/werkbank/mlflow/`` → the MLflow UI's own URL (the hub service, or a URL browsers reach)."""
+
+    def initialize(self, route: Route):
+        self.route = route
+
+    @web.authenticated
+    def get(self, proxied_path=""):
+        if self.route.kind != "redirect":
+            raise web.HTTPError(404, f"No MLflow UI in this session: {self.route.reason}".replace("%", "%25"))
+        self.redirect(self.route.url)
+
+
+def handlers(base_url: str, route: Route) -> list[tuple]:
+    """The tornado handlers for the route (``url_path_join`` done by the caller's ``base_url``)."""
+    from jupyter_server.utils import url_path_join
+
+    slash = url_path_join(base_url, PROXY_BASE)
+    pattern = url_path_join(base_url, PROXY_BASE, "(.*)")
+    if route.kind == "proxy":
+        kwargs = {"target": route.target, "host_allowlist": [route.target.host], "absolute_url": False}
+        return [(pattern, MlflowProxyHandler, kwargs), (slash, _AddSlash)]
+    return [
+        (pattern, MlflowRedirectHandler, {"route": route}),
+        (slash, MlflowRedirectHandler, {"route": route}),
+    ]
+
+
+class _AddSlash(JupyterHandler):
+    """``/werkbank/mlflow`` → ``/werkbank/mlflow/``: the UI loads its assets relative to the page."""
+
+    @web.authenticated
+    def get(self):
+        uri = self.request.uri
+        path, _, query = uri.partition("?")
+        self.redirect(path + "/" + (f"?{query}" if query else ""))
