@@ -1,0 +1,133 @@
+"""03-training: a CNN trained on 02's digits split, checkpointed every epoch, logged with its data and model.
+
+After the smoke run, the template runs a second time in the same working directory with one more epoch: it
+must resume from the first run's checkpoint (``resumed_from_epoch``) instead of training from scratch.
+"""
+
+import getpass
+import tempfile
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import get_model_info
+
+from tests.notebooks.lifecycle import Execution, execute, inputs_by_context, runs_in
+
+NEEDS: tuple[str, ...] = ("02-data",)
+PIXELS = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
+
+
+def smoke(upstream: dict[str, Execution]) -> dict:
+    data = upstream.get("02-data")
+    return {
+        "data_experiment": data.experiment_name if data else "never-created",
+        "run_name": "smoke",
+        "epochs": 3,  # a few seconds on a CPU; the defaults are sized for a GPU
+        "checkpoint_dir": "werkbank-checkpoints",  # relative: inside the test's working directory
+        "min_accuracy": 0.9,
+        # A model this small gains nothing from a second thread, and on a busy 2-core machine (the MLflow
+        # server, papermill and the kernel share it) the threads wait for each other.
+        "cpu_threads": 1,
+    }
+
+
+def data_run_of(execution: Execution):
+    [run] = [
+        run
+        for run in runs_in(execution.client, execution.upstream["02-data"].experiment_name)
+        if run.data.tags.get("werkbank.dataset") == "digits"
+    ]
+    return run
+
+
+def test_split(client, data_run_id: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The data run's test split as the model's input (N, 1, 8, 8) float32 and the labels."""
+    with tempfile.TemporaryDirectory() as scratch:  # outside the working directory, which is checked
+        frame = pd.read_csv(client.download_artifacts(data_run_id, "data/test.csv", scratch))
+    images = torch.from_numpy(frame[PIXELS].to_numpy(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    return images, frame["target"].to_numpy()
+
+
+def check_training_run(execution: Execution, run, data_run, *, resumed_from: int) -> None:
+    """What every training run must be: finished, tagged, on 02's data, with a model that loads."""
+    client, parameters = execution.client, execution.parameters
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert run.info.status == "FINISHED", run.info.status
+    assert tags["werkbank.template"] == "03-training"
+    assert tags["werkbank.user"] == getpass.getuser()
+    assert tags["werkbank.data_run_id"] == params["data_run_id"] == data_run.info.run_id
+    assert params["resumed_from_epoch"] == str(resumed_from)
+    assert metrics["test_accuracy"] >= parameters["min_accuracy"], metrics["test_accuracy"]
+
+    # The dataset inputs are 02's split: same digests as the data run's tags.
+    inputs = inputs_by_context(run)
+    assert set(inputs) == {"training", "testing"}, sorted(inputs)
+    for context, dataset in inputs.items():
+        assert dataset.digest == data_run.data.tags[f"werkbank.digest.{context}"], context
+
+    # One value per epoch trained in this run (the validation metrics sit at the epoch's last step).
+    epochs = int(params["epochs"])
+    logged_epochs = sorted(int(m.value) for m in client.get_metric_history(run.info.run_id, "epoch"))
+    assert logged_epochs == list(range(resumed_from + 1, epochs + 1)), logged_epochs
+    steps_per_epoch = len(client.get_metric_history(run.info.run_id, "train_loss")) // (epochs - resumed_from)
+    val_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
+    assert val_steps == [epoch * steps_per_epoch for epoch in logged_epochs], val_steps
+
+    # The logged model: a signature for (N, 1, 8, 8) float32, and it reproduces the logged accuracy on 02's
+    # test split, loaded as 05 and 06 load it.
+    model_uri = f"runs:/{run.info.run_id}/model"
+    signature = get_model_info(model_uri).signature
+    assert signature is not None, "the model has no signature"
+    [spec] = signature.inputs.inputs
+    assert (spec.type, spec.shape) == (np.dtype("float32"), (-1, 1, 8, 8)), spec
+    model = mlflow.pytorch.load_model(model_uri)
+    assert not model.training
+    images, labels = test_split(client, data_run.info.run_id)
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (len(labels), 10) and logits.dtype == torch.float32
+    accuracy = (logits.argmax(dim=1).numpy() == labels).sum() / len(labels)
+    assert accuracy == metrics["test_accuracy"], (accuracy, metrics["test_accuracy"])
+
+
+def checkpoint_of(execution: Execution) -> dict:
+    folder = (execution.workdir / execution.parameters["checkpoint_dir"]).resolve()
+    [path] = folder.glob("*.pt")  # one configuration, one file; no *.partial left behind
+    assert sorted(p.name for p in folder.iterdir()) == [path.name]
+    return {"path": path, **torch.load(path, map_location="cpu", weights_only=True)}
+
+
+def check(execution: Execution) -> None:
+    client, parameters, workdir = execution.client, execution.parameters, execution.workdir
+    data_run = data_run_of(execution)
+    [first] = runs_in(client, execution.experiment_name)
+    assert first.info.run_name == parameters["run_name"]
+    check_training_run(execution, first, data_run, resumed_from=0)
+
+    # The checkpoint: inside checkpoint_dir, after the last epoch, written by this run.
+    checkpoint = checkpoint_of(execution)
+    assert first.data.params["checkpoint"] == str(checkpoint["path"])
+    assert checkpoint["epoch"] == parameters["epochs"]
+    assert checkpoint["run_id"] == first.info.run_id
+
+    # Nothing was written in the working directory outside checkpoint_dir but papermill's own output.
+    checkpoint_root = (workdir / parameters["checkpoint_dir"]).resolve()
+    written = [p for p in workdir.rglob("*") if p.is_file() and not p.name.startswith("executed-")]
+    assert written and all(p.resolve().is_relative_to(checkpoint_root) for p in written), sorted(written)
+
+    # Run again with one more epoch, as after a walltime: it continues from the checkpoint.
+    more = {**parameters, "epochs": parameters["epochs"] + 1, "run_name": "smoke-resumed"}
+    start = time.monotonic()
+    seconds = execute(execution.path, workdir, more)
+    print(f"03-training: resumed run {seconds:.1f} s (check so far {time.monotonic() - start:.1f} s)")
+    [resumed] = [r for r in runs_in(client, execution.experiment_name) if r.info.run_id != first.info.run_id]
+    assert resumed.info.run_name == "smoke-resumed"
+    check_training_run(execution, resumed, data_run, resumed_from=parameters["epochs"])
+    assert resumed.data.tags["werkbank.resumed_from_run_id"] == first.info.run_id
+    assert client.get_run(first.info.run_id).info.status == "FINISHED"  # finished runs are not marked KILLED
+    checkpoint = checkpoint_of(execution)
+    assert (checkpoint["epoch"], checkpoint["run_id"]) == (more["epochs"], resumed.info.run_id)
+    assert [h["epoch"] for h in checkpoint["history"]] == list(range(1, more["epochs"] + 1))

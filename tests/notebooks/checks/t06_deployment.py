@@ -1,0 +1,104 @@
+"""06-deployment: the champion exported (TorchScript, torch.export, ONNX), served over HTTP, batch-scored.
+
+The exports are loaded here as a program without MLflow would load them and compared with the registered
+model on the test split; the batch predictions are compared with the model's own predictions.
+"""
+
+import getpass
+import tempfile
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnxruntime
+import pandas as pd
+import torch
+
+from tests.notebooks.checks.t05_validation import PIXELS, held_out_split
+from tests.notebooks.lifecycle import Execution, runs_in
+
+NEEDS: tuple[str, ...] = ("05-validation",)
+
+
+def smoke(upstream: dict[str, Execution]) -> dict:
+    validation = upstream.get("05-validation")
+    return {
+        "registered_model_name": (
+            validation.parameters["registered_model_name"] if validation else "never-registered"
+        ),
+        "export_dir": "deployment",
+        "serve_requests": 40,
+        "request_batch_size": 16,
+        "clients": 2,
+        "batch_rows": 2000,
+        "chunk_rows": 500,
+        "seed": 7,
+    }
+
+
+def check(execution: Execution) -> None:
+    client, parameters, workdir = execution.client, execution.parameters, execution.workdir
+    name = parameters["registered_model_name"]
+    [run] = runs_in(client, execution.experiment_name)
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert tags["werkbank.template"] == "06-deployment"
+    assert tags["werkbank.user"] == getpass.getuser()
+
+    # It deployed the champion, which is the version 05 registered.
+    champion = client.get_model_version_by_alias(name, "champion")
+    validation_run_id = champion.tags["werkbank.validation_run_id"]
+    assert client.get_run(validation_run_id).info.experiment_id == (
+        client.get_experiment_by_name(execution.upstream["05-validation"].experiment_name).experiment_id
+    )
+    assert tags["werkbank.model_version"] == champion.version
+    assert tags["werkbank.model_uri"] == f"models:/{name}/{champion.version}"
+
+    # The exported files, loaded without MLflow, compute what the registered model computes.
+    images, _ = held_out_split(client, client.get_run(champion.run_id).data.tags["werkbank.data_run_id"])
+    model = mlflow.pytorch.load_model(f"models:/{name}/{champion.version}")
+    with torch.no_grad():
+        expected = model(images).numpy()
+    tolerance = 1e-4  # the notebook's default
+    with tempfile.TemporaryDirectory() as scratch:
+        exports = Path(client.download_artifacts(run.info.run_id, "exports", scratch))
+        assert {p.name for p in exports.iterdir()} == {"model.torchscript.pt", "model.pt2", "model.onnx"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
+            outputs = {
+                "TorchScript": torch.jit.load(exports / "model.torchscript.pt")(images).numpy(),
+                "torch.export": torch.export.load(exports / "model.pt2").module()(images).numpy(),
+            }
+        session = onnxruntime.InferenceSession(exports / "model.onnx", providers=["CPUExecutionProvider"])
+        outputs["ONNX"] = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    for export, logits in outputs.items():
+        assert logits.shape == expected.shape, (export, logits.shape)
+        assert np.abs(logits - expected).max() <= tolerance, export
+        assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all(), export
+
+    # The service was measured: latencies ordered and positive, throughput positive.
+    assert metrics["startup_seconds"] > 0 and metrics["served_max_abs_diff"] <= tolerance
+    for mode in ("single", "batch"):
+        p50, p95, p99 = (metrics[f"{mode}_latency_{p}_ms"] for p in ("p50", "p95", "p99"))
+        assert 0 < p50 <= p95 <= p99, (mode, p50, p95, p99)
+        assert metrics[f"{mode}_requests_per_second"] > 0 and metrics[f"{mode}_rows_per_second"] > 0
+
+    # Batch inference: one prediction per input row, in order, the model's, next to the inputs in export_dir.
+    folder = Path(run.data.params["folder"])
+    assert folder.is_relative_to((workdir / parameters["export_dir"]).resolve()), folder
+    inputs = pd.read_parquet(folder / "batch" / "inputs.parquet")
+    predictions = pd.read_parquet(folder / "batch" / "predictions.parquet")
+    assert len(inputs) == len(predictions) == parameters["batch_rows"]
+    assert (predictions["id"] == inputs["id"]).all()
+    pixels = torch.from_numpy(inputs[PIXELS].to_numpy(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        assert (predictions["prediction"].to_numpy() == model(pixels).argmax(dim=1).numpy()).all()
+    with tempfile.TemporaryDirectory() as scratch:
+        logged = client.download_artifacts(run.info.run_id, "batch/predictions.parquet", scratch)
+        pd.testing.assert_frame_equal(pd.read_parquet(logged), predictions)
+
+    # Nothing was written in the working directory outside export_dir but papermill's own output.
+    export_root = (workdir / parameters["export_dir"]).resolve()
+    written = {p for p in workdir.rglob("*") if p.is_file() and not p.name.startswith("executed-")}
+    assert written and all(p.resolve().is_relative_to(export_root) for p in written), sorted(written)
