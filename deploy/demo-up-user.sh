@@ -95,6 +95,6 @@ cat <<TXT
     URL:       $URL/
     user:      $ME
     password:  $PASSWORD
-    MLflow:    http://127.0.0.1:$MLFLOW_PORT/  (started by the hub; may take ~15 s)
+    MLflow:    $URL/services/mlflow/  (after login; the hub starts it, ~15 s)
   Stop it with: make demo-stop
 TXT

@@ -65,6 +65,6 @@ cat <<TXT
     user:      $DEMO_USER
     password:  $DEMO_PASSWORD
     spawner:   $spawner$([ "$spawner" = local ] && echo "  (FALLBACK: local processes, no Slurm)")
-    MLflow:    http://127.0.0.1:5000/  (started by the hub; may take ~15 s)
+    MLflow:    $URL/services/mlflow/  (after login; the hub starts it, ~15 s)
   Stop everything with: make demo-stop
 TXT

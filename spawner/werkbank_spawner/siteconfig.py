@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import ipaddress
 import math
 import os
@@ -53,6 +54,14 @@ SHARED_PASSWORD_MIN_LENGTH = 8
 #: Scopes jupyterhub-idle-culler 2.0 needs (its README, "Permissions"). ``admin:users`` is
 #: only needed with ``--cull-users``, which werkbank does not pass: least privilege.
 CULLER_SCOPES = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+#: The managed services for MLflow: the authenticating proxy users reach at /services/mlflow/,
+#: and the MLflow server behind it.
+MLFLOW_SERVICE = "mlflow"
+MLFLOW_SERVER_SERVICE = "mlflow-server"
+MLFLOW_ACCESS_SCOPE = f"access:services!service={MLFLOW_SERVICE}"
+#: JupyterHub's own scopes of the `server` role (jupyterhub.roles.get_default_roles), which
+#: werkbank's `server` role keeps; tests/unit/test_siteconfig.py checks that they agree.
+DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
 
 
 class SiteConfigError(ValueError):
@@ -158,7 +167,9 @@ def _limits_item(help: str, *, inherited: bool) -> Section:
             "walltime": Key((str, int), default("1h"), "Longest time limit a server may ask for."),
             "partitions": Key((list,), default([]), "Partitions users may run in.", items=str),
             "accounts": Key((list,), default([]), "Slurm accounts users may name; empty: none.", items=str),
-            "nodes": Key((int, str), default(1), "Most nodes one batch job (`werkbank submit --nodes`) may span."),
+            "nodes": Key(
+                (int, str), default(1), "Most nodes one batch job (`werkbank submit --nodes`) may span."
+            ),
         },
     )
 
@@ -319,31 +330,64 @@ SCHEMA = Section(
             "Experiment tracking offered to every job.",
             {
                 "mlflow": Section(
-                    "The MLflow tracking server.",
+                    "The MLflow tracking server, and how users and jobs reach it.",
                     {
                         "manage": Key(
                             (bool,),
                             True,
                             "The hub starts and supervises `mlflow server` as a managed service.",
                         ),
+                        "proxy": Key(
+                            (bool,),
+                            True,
+                            "Users and jobs reach MLflow only through the hub's authenticating proxy "
+                            "service at <hub>/services/mlflow (hub login in the browser, the session's "
+                            "hub token from jobs), which records the user on the runs it creates. "
+                            "false: jobs get url directly and anyone who reaches it can read and "
+                            "delete every run.",
+                        ),
+                        "public_url": Key(
+                            (str,),
+                            "",
+                            "With proxy: what jobs get as MLFLOW_TRACKING_URI, the proxy service as "
+                            "compute nodes and browsers reach it; its path must be the service's, "
+                            "<hub.bind_url path>/services/mlflow. Empty: <hub.bind_url>/services/mlflow "
+                            "(required when hub.bind_url listens on every interface).",
+                        ),
                         "url": Key(
                             (str,),
                             "http://127.0.0.1:5000",
-                            "What jobs get as MLFLOW_TRACKING_URI; on a real cluster an "
-                            "address compute nodes reach.",
+                            "The MLflow server's own address. With proxy: where the proxy forwards to "
+                            "(with manage: http://<host>:<port>). Without proxy: what jobs get as "
+                            "MLFLOW_TRACKING_URI; on a real cluster an address compute nodes reach.",
                         ),
-                        "host": Key((str,), "127.0.0.1", "Interface the managed server binds."),
+                        "host": Key(
+                            (str,),
+                            "127.0.0.1",
+                            "Interface the managed server binds; with proxy a loopback address, so that "
+                            "only the proxy reaches it.",
+                        ),
                         "port": Key((int,), 5000, "Port the managed server binds.", minimum=1, maximum=65535),
+                        "proxy_port": Key(
+                            (int,),
+                            0,
+                            "Port the proxy service listens on, on 127.0.0.1 (the hub's proxy routes "
+                            "/services/mlflow/ to it); 0: port + 1.",
+                            minimum=0,
+                            maximum=65535,
+                        ),
                         "backend_store_uri": Key(
                             (str,),
                             "",
-                            "Database of runs and metrics; empty: "
+                            "Database of runs and metrics, e.g. postgresql://mlflow@db.cluster/mlflow "
+                            "(needs the psycopg2 package in the hub's environment); empty: "
                             "sqlite:///<hub.data_dir>/../mlflow/mlflow.db.",
                         ),
                         "artifacts_destination": Key(
                             (str,),
                             "",
-                            "Where uploaded artifacts are stored; empty: <hub.data_dir>/../mlflow/artifacts.",
+                            "Where uploaded artifacts are stored: a folder (shared or local) or e.g. "
+                            "s3://bucket/prefix; empty: <hub.data_dir>/../mlflow/artifacts.",
                         ),
                         "workers": Key(
                             (int,),
@@ -486,7 +530,7 @@ def validate(site: Mapping) -> dict:
     _check_hub(config["hub"])
     _check_auth(config["auth"], config["hub"])
     _check_policy(config)
-    _check_tracking(config["tracking"])
+    _check_tracking(config["tracking"], config["hub"])
     return config
 
 
@@ -606,6 +650,13 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def _check_hub(hub: dict) -> None:
     _check_url(hub["bind_url"], "hub.bind_url")
     if hub["hub_bind_url"]:
@@ -672,11 +723,87 @@ def _check_policy(config: dict) -> None:
             )
 
 
-def _check_tracking(tracking: dict) -> None:
+def _check_tracking(tracking: dict, hub: dict) -> None:
     mlflow = tracking["mlflow"]
     _check_url(mlflow["url"], "tracking.mlflow.url")
     if not mlflow["host"].strip():
         raise SiteConfigError("tracking.mlflow.host", "must not be empty")
+    if mlflow["manage"] and mlflow["backend_store_uri"]:
+        _check_database_driver(mlflow["backend_store_uri"])
+    if not mlflow["proxy"]:
+        if mlflow["public_url"]:
+            # An unused public URL would make an admin believe jobs go through the proxy.
+            raise SiteConfigError("tracking.mlflow.public_url", "only used with proxy: true; remove it")
+        return
+    prefix = mlflow_service_prefix(hub)
+    if mlflow["public_url"]:
+        _check_url(mlflow["public_url"], "tracking.mlflow.public_url")
+        parts = urlsplit(mlflow["public_url"])
+        if parts.path.rstrip("/") != prefix or parts.query or parts.fragment:
+            raise SiteConfigError(
+                "tracking.mlflow.public_url",
+                f"must end in the proxy service's path {prefix} (the hub's route to it), "
+                f"got {mlflow['public_url']!r}",
+            )
+    elif not urlsplit(hub["bind_url"]).hostname or _is_unspecified(urlsplit(hub["bind_url"]).hostname):
+        raise SiteConfigError(
+            "tracking.mlflow.public_url",
+            f"required when hub.bind_url listens on every interface ({hub['bind_url']}): the address "
+            f"at which compute nodes reach the hub, e.g. http://hub.cluster:8000{prefix}",
+        )
+    url = urlsplit(mlflow["url"])
+    if url.path.strip("/") or url.query or url.fragment:
+        raise SiteConfigError(
+            "tracking.mlflow.url",
+            f"with proxy: true only scheme, host and port (the proxy forwards {prefix}/... unchanged, "
+            f"and the server serves under that prefix), got {mlflow['url']!r}",
+        )
+    if mlflow["manage"]:
+        if not _is_loopback(mlflow["host"]):
+            raise SiteConfigError(
+                "tracking.mlflow.host",
+                f"{mlflow['host']} is not a loopback address (127.0.0.0/8, ::1, localhost); with "
+                "proxy: true the managed server must bind one, so that only the hub's "
+                "authenticating proxy reaches it (or set proxy: false, and anyone who reaches the "
+                "server can read and delete every run)",
+            )
+        if not _is_loopback(url.hostname) or (url.port or 80) != mlflow["port"]:
+            raise SiteConfigError(
+                "tracking.mlflow.url",
+                f"with manage and proxy it is where the proxy reaches the managed server, "
+                f"a loopback address with port {mlflow['port']}, e.g. http://127.0.0.1:{mlflow['port']}; "
+                f"got {mlflow['url']!r}",
+            )
+    if mlflow_proxy_port(mlflow) == mlflow["port"]:
+        raise SiteConfigError(
+            "tracking.mlflow.proxy_port", f"{mlflow['port']} is the MLflow server's own port (port)"
+        )
+
+
+#: SQLAlchemy's driver module of a database URI scheme (its default where none is named) and the
+#: pip package that provides it.
+DATABASE_DRIVERS = {
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "PyMySQL"),
+}
+
+
+def _check_database_driver(uri: str) -> None:
+    """The hub runs `mlflow server` in its own environment: a database URI whose driver is not
+    installed there would make the server exit at every start, restarted forever by the hub."""
+    scheme = urlsplit(uri).scheme
+    if scheme in DATABASE_DRIVERS:
+        module, package = DATABASE_DRIVERS[scheme]
+        if importlib.util.find_spec(module) is None:
+            raise SiteConfigError(
+                "tracking.mlflow.backend_store_uri",
+                f"{scheme}:// needs the Python module {module} (pip package {package}) in the hub's "
+                f"environment ({sys.prefix}), which does not have it",
+            )
 
 
 # --- application to a traitlets Config ---------------------------------------------------
@@ -732,9 +859,13 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
 
     # The hub-side poll only reads the shared squeue cache, so it can be frequent.
     c.Spawner.poll_interval = 5
+    mlflow = site["tracking"]["mlflow"]
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         c[spawner].policy_config = policy_config(site)
-        c[spawner].mlflow_tracking_uri = site["tracking"]["mlflow"]["url"]
+        c[spawner].mlflow_tracking_uri = mlflow_tracking_uri(site)
+        # The server's own hub token authenticates it to the proxy; a bare MLflow server
+        # (proxy: false) must never see hub tokens.
+        c[spawner].mlflow_send_token = mlflow["proxy"]
         c[spawner].start_timeout = slurm["start_timeout"]
     slurm_spawner = c.WerkbankSlurmSpawner
     slurm_spawner.slurm_conf = str(base / slurm["conf"]) if slurm["conf"] else ""
@@ -744,8 +875,15 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     slurm_spawner.job_prologue = slurm["job_prologue"]
 
     services, roles = [], []
-    if site["tracking"]["mlflow"]["manage"]:
-        services.append(_mlflow_service(site["tracking"]["mlflow"], data_dir))
+    if mlflow["manage"]:
+        services.append(_mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub)))
+    if mlflow["proxy"]:
+        services.append(_mlflow_proxy_service(mlflow))
+        # Browsers (the user's own OAuth token for the service) and the tokens of the users'
+        # servers (the `server` role) may use the proxy; what they may do there is the proxy's
+        # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
+        roles.append({"name": "server", "scopes": [*DEFAULT_SERVER_SCOPES, MLFLOW_ACCESS_SCOPE]})
+    c.JupyterHub.extra_user_scopes = {MLFLOW_ACCESS_SCOPE} if mlflow["proxy"] else set()
     culling = site["culling"]
     if culling["enabled"]:
         services.append(
@@ -803,8 +941,50 @@ def _mlflow_dir(data_dir: Path) -> Path:
     return data_dir.parent / "mlflow"
 
 
-def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
-    """The managed ``mlflow server``. No ``url``: the hub does not proxy it (yet)."""
+def mlflow_service_prefix(hub: Mapping) -> str:
+    """The proxy service's path, ``<hub base URL>/services/mlflow`` (no trailing slash); the
+    managed server serves under it (``--static-prefix``), so the proxy forwards paths unchanged.
+    JupyterHub takes its base URL from ``hub.bind_url``'s path."""
+    base = urlsplit(hub["bind_url"]).path.rstrip("/")
+    return f"{base}/services/{MLFLOW_SERVICE}"
+
+
+def mlflow_proxy_port(mlflow: Mapping) -> int:
+    """The proxy service's port: ``tracking.mlflow.proxy_port``, or ``port + 1`` when 0."""
+    return mlflow["proxy_port"] or mlflow["port"] + 1
+
+
+def mlflow_tracking_uri(site: Mapping) -> str:
+    """What jobs get as ``MLFLOW_TRACKING_URI``: the proxy service as compute nodes reach it
+    (``public_url``, else ``<hub.bind_url>/services/mlflow``), or the server's ``url`` without
+    the proxy. ``site`` is a validated site configuration."""
+    mlflow = site["tracking"]["mlflow"]
+    if not mlflow["proxy"]:
+        return mlflow["url"]
+    if mlflow["public_url"]:
+        return mlflow["public_url"].rstrip("/")
+    parts = urlsplit(site["hub"]["bind_url"])
+    return f"{parts.scheme}://{parts.netloc}{mlflow_service_prefix(site['hub'])}"
+
+
+def _mlflow_proxy_service(mlflow: Mapping) -> dict:
+    """The authenticating proxy (:mod:`werkbank_spawner.mlflow_proxy`) as a managed service
+    with a ``url``: the hub's proxy routes ``/services/mlflow/`` to it, the hub gives it its
+    OAuth client and API token in the environment, and restarts it if it exits."""
+    return {
+        "name": MLFLOW_SERVICE,
+        "url": f"http://127.0.0.1:{mlflow_proxy_port(mlflow)}",
+        "command": [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", mlflow["url"]],
+        # Users are sent here from links and from the hub's Services menu; asking them to
+        # authorize werkbank's own MLflow every time would teach them to click through.
+        "oauth_no_confirm": True,
+        "display": True,
+    }
+
+
+def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str) -> dict:
+    """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
+    proxy service's path, so that the proxy forwards requests unchanged."""
     state = _mlflow_dir(data_dir)
     backend = mlflow["backend_store_uri"] or f"sqlite:///{state / 'mlflow.db'}"
     artifacts = mlflow["artifacts_destination"] or str(state / "artifacts")
@@ -816,8 +996,9 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
     url_host = urlsplit(mlflow["url"]).netloc.rpartition("@")[2]
     if url_host:
         allowed.append(url_host)
+    prefix_args = ["--static-prefix", prefix] if mlflow["proxy"] else []
     return {
-        "name": "mlflow",
+        "name": MLFLOW_SERVER_SERVICE,
         "command": [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
@@ -825,8 +1006,6 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
             host,
             "--port",
             str(port),
-            "--backend-store-uri",
-            backend,
             "--artifacts-destination",
             artifacts,
             "--serve-artifacts",
@@ -834,10 +1013,16 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path) -> dict:
             str(mlflow["workers"]),
             "--allowed-hosts",
             ",".join(dict.fromkeys(allowed)),
+            *prefix_args,
         ],
         # MLflow's job runner (GenAI evaluation jobs) starts about a dozen worker processes of
         # ~100 MB each that werkbank does not use yet.
-        "environment": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        "environment": {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # `mlflow server --backend-store-uri` from the environment: a database password in
+            # the URI must not be on a command line every user can read with `ps`.
+            "MLFLOW_BACKEND_STORE_URI": backend,
+        },
     }
 
 

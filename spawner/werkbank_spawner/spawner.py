@@ -28,7 +28,7 @@ from typing import ClassVar
 from batchspawner import SlurmSpawner
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from traitlets import Dict, Float, List, Unicode, default, observe
+from traitlets import Bool, Dict, Float, List, Unicode, default, observe
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
@@ -63,6 +63,13 @@ class WerkbankSlurmSpawner(SlurmSpawner):
 
     mlflow_tracking_uri = Unicode(
         "", help="MLflow tracking server URL given to every server as MLFLOW_TRACKING_URI."
+    ).tag(config=True)
+
+    mlflow_send_token = Bool(
+        False,
+        help="""Give every server MLFLOW_TRACKING_TOKEN=<its JUPYTERHUB_API_TOKEN>, which MLflow's
+        client sends as a bearer token: for the hub's authenticating MLflow proxy service. Never
+        for an MLflow server outside the hub, which would learn the token.""",
     ).tag(config=True)
 
     slurm_conf = Unicode(
@@ -221,8 +228,7 @@ class WerkbankSlurmSpawner(SlurmSpawner):
 
     def get_env(self):
         env = super().get_env()
-        if self.mlflow_tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        env.update(mlflow_env(self, env))
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
@@ -505,6 +511,9 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
     LABEL = "Local process (no Slurm on this machine; demo fallback, no GPUs, no limits)"
 
     mlflow_tracking_uri = Unicode("", help="Given to every server as MLFLOW_TRACKING_URI.").tag(config=True)
+    mlflow_send_token = Bool(
+        False, help="Give every server MLFLOW_TRACKING_TOKEN=<its JUPYTERHUB_API_TOKEN> (hub MLflow proxy)."
+    ).tag(config=True)
     policy_config = Dict(help="Ignored here: there is no scheduler to apply it.").tag(config=True)
 
     @default("options_form")
@@ -537,9 +546,20 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
     def get_env(self):
         env = super().get_env()
         env["WERKBANK_PROFILE"] = "local: " + self.LABEL
-        if self.mlflow_tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = self.mlflow_tracking_uri
+        env.update(mlflow_env(self, env))
         return env
+
+
+def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[str, str]) -> dict[str, str]:
+    """MLFLOW_TRACKING_URI and, for the hub's MLflow proxy, MLFLOW_TRACKING_TOKEN: the server's
+    own API token (in ``env`` from JupyterHub), whose ``server`` role includes access to the
+    proxy service. An empty mapping without a tracking URI."""
+    out = {}
+    if spawner.mlflow_tracking_uri:
+        out["MLFLOW_TRACKING_URI"] = spawner.mlflow_tracking_uri
+        if spawner.mlflow_send_token and env.get("JUPYTERHUB_API_TOKEN"):
+            out["MLFLOW_TRACKING_TOKEN"] = env["JUPYTERHUB_API_TOKEN"]
+    return out
 
 
 __all__ = ["OPTION_KEYS", "WerkbankLocalSpawner", "WerkbankSlurmSpawner", "validate_user_options"]

@@ -32,6 +32,7 @@ TEST_PASSWORD = "werkbank-" + os.urandom(6).hex()
 HUB_PORT = 18000
 HUB_API_PORT = 18081
 MLFLOW_PORT = 15000
+MLFLOW_PROXY_PORT = 15001
 SERVICE_TOKEN = "werkbank-tests-" + os.urandom(16).hex()
 
 
@@ -98,7 +99,10 @@ def test_site(
     tracking = site.setdefault("tracking", {}).setdefault("mlflow", {})
     tracking.update(
         manage=mlflow,
+        # Without MLflow no proxy either: a second hub must not claim the first one's proxy port.
+        proxy=mlflow,
         port=MLFLOW_PORT,
+        proxy_port=MLFLOW_PROXY_PORT,
         url=f"http://127.0.0.1:{MLFLOW_PORT}",
         backend_store_uri=f"sqlite:///{data_dir}/mlflow/mlflow.db",
         artifacts_destination=str(data_dir / "mlflow" / "artifacts"),
@@ -212,6 +216,26 @@ class Hub:
         r = self.api("DELETE", f"/users/{user}/server")
         assert r.status_code in (202, 204), r.text
         wait_for(lambda: self.server(user) is None, timeout, f"{user}'s server to stop")
+
+    @property
+    def mlflow_url(self) -> str:
+        """The hub's MLflow service (the authenticating proxy), as jobs get it."""
+        return f"{self.url}/services/mlflow"
+
+    def wait_for_mlflow(self, timeout: float = 150) -> None:
+        """Until MLflow answers through the proxy (it takes 10-40 s to start, and starts again
+        with every hub restart)."""
+
+        def up():
+            try:
+                return httpx.get(f"{self.mlflow_url}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(up, timeout, "MLflow behind the hub's proxy", interval=1)
+        except AssertionError:
+            raise AssertionError(f"MLflow did not come up:\n{self.log_tail()}") from None
 
     def job_id(self, user: str) -> str:
         r = self.api("GET", f"/users/{user}?include_stopped_servers=1")

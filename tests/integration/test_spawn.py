@@ -71,7 +71,9 @@ def test_two_users_get_their_own_jobs(hub):
     assert alice_env["USER"] == "alice"
     assert alice_env["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     assert alice_env["SLURM_JOB_GPUS"] in ("0", "1")
-    assert alice_env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+    # MLflow through the hub's authenticating proxy, with the server's own token.
+    assert alice_env["MLFLOW_TRACKING_URI"] == hub.mlflow_url
+    assert alice_env["MLFLOW_TRACKING_TOKEN"] == alice_env["JUPYTERHUB_API_TOKEN"]
     assert alice_env["WERKBANK_PROFILE"].startswith("gpu1: 1 GPU · 4 cores · 16 GB · 1 h")
     # `werkbank submit` in the session offers the profiles the spawn page offered this user.
     session_policy = json.loads(alice_env["WERKBANK_POLICY"])
@@ -263,32 +265,53 @@ def test_scheduler_outage_keeps_the_server(hub):
     hub.stop_server("bob")
 
 
-def test_session_logs_to_the_hubs_mlflow_without_configuration(hub):
-    """A session's environment alone is enough to log a run to the hub-managed MLflow."""
+def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
+    """A session's environment alone is enough to log a run to the hub's MLflow, through the
+    authenticating proxy with the server's token; the run records the session's user whatever
+    the client claims."""
     hub.spawn("bob", {"profile": "cpu"})
     hub.wait_ready("bob")
     env = job_environ(hub.job_id("bob"))
     uri = env["MLFLOW_TRACKING_URI"]
-    wait_for(
-        lambda: httpx.get(f"{uri}/health", timeout=5).status_code == 200, 90, "MLflow to answer", interval=1
-    )
-    keep = {k: env[k] for k in ("PATH", "HOME", "USER", "MLFLOW_TRACKING_URI", "WERKBANK_PROFILE")}
+    assert uri == hub.mlflow_url
+    hub.wait_for_mlflow()
+    keep = {
+        k: env[k]
+        for k in ("PATH", "HOME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "WERKBANK_PROFILE")
+    }
+    # The client claims to be alice: MLflow's client takes its user from USER/LOGNAME.
+    claims = {"USER": "alice", "LOGNAME": "alice"}
     code = (
         "import mlflow, os\n"
         "mlflow.set_experiment('werkbank-integration')\n"
-        "with mlflow.start_run() as run:\n"
+        "with mlflow.start_run(tags={'mlflow.user': 'alice'}) as run:\n"
         "    mlflow.log_param('profile', os.environ['WERKBANK_PROFILE'])\n"
         "    mlflow.log_metric('answer', 42)\n"
         "print(run.info.run_id)\n"
     )
     result = run(
-        "sudo", "-u", "bob", "env", "-i", *(f"{k}={v}" for k, v in keep.items()), "python3", "-c", code
+        "sudo",
+        "-u",
+        "bob",
+        "env",
+        "-i",
+        *(f"{k}={v}" for k, v in {**keep, **claims}.items()),
+        "python3",
+        "-c",
+        code,
     )
     run_id = result.stdout.strip().splitlines()[-1]
-    r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10)
+    headers = {"Authorization": f"Bearer {hub.token_for('bob')}"}
+    r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
-    data = r.json()["run"]["data"]
+    stored = r.json()["run"]
     assert {"key": "answer", "value": 42.0} in [
-        {"key": m["key"], "value": m["value"]} for m in data["metrics"]
+        {"key": m["key"], "value": m["value"]} for m in stored["data"]["metrics"]
     ]
+    assert stored["info"]["user_id"] == "bob"
+    assert {"key": "mlflow.user", "value": "bob"} in stored["data"]["tags"]
+    # Without the token the same request is refused.
+    assert (
+        httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10).status_code == 401
+    )
     hub.stop_server("bob")

@@ -368,7 +368,9 @@ def test_apply_demo_site(tmp_path):
         "custom_fields": site["custom_fields"],
         "limits": site["limits"],
     }
-    assert spawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    # Jobs reach MLflow through the hub's authenticating proxy service, with their own token.
+    assert spawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+    assert spawner.mlflow_send_token is True
     assert spawner.queue_poll_interval == 2.0
     assert spawner.unreachable_grace == 600
     assert spawner.start_timeout == 300
@@ -376,23 +378,41 @@ def test_apply_demo_site(tmp_path):
     assert spawner.slurm_bin_dir == "/usr/bin"
     assert spawner.job_prologue == ""
     assert c.WerkbankLocalSpawner.policy_config == spawner.policy_config
-    assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+    assert c.WerkbankLocalSpawner.mlflow_send_token is True
 
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"mlflow", "idle-culler"}
-    assert all("url" not in s for s in services.values())
-    mlflow = services["mlflow"]["command"]
+    assert set(services) == {"mlflow-server", "mlflow", "idle-culler"}
+    # Only the proxy has a url (the hub's proxy routes /services/mlflow/ to it); the MLflow
+    # server is reached through it alone.
+    assert [name for name, s in services.items() if "url" in s] == ["mlflow"]
+    proxy = services["mlflow"]
+    assert proxy["url"] == "http://127.0.0.1:5001"
+    assert proxy["command"] == [
+        sys.executable,
+        "-m",
+        "werkbank_spawner.mlflow_proxy",
+        "--upstream",
+        "http://127.0.0.1:5000",
+    ]
+    assert proxy["oauth_no_confirm"] is True
+    mlflow = services["mlflow-server"]["command"]
     assert mlflow[0] == str(Path(sys.executable).parent / "mlflow")
     assert mlflow[1] == "server"
     flags = dict(zip(mlflow[2::2], mlflow[3::2], strict=False))
     assert flags["--host"] == "127.0.0.1"
     assert flags["--port"] == "5000"
-    assert flags["--backend-store-uri"] == "sqlite:////var/lib/werkbank/mlflow/mlflow.db"
+    assert "--backend-store-uri" not in flags  # from the environment: a password must not show in ps
+    assert services["mlflow-server"]["environment"]["MLFLOW_BACKEND_STORE_URI"] == (
+        "sqlite:////var/lib/werkbank/mlflow/mlflow.db"
+    )
     assert flags["--artifacts-destination"] == "/var/lib/werkbank/mlflow/artifacts"
     assert "--serve-artifacts" in mlflow
     assert mlflow[mlflow.index("--workers") + 1] == "1"
     allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
     assert allowed == ["127.0.0.1:5000", "localhost:5000"]
+    # Served under the proxy service's path, so that the proxy forwards paths unchanged.
+    assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
     assert services["idle-culler"]["command"] == [
         sys.executable,
         "-m",
@@ -400,7 +420,13 @@ def test_apply_demo_site(tmp_path):
         "--timeout=3600",
         "--cull-every=300",
     ]
-    (role,) = c.JupyterHub.load_roles
+    # Users (browser logins) and their servers' tokens may use the proxy service.
+    assert c.JupyterHub.extra_user_scopes == {"access:services!service=mlflow"}
+    server_role, role = c.JupyterHub.load_roles
+    assert server_role == {
+        "name": "server",
+        "scopes": ["users:activity!user", "access:servers!server", "access:services!service=mlflow"],
+    }
     assert role["services"] == ["idle-culler"]
     assert set(role["scopes"]) == {
         "list:users",
@@ -431,17 +457,22 @@ def test_apply_sets_whole_lists_and_does_not_append():
     c = Config()
     c.JupyterHub.services = [{"name": "stale", "command": ["true"]}]
     c.JupyterHub.load_roles = [{"name": "stale", "scopes": ["admin:users"]}]
-    apply(c, with_value(minimal(), "tracking.mlflow.manage", False), config_dir="/")
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    c.JupyterHub.extra_user_scopes = {"admin:users"}
+    apply(c, with_value(minimal(), "tracking.mlflow.proxy", False), config_dir="/")
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler"]
     assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
+    assert c.JupyterHub.extra_user_scopes == set()
 
 
 def test_apply_without_services():
     site = with_value(minimal(), "tracking.mlflow.manage", False)
+    site = with_value(site, "tracking.mlflow.proxy", False)
     site = with_value(site, "culling.enabled", False)
     c = applied(site)
     assert c.JupyterHub.services == []
     assert c.JupyterHub.load_roles == []
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert c.WerkbankSlurmSpawner.mlflow_send_token is False
 
 
 def test_apply_validates_first():
@@ -482,15 +513,16 @@ def test_apply_resolves_relative_paths_against_the_config_dir(tmp_path):
     c = applied(site, config_dir=tmp_path)
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path}/state/hub/jupyterhub.sqlite"
     assert c.WerkbankSlurmSpawner.slurm_conf == f"{tmp_path}/slurm/slurm.conf"
-    mlflow = c.JupyterHub.services[0]["command"]
-    assert f"sqlite:///{tmp_path}/state/mlflow/mlflow.db" in mlflow
+    environment = c.JupyterHub.services[0]["environment"]
+    assert environment["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path}/state/mlflow/mlflow.db"
 
 
-def test_apply_mlflow_settings():
+def test_apply_mlflow_settings_without_the_proxy(database_drivers):
     site = with_value(
         minimal(),
         "tracking.mlflow",
         {
+            "proxy": False,
             "url": "http://hub.cluster:5001",
             "host": "0.0.0.0",
             "port": 5001,
@@ -500,13 +532,132 @@ def test_apply_mlflow_settings():
         },
     )
     c = applied(site)
-    (mlflow,) = [s["command"] for s in c.JupyterHub.services if s["name"] == "mlflow"]
-    assert mlflow[mlflow.index("--backend-store-uri") + 1] == "postgresql://mlflow@db/mlflow"
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "mlflow-server"]
+    mlflow = service["command"]
+    assert service["environment"]["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow@db/mlflow"
     assert mlflow[mlflow.index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
     assert mlflow[mlflow.index("--workers") + 1] == "4"
     allowed = mlflow[mlflow.index("--allowed-hosts") + 1].split(",")
     assert allowed == ["0.0.0.0:5001", "localhost:5001", "127.0.0.1:5001", "hub.cluster:5001"]
     assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://hub.cluster:5001"
+    # A bare MLflow server must never see the servers' hub tokens.
+    assert c.WerkbankSlurmSpawner.mlflow_send_token is False
+    assert "--static-prefix" not in mlflow
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler"]
+    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
+
+
+@pytest.fixture
+def database_drivers(monkeypatch):
+    """PostgreSQL drivers count as installed (they are not in the test environment)."""
+    real = siteconfig.importlib.util.find_spec
+    monkeypatch.setattr(
+        siteconfig.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name in ("psycopg2", "psycopg") else real(name, *a),
+    )
+
+
+def test_apply_mlflow_behind_the_proxy(database_drivers):
+    site = with_value(
+        minimal(),
+        "tracking.mlflow",
+        {
+            "public_url": "https://hub.example.org/services/mlflow/",
+            "url": "http://localhost:5100",
+            "port": 5100,
+            "proxy_port": 5300,
+            "backend_store_uri": "postgresql://mlflow@db.cluster/mlflow",
+            "artifacts_destination": "/shared/mlflow/artifacts",
+        },
+    )
+    c = applied(site)
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    server = services["mlflow-server"]["command"]
+    assert server[server.index("--host") + 1] == "127.0.0.1"
+    assert server[server.index("--port") + 1] == "5100"
+    environment = services["mlflow-server"]["environment"]
+    assert environment["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow@db.cluster/mlflow"
+    assert server[server.index("--static-prefix") + 1] == "/services/mlflow"
+    assert services["mlflow"]["url"] == "http://127.0.0.1:5300"
+    assert services["mlflow"]["command"][-2:] == ["--upstream", "http://localhost:5100"]
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "https://hub.example.org/services/mlflow"
+
+
+def test_mlflow_proxy_follows_the_hubs_base_url():
+    site = with_value(minimal(), "hub.bind_url", "http://10.0.0.5:8000/jhub/")
+    c = applied(site)
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://10.0.0.5:8000/jhub/services/mlflow"
+    server = next(s["command"] for s in c.JupyterHub.services if s["name"] == "mlflow-server")
+    assert server[server.index("--static-prefix") + 1] == "/jhub/services/mlflow"
+    bad = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:8000/services/mlflow")
+    assert error_of(bad).path == "tracking.mlflow.public_url"
+    good = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:8000/jhub/services/mlflow")
+    assert applied(good).WerkbankSlurmSpawner.mlflow_tracking_uri == good["tracking"]["mlflow"]["public_url"]
+
+
+def test_mlflow_proxy_in_front_of_a_server_the_hub_does_not_manage():
+    site = with_value(minimal(), "tracking.mlflow.manage", False)
+    site = with_value(site, "tracking.mlflow.url", "http://mlflow.internal:5000")
+    c = applied(site)
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow", "idle-culler"]
+    assert c.JupyterHub.services[0]["command"][-1] == "http://mlflow.internal:5000"
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "words"),
+    [
+        ({"host": "0.0.0.0", "url": "http://0.0.0.0:5000"}, "tracking.mlflow.host", "not a loopback address"),
+        ({"url": "http://hub.cluster:5000"}, "tracking.mlflow.url", "a loopback address with port 5000"),
+        ({"url": "http://127.0.0.1:5002"}, "tracking.mlflow.url", "with port 5000"),
+        ({"url": "http://127.0.0.1:5000/mlflow"}, "tracking.mlflow.url", "only scheme, host and port"),
+        ({"public_url": "http://hub:8000/mlflow"}, "tracking.mlflow.public_url", "/services/mlflow"),
+        ({"public_url": "hub:8000/services/mlflow"}, "tracking.mlflow.public_url", "http:// or https://"),
+        ({"proxy": False, "public_url": "http://h/services/mlflow"}, "tracking.mlflow.public_url", "remove"),
+        ({"proxy_port": 5000}, "tracking.mlflow.proxy_port", "the MLflow server's own port"),
+        ({"proxy_port": 70000}, "tracking.mlflow.proxy_port", "above the maximum"),
+        ({"proxy": "yes"}, "tracking.mlflow.proxy", "true or false"),
+    ],
+)
+def test_mlflow_proxy_settings_are_checked(changes, path, words):
+    site = with_value(minimal(), "tracking.mlflow", changes)
+    error = error_of(site)
+    assert error.path == path
+    assert words in error.message
+
+
+def test_a_hub_on_every_interface_needs_the_public_mlflow_url():
+    site = with_value(minimal(), "hub.bind_url", "http://0.0.0.0:8000")
+    site = with_value(site, "auth.type", "pam")
+    error = error_of(site)
+    assert error.path == "tracking.mlflow.public_url"
+    assert "every interface" in error.message
+    site = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:8000/services/mlflow")
+    assert applied(site).WerkbankSlurmSpawner.mlflow_tracking_uri == "http://hub.cluster:8000/services/mlflow"
+
+
+def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
+    real = siteconfig.importlib.util.find_spec
+    monkeypatch.setattr(
+        siteconfig.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "psycopg2" else real(name, *a),
+    )
+    site = with_value(minimal(), "tracking.mlflow.backend_store_uri", "postgresql://mlflow:pw@db/mlflow")
+    error = error_of(site)
+    assert error.path == "tracking.mlflow.backend_store_uri"
+    assert "psycopg2 (pip package psycopg2-binary)" in error.message
+    # The hub does not run a server it does not manage: nothing to check then.
+    validate(with_value(site, "tracking.mlflow.manage", False))
+    validate(with_value(minimal(), "tracking.mlflow.backend_store_uri", "sqlite:////srv/mlflow.db"))
+
+
+def test_the_server_role_keeps_jupyterhubs_default_scopes():
+    from jupyterhub.roles import get_default_roles
+
+    (default,) = [role for role in get_default_roles() if role["name"] == "server"]
+    assert set(siteconfig.DEFAULT_SERVER_SCOPES) == set(default["scopes"])
 
 
 def test_prepare_dirs_creates_private_state_folders(tmp_path):
@@ -678,7 +829,7 @@ def test_hub_config_applies_a_good_site_file(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["spawner_class"] == "werkbank_spawner.spawner.WerkbankSlurmSpawner"
-    assert out["services"] == ["mlflow", "idle-culler"]
+    assert out["services"] == ["mlflow-server", "mlflow", "idle-culler"]
     assert (tmp_path / "hub").is_dir()
 
 
@@ -697,8 +848,8 @@ def test_hub_config_runs_the_escape_hatch_in_sorted_order(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
     result = run_hub_config(config_file, write(tmp_path, yaml.safe_dump(site)))
     assert result.returncode == 0, result.stderr
-    # Both ran, in name order, after the site file was applied (they saw its 2 services).
-    assert json.loads(result.stdout)["extra"] == ["10-first.py:2", "20-second.py:2"]
+    # Both ran, in name order, after the site file was applied (they saw its 3 services).
+    assert json.loads(result.stdout)["extra"] == ["10-first.py:3", "20-second.py:3"]
 
 
 def test_local_fallback_servers_stop_with_the_hub():

@@ -1,0 +1,233 @@
+"""What the hub's authenticating MLflow proxy costs: ``runs/log-batch`` latency straight to the
+MLflow server vs through the hub, measured in the same run, interleaved.
+
+    /opt/werkbank/venv/bin/python benchmarks/mlflow_proxy.py [--requests 200] [--metrics 50] [--keep]
+
+Starts a real JupyterHub from ``hub_config/jupyterhub_config.py`` with a private site file (local
+spawner, no servers are spawned, ports 186xx/156xx), which starts MLflow and the proxy as managed
+services exactly as in production, and a user token for the proxy. Then, per request, one
+``log-batch`` of ``--metrics`` values (what ``MetricLogger`` sends about once a second) to:
+
+- ``direct``: the MLflow server on loopback (``127.0.0.1:<port>/services/mlflow``);
+- ``hub``: ``<hub>/services/mlflow``, as sessions do: configurable-http-proxy, then the proxy
+  service (token check, cached; header rewriting; forwarding on kept-alive connections);
+- ``service``: the proxy service's own port, without configurable-http-proxy (where the time goes).
+
+each with ``reused`` connections (one ``httpx.Client``), a ``new`` connection per request, and
+MLflow's own client (``MlflowClient.log_batch``, a ``requests`` session). Prints p50/p95 and the
+ratios to ``direct``; asserts nothing. Target: ``hub`` adds at most 10 % at p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+HUB_PORT, HUB_API_PORT, MLFLOW_PORT, PROXY_PORT = 18600, 18681, 15600, 15601
+PREFIX = "/services/mlflow"
+ADMIN_TOKEN = "werkbank-bench-" + os.urandom(16).hex()
+USER = "bench"
+
+TARGETS = {
+    "direct": f"http://127.0.0.1:{MLFLOW_PORT}{PREFIX}",
+    "hub": f"http://127.0.0.1:{HUB_PORT}{PREFIX}",
+    "service": f"http://127.0.0.1:{PROXY_PORT}{PREFIX}",
+}
+MODES = ("reused", "new", "mlflow-client")
+
+
+def site(work: Path) -> dict:
+    s = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
+    s["hub"].update(
+        bind_url=f"http://127.0.0.1:{HUB_PORT}",
+        hub_bind_url=f"http://127.0.0.1:{HUB_API_PORT}",
+        data_dir=str(work / "hub"),
+        spawner="local",
+    )
+    s["auth"].update(allowed_users=[USER])
+    s["tracking"]["mlflow"].update(
+        port=MLFLOW_PORT,
+        url=f"http://127.0.0.1:{MLFLOW_PORT}",
+        proxy_port=PROXY_PORT,
+        backend_store_uri=f"sqlite:///{work}/mlflow/mlflow.db",
+        artifacts_destination=str(work / "mlflow" / "artifacts"),
+    )
+    s["culling"] = {"enabled": False}
+    return s
+
+
+EXTRA = f"""
+c.JupyterHub.services = list(c.JupyterHub.services) + [{{"name": "bench", "api_token": {ADMIN_TOKEN!r}}}]
+c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
+    {{"name": "bench", "services": ["bench"], "scopes": ["admin:users", "tokens"]}}
+]
+"""
+
+
+def wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"JupyterHub exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+
+
+def start_hub(work: Path) -> subprocess.Popen:
+    (work / "mlflow").mkdir(parents=True)
+    (work / "jupyterhub_config.d").mkdir()
+    shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", work / "jupyterhub_config.py")
+    (work / "jupyterhub_config.d" / "90-bench.py").write_text(EXTRA)
+    (work / "site.yaml").write_text(yaml.safe_dump(site(work)))
+    env = dict(os.environ, WERKBANK_SITE_CONFIG=str(work / "site.yaml"))
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    log = work / "jupyterhub.log"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "jupyterhub"), "-f", str(work / "jupyterhub_config.py")],
+        cwd=work,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    hub = f"http://127.0.0.1:{HUB_PORT}"
+    wait(lambda: httpx.get(f"{hub}/hub/health", timeout=2).status_code == 200, 90, "the hub", proc, log)
+    wait(
+        lambda: httpx.get(f"{TARGETS['hub']}/health", timeout=2).status_code == 200, 180, "MLflow", proc, log
+    )
+    return proc
+
+
+def user_token() -> str:
+    hub = f"http://127.0.0.1:{HUB_PORT}/hub/api"
+    headers = {"Authorization": f"token {ADMIN_TOKEN}"}
+    httpx.post(f"{hub}/users/{USER}", headers=headers, timeout=30)
+    r = httpx.post(f"{hub}/users/{USER}/tokens", headers=headers, json={"note": "benchmark"}, timeout=30)
+    r.raise_for_status()
+    return r.json()["token"]
+
+
+def batch(run_id: str, metrics: int, step: int) -> dict:
+    now = int(time.time() * 1000)
+    return {
+        "run_id": run_id,
+        "metrics": [
+            {"key": f"m{i % 5}", "value": 1.0 / (step + 1), "timestamp": now, "step": step * metrics + i}
+            for i in range(metrics)
+        ],
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="requests per target and mode (200)")
+    parser.add_argument("--metrics", type=int, default=50, help="values per log-batch (50)")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests per target and mode")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (hub log)")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="werkbank-bench-mlflow-"))
+    os.chmod(work, 0o755)
+    hub = start_hub(work)
+    try:
+        token = user_token()
+        auth = {"Authorization": f"Bearer {token}"}
+        os.environ["MLFLOW_TRACKING_TOKEN"] = token  # MLflow's client sends it; MLflow ignores it
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        setup = MlflowClient(TARGETS["hub"])
+        experiment = setup.create_experiment(f"bench-{int(time.time())}")
+        run_id = setup.create_run(experiment).info.run_id
+
+        reused = {name: httpx.Client(headers=auth, timeout=30) for name in TARGETS}
+        # A new TCP connection for every request (the client itself is built once: building
+        # one costs more than the connection).
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        fresh = {name: httpx.Client(headers=auth, timeout=30, limits=no_keepalive) for name in TARGETS}
+        clients = {name: MlflowClient(url) for name, url in TARGETS.items()}
+        step = 0
+
+        def once(target: str, mode: str) -> float:
+            nonlocal step
+            step += 1
+            body = batch(run_id, args.metrics, step)
+            url = f"{TARGETS[target]}/api/2.0/mlflow/runs/log-batch"
+            started = time.perf_counter()
+            if mode == "reused":
+                r = reused[target].post(url, json=body)
+            elif mode == "new":
+                r = fresh[target].post(url, json=body)
+            else:
+                metrics = [Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in body["metrics"]]
+                clients[target].log_batch(run_id, metrics=metrics, synchronous=True)
+                return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            if r.status_code != 200:
+                raise SystemExit(f"{target}/{mode}: {r.status_code} {r.text[:300]}")
+            return elapsed
+
+        combos = [(t, m) for m in MODES for t in TARGETS]
+        for _ in range(args.warmup):
+            for combo in combos:
+                once(*combo)
+        times: dict[tuple[str, str], list[float]] = {combo: [] for combo in combos}
+        for _ in range(args.requests):  # interleaved, so that load changes hit all alike
+            for combo in combos:
+                times[combo].append(once(*combo))
+
+        print(
+            f"log-batch of {args.metrics} values, {args.requests} requests each, interleaved "
+            f"({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})"
+        )
+        print(f"{'mode':<14}{'target':<9}{'p50 ms':>9}{'p95 ms':>9}{'p50 ratio':>11}{'p95 ratio':>11}")
+        summary = {}
+        for mode in MODES:
+            base = times[("direct", mode)]
+            for target in TARGETS:
+                t = times[(target, mode)]
+                p50, p95 = statistics.median(t), percentile(t, 0.95)
+                r50, r95 = p50 / statistics.median(base), p95 / percentile(base, 0.95)
+                summary[f"{mode}/{target}"] = {"p50_ms": 1000 * p50, "p95_ms": 1000 * p95, "p50_ratio": r50}
+                print(f"{mode:<14}{target:<9}{1000 * p50:>9.2f}{1000 * p95:>9.2f}{r50:>10.2f}x{r95:>10.2f}x")
+        print(json.dumps(summary))
+    finally:
+        os.killpg(hub.pid, signal.SIGTERM)
+        try:
+            hub.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(hub.pid, signal.SIGKILL)
+        if args.keep:
+            print(f"work directory: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

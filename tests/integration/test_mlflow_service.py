@@ -1,0 +1,174 @@
+"""MLflow as a hub service: the authenticating proxy at /services/mlflow/ in front of an MLflow
+server that only listens on loopback, both started and restarted by the real JupyterHub."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from contextlib import closing
+
+import httpx
+import pytest
+
+from .conftest import MLFLOW_PORT, MLFLOW_PROXY_PORT, SERVICE_TOKEN, Hub, run, wait_for
+from .test_spawn import login
+
+pytestmark = pytest.mark.integration
+
+
+def api(hub: Hub, path: str, token: str | None = None, **kw) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(
+        kw.pop("method", "GET"), f"{hub.mlflow_url}/{path}", headers=headers, timeout=30, **kw
+    )
+
+
+def test_only_hub_users_get_through(hub):
+    hub.wait_for_mlflow()
+    r = api(hub, "api/2.0/mlflow/experiments/search?max_results=5")
+    assert r.status_code == 401, r.text
+    assert r.json()["error_code"] == "UNAUTHENTICATED"
+    assert api(hub, "api/2.0/mlflow/experiments/search?max_results=5", "not-a-token").status_code == 401
+    r = api(hub, "api/2.0/mlflow/experiments/search?max_results=5", hub.token_for("alice"))
+    assert r.status_code == 200, r.text
+    assert "experiments" in r.json()
+    # The tests' admin service has many scopes, but not access to this service.
+    assert api(hub, "api/2.0/mlflow/experiments/search", SERVICE_TOKEN).status_code == 403
+
+
+def listening(port: int) -> list[str]:
+    """Local addresses something listens on at ``port`` (from ss)."""
+    out = run("ss", "-Hltn", f"sport = :{port}").stdout
+    return [line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()]
+
+
+def non_loopback_address() -> str:
+    for address in run("hostname", "-I").stdout.split():
+        if ":" not in address and not address.startswith("127."):
+            return address
+    pytest.fail("this machine has no non-loopback IPv4 address to try")
+
+
+def test_mlflow_and_the_proxy_listen_on_loopback_only(hub):
+    hub.wait_for_mlflow()
+    assert listening(MLFLOW_PORT) == ["127.0.0.1"]
+    assert listening(MLFLOW_PROXY_PORT) == ["127.0.0.1"]
+    address = non_loopback_address()
+    for port in (MLFLOW_PORT, MLFLOW_PROXY_PORT):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+
+
+def test_browser_login_reaches_the_ui_and_same_origin_requests(hub):
+    hub.wait_for_mlflow()
+    with closing(login(hub, "alice")) as client:
+        page = client.get("/services/mlflow/")
+        assert page.status_code == 200, page.text[:500]
+        assert "<title>MLflow</title>" in page.text
+        # It went through the hub's OAuth (no confirmation page) and set this service's cookie.
+        assert any("/hub/api/oauth2/authorize" in str(r.url) for r in page.history)
+        assert client.cookies.get("service-mlflow", path="/services/mlflow/")
+        search = "/services/mlflow/ajax-api/2.0/mlflow/experiments/search"
+        body = {"max_results": 5}
+        r = client.post(
+            search, json=body, headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+        )
+        assert r.status_code == 200, r.text
+        # Another site's page cannot use the cookie to change or read anything.
+        r = client.post(search, json=body, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"})
+        assert r.status_code in (401, 403)
+        # Read-only navigation with the cookie is fine.
+        r = client.get("/services/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=5")
+        assert r.status_code == 200
+
+
+def test_a_user_token_cannot_claim_another_user(hub):
+    hub.wait_for_mlflow()
+    token = hub.token_for("alice")
+    r = api(
+        hub, "api/2.0/mlflow/experiments/create", token, method="POST", json={"name": f"claims-{time.time()}"}
+    )
+    assert r.status_code == 200, r.text
+    experiment_id = r.json()["experiment_id"]
+    r = api(
+        hub,
+        "api/2.0/mlflow/runs/create",
+        token,
+        method="POST",
+        json={
+            "experiment_id": experiment_id,
+            "user_id": "bob",
+            "tags": [{"key": "mlflow.user", "value": "bob"}],
+        },
+    )
+    assert r.status_code == 200, r.text
+    info = r.json()["run"]["info"]
+    assert info["user_id"] == "alice"
+    r = api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", token)
+    assert {"key": "werkbank.owner", "value": "alice"} in r.json()["experiment"]["tags"]
+    r = api(
+        hub,
+        "api/2.0/mlflow/runs/set-tag",
+        token,
+        method="POST",
+        json={"run_id": info["run_id"], "key": "mlflow.user", "value": "bob"},
+    )
+    assert r.status_code == 403
+
+
+PROXY_PATTERN = f"werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:{MLFLOW_PORT}"
+
+
+def service_pids(pattern: str) -> list[int]:
+    out = run("pgrep", "-f", pattern, check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def test_the_hub_restarts_mlflow_and_the_proxy_and_nothing_is_lost(hub):
+    hub.wait_for_mlflow()
+    token = hub.token_for("alice")
+    name = f"survives-{time.time()}"
+    r = api(hub, "api/2.0/mlflow/experiments/create", token, method="POST", json={"name": name})
+    assert r.status_code == 200, r.text
+    experiment_id = r.json()["experiment_id"]
+
+    # The MLflow server dies (all of it: the `mlflow server` process and its uvicorn worker).
+    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
+    os.killpg(server, signal.SIGKILL)
+    wait_for(lambda: not service_pids(f"--port {MLFLOW_PORT} "), 10, "the MLflow server to be gone")
+    r = api(hub, "api/2.0/mlflow/experiments/search", token)
+    assert r.status_code == 503, r.text  # the proxy says so, the client retries
+    wait_for(lambda: "Service mlflow-server exited" in hub.log_text(), 60, "the hub to notice", interval=1)
+    hub.wait_for_mlflow(timeout=150)
+    assert service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ") != [server]
+    r = api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", token)
+    assert r.status_code == 200, r.text
+    assert r.json()["experiment"]["name"] == name
+
+    # The proxy dies.
+    (proxy,) = service_pids(PROXY_PATTERN)
+    os.kill(proxy, signal.SIGKILL)
+    wait_for(lambda: "Service mlflow exited" in hub.log_text(), 60, "the hub to notice the proxy", interval=1)
+
+    def answers():
+        try:
+            return (
+                api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", token).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, 60, "the proxy to answer again", interval=1)
+    assert service_pids(PROXY_PATTERN) not in ([], [proxy])
+
+
+def test_the_mlflow_server_serves_under_the_service_path(hub):
+    hub.wait_for_mlflow()
+    direct = f"http://127.0.0.1:{MLFLOW_PORT}"
+    # What the proxy forwards to: the REST API and the UI live under the prefix.
+    assert httpx.get(f"{direct}/services/mlflow/health", timeout=10).text == "OK"
+    assert "<title>MLflow</title>" in httpx.get(f"{direct}/services/mlflow/", timeout=10).text
+    assert httpx.get(f"{direct}/api/2.0/mlflow/experiments/search", timeout=10).status_code == 404
