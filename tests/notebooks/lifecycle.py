@@ -13,6 +13,7 @@ that declares:
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import time
 import uuid
@@ -116,6 +117,15 @@ def runs_in(client: MlflowClient, experiment_name: str) -> list[Run]:
     experiment = client.get_experiment_by_name(experiment_name)
     assert experiment is not None, f"experiment {experiment_name!r} was not created"
     return client.search_runs([experiment.experiment_id])
+
+
+def the_run(execution: Execution) -> Run:
+    """The template's only run in its experiment: finished, tagged with the template and the user."""
+    [run] = runs_in(execution.client, execution.experiment_name)
+    assert run.info.status == "FINISHED", run.info.status
+    assert run.data.tags["werkbank.template"] == execution.name
+    assert run.data.tags["werkbank.user"] == getpass.getuser()
+    return run
 
 
 def inputs_by_context(run: Run) -> dict:

@@ -1,8 +1,6 @@
 """07-distributed: a DDP script run by torchrun with several processes, tracked in one MLflow run."""
 
-import getpass
-
-from tests.notebooks.lifecycle import Execution, runs_in
+from tests.notebooks.lifecycle import Execution, the_run
 
 NEEDS: tuple[str, ...] = ()
 
@@ -12,11 +10,8 @@ def smoke(upstream: dict[str, Execution]) -> dict:
 
 
 def check(execution: Execution) -> None:
-    (run,) = runs_in(execution.client, execution.experiment_name)
-    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    assert run.info.status == "FINISHED"
-    assert tags["werkbank.template"] == "07-distributed"
-    assert tags["werkbank.user"] == getpass.getuser()
+    run = the_run(execution)
+    params, metrics = run.data.params, run.data.metrics
     assert params["world_size"] == "2" and params["backend"] == "gloo" and params["nodes"] == "1"
     assert metrics["test_accuracy"] >= execution.parameters["min_accuracy"]
     history = execution.client.get_metric_history(run.info.run_id, "train_loss")
