@@ -183,7 +183,7 @@ class MetricLogger:
 
     def close(self, timeout: float | None = 60.0) -> bool:
         """Flush, try once more to deliver the spool, stop the thread; True if all delivered."""
-        delivered = self.flush(timeout)
+        self.flush(timeout)
         with self._lock:
             self._closing = True
             self._lock.notify()
@@ -197,7 +197,9 @@ class MetricLogger:
                 self.spool_path,
             )
             return False
-        return delivered
+        # Judged after the final attempt: the flush above may have spooled a batch while a
+        # retry was not yet due, and closing then delivered it.
+        return not self._pending and not self.offline
 
     def __enter__(self):
         return self

@@ -90,6 +90,31 @@ def test_outage_loses_nothing_and_warns_once(tmp_path, caplog):
         server.stop()
 
 
+def test_close_delivers_what_waited_for_a_retry_and_says_so(tmp_path):
+    """close() makes a last attempt whatever the retry schedule, and reports that attempt's result."""
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        run_id = new_run(server.url)
+        server.stop()
+        logger = MetricLogger(
+            run_id,
+            tracking_uri=server.url,
+            spool_dir=tmp_path / "spool",
+            flush_interval=0.1,
+            retry_interval=3600,
+            timeout=2,
+        )
+        logger.log("loss", 1.0, step=0)
+        assert not logger.flush(10) and logger.offline
+        server.start()
+        logger.log("loss", 2.0, step=1)
+        assert logger.close(60)  # the next retry was an hour away; closing delivered anyway
+        assert sorted(m.step for m in history(server.url, run_id, "loss")) == [0, 1]
+    finally:
+        server.stop()
+
+
 def test_configure_needs_a_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError, match="MLFLOW_TRACKING_URI is not set"):
