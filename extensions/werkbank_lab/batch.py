@@ -312,11 +312,14 @@ def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
         record = json.loads(record_path.read_text())
         job_id = record["job_id"]
         status_path = folder / f"{job_id}.status.json"
-        if job_id in live:
-            state, detail = live.pop(job_id)
-        elif status_path.exists():
+        # The status file is final: the job writes it as papermill ends, while squeue may still
+        # show it RUNNING (or COMPLETING) for a moment.
+        if status_path.exists():
+            live.pop(job_id, None)
             status = json.loads(status_path.read_text())
             state, detail = status["state"], status.get("error", "")
+        elif job_id in live:
+            state, detail = live.pop(job_id)
         else:
             state, detail = "ENDED", "no status written (cancelled, or ended by Slurm at its walltime)"
         views.append(JobView(job_id, state, record["notebook"], record["output"], detail))
