@@ -49,70 +49,71 @@ def test_a_training_loop_costs_about_one_request_per_flush_interval(mlflow_serve
     assert logger.requests <= 5  # not one request per step
 
 
-def test_outage_loses_nothing_and_warns_once(tmp_path, caplog):
+@pytest.fixture
+def own_server(tmp_path):
+    """An MLflow server of the test's own, which it may stop and start again (same port, same stores)."""
     server = MlflowServer(tmp_path / "server")
     server.start()
+    yield server
+    server.stop()
+
+
+def test_outage_loses_nothing_and_warns_once(own_server, tmp_path, caplog):
+    server = own_server
     statuses = []
-    try:
-        run_id = new_run(server.url)
-        logger = MetricLogger(
-            run_id,
-            tracking_uri=server.url,
-            spool_dir=tmp_path / "spool",
-            flush_interval=0.2,
-            retry_interval=0.5,
-            timeout=2,
-            on_status=statuses.append,
-        )
-        with caplog.at_level(logging.WARNING, logger="werkbank_lab.tracking"):
-            for step in range(100):
-                logger.log("loss", step, step=step)
-            assert logger.flush()
-            server.stop()  # the tracking server goes away mid-training
-            for step in range(100, 300):
-                logger.log("loss", step, step=step)
-                if step % 50 == 0:
-                    logger.flush(10)
-            assert not logger.flush(10)  # spooled, not delivered
-            assert logger.offline
-            assert (tmp_path / "spool" / f"{run_id}.jsonl").exists()
-            server.start()  # back, same stores
-            for step in range(300, 350):
-                logger.log("loss", step, step=step)
-            assert logger.close(60)
-        offline_warnings = [r for r in caplog.records if "not answering" in r.getMessage()]
-        assert len(offline_warnings) == 1
-        assert statuses == ["offline", "online"]
-        steps = sorted(m.step for m in history(server.url, run_id, "loss"))
-        assert steps == list(range(350))
-        assert not (tmp_path / "spool" / f"{run_id}.jsonl").exists()
-    finally:
-        server.stop()
+    run_id = new_run(server.url)
+    logger = MetricLogger(
+        run_id,
+        tracking_uri=server.url,
+        spool_dir=tmp_path / "spool",
+        flush_interval=0.2,
+        retry_interval=0.5,
+        timeout=2,
+        on_status=statuses.append,
+    )
+    with caplog.at_level(logging.WARNING, logger="werkbank_lab.tracking"):
+        for step in range(100):
+            logger.log("loss", step, step=step)
+        assert logger.flush()
+        server.stop()  # the tracking server goes away mid-training
+        for step in range(100, 300):
+            logger.log("loss", step, step=step)
+            if step % 50 == 0:
+                logger.flush(10)
+        assert not logger.flush(10)  # spooled, not delivered
+        assert logger.offline
+        assert (tmp_path / "spool" / f"{run_id}.jsonl").exists()
+        server.start()  # back, same stores
+        for step in range(300, 350):
+            logger.log("loss", step, step=step)
+        assert logger.close(60)
+    offline_warnings = [r for r in caplog.records if "not answering" in r.getMessage()]
+    assert len(offline_warnings) == 1
+    assert statuses == ["offline", "online"]
+    steps = sorted(m.step for m in history(server.url, run_id, "loss"))
+    assert steps == list(range(350))
+    assert not (tmp_path / "spool" / f"{run_id}.jsonl").exists()
 
 
-def test_close_delivers_what_waited_for_a_retry_and_says_so(tmp_path):
+def test_close_delivers_what_waited_for_a_retry_and_says_so(own_server, tmp_path):
     """close() makes a last attempt whatever the retry schedule, and reports that attempt's result."""
-    server = MlflowServer(tmp_path / "server")
+    server = own_server
+    run_id = new_run(server.url)
+    server.stop()
+    logger = MetricLogger(
+        run_id,
+        tracking_uri=server.url,
+        spool_dir=tmp_path / "spool",
+        flush_interval=0.1,
+        retry_interval=3600,
+        timeout=2,
+    )
+    logger.log("loss", 1.0, step=0)
+    assert not logger.flush(10) and logger.offline
     server.start()
-    try:
-        run_id = new_run(server.url)
-        server.stop()
-        logger = MetricLogger(
-            run_id,
-            tracking_uri=server.url,
-            spool_dir=tmp_path / "spool",
-            flush_interval=0.1,
-            retry_interval=3600,
-            timeout=2,
-        )
-        logger.log("loss", 1.0, step=0)
-        assert not logger.flush(10) and logger.offline
-        server.start()
-        logger.log("loss", 2.0, step=1)
-        assert logger.close(60)  # the next retry was an hour away; closing delivered anyway
-        assert sorted(m.step for m in history(server.url, run_id, "loss")) == [0, 1]
-    finally:
-        server.stop()
+    logger.log("loss", 2.0, step=1)
+    assert logger.close(60)  # the next retry was an hour away; closing delivered anyway
+    assert sorted(m.step for m in history(server.url, run_id, "loss")) == [0, 1]
 
 
 def test_configure_needs_a_tracking_uri(monkeypatch):
