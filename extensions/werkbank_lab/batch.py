@@ -257,6 +257,7 @@ def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
         "procs_per_node": sub.procs_per_node,
         "args": sub.args,
         "submitted": time.time(),
+        "output": str(sub.output_for("%j")),  # the job puts its id in place of %j (runjob)
     }
     spec_path.write_text(json.dumps(spec, indent=1))
     argv = [

@@ -26,6 +26,14 @@ def write_status(job_id: str, **status) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+def output_path(spec: dict, job_id: str) -> Path:
+    """Where this job's result goes: the executed notebook, or a training script's log.
+
+    The name is ``werkbank submit``'s (``Submission.output_for``), with ``%j`` for the job id.
+    """
+    return Path(spec["output"].replace("%j", job_id))
+
+
 def rendezvous_address(nodelist: str) -> str:
     """The first node's address (Slurm's NodeAddr): its name may not resolve on the other nodes."""
     names = subprocess.run(
@@ -65,7 +73,7 @@ def run_distributed(spec: dict, job_id: str) -> int:
     print(f"werkbank: job {job_id} node {os.environ.get('SLURM_NODEID', '0')}: {argv}", flush=True)
     returncode = subprocess.run(argv, cwd=Path(spec["notebook"]).parent, check=False).returncode
     if first:
-        output = Path(spec["notebook"]).with_name(f"{Path(spec['notebook']).stem}-{job_id}.log")
+        output = output_path(spec, job_id)
         if returncode == 0:
             write_status(job_id, state="COMPLETED", output=str(output))
         else:
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.get("procs_per_node"):
         return run_distributed(spec, job_id)
     notebook = Path(spec["notebook"])
-    output = notebook.with_name(f"{notebook.stem}-{job_id}.ipynb")
+    output = output_path(spec, job_id)
 
     def on_term(signum, frame):
         # scancel or the walltime end: say so before Slurm kills the job for good.
