@@ -34,8 +34,9 @@ try:
         site.setdefault("hub", {})["spawner"] = os.environ["WERKBANK_SPAWNER"]
     site = siteconfig.validate(site)
     siteconfig.apply(c, site, config_dir=SITE_FILE.resolve().parent)
-    # JupyterHub writes its cookie secret into hub.data_dir but does not create it.
-    siteconfig.prepare_dirs(site, config_dir=SITE_FILE.resolve().parent)
+    # JupyterHub writes its cookie secret into hub.data_dir but does not create it; MLflow's
+    # permission configuration is written from the site file.
+    siteconfig.prepare_state(site, config_dir=SITE_FILE.resolve().parent)
 except siteconfig.SiteConfigError as error:
     print(f"FATAL: {error}", file=sys.stderr)
     sys.exit(1)

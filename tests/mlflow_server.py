@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from werkbank_spawner import siteconfig
+
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
@@ -22,10 +24,17 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` with SQLite and a local artifact store under ``root``."""
+    """``mlflow server`` with SQLite and a local artifact store under ``root``.
 
-    def __init__(self, root: Path, port: int | None = None, cpus: set[int] | None = None):
+    ``proxy_secret``: with MLflow's permission checks as the hub runs them (basic-auth app,
+    werkbank's authorization function trusting a proxy that knows the secret).
+    """
+
+    def __init__(
+        self, root: Path, port: int | None = None, cpus: set[int] | None = None, proxy_secret: str = ""
+    ):
         self.root = Path(root)
+        self.proxy_secret = proxy_secret
         self.cpus = cpus  # pin the server to these CPUs (benchmarks keep it off the measured core)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,6 +50,11 @@ class MlflowServer:
             "--workers", "1",
         ]  # fmt: skip
         env = dict(os.environ)
+        if self.proxy_secret:
+            ini = self.root / "auth.ini"
+            ini.write_text(siteconfig.mlflow_auth_ini(f"sqlite:///{self.root}/auth.db"))
+            argv += ["--app-name", "basic-auth"]
+            env.update(siteconfig.mlflow_auth_env(ini, self.proxy_secret))
         env.pop("MLFLOW_TRACKING_URI", None)
         # The server's job runner (GenAI evaluation jobs) starts about a dozen worker processes
         # nothing here uses; on a 2-core machine they slow everything down.

@@ -17,8 +17,9 @@ ways. Before forwarding, the proxy
 
 - removes hop-by-hop headers, ``Authorization``, ``Cookie`` (all of it: MLflow uses no cookies and
   must never see a hub token) and ``Origin`` (cross-site requests are judged here);
-- removes any ``X-Werkbank-*`` header the client sent and adds ``X-Werkbank-User: <name>``, the
-  authenticated user, for the MLflow side to trust;
+- removes any ``X-Werkbank-*`` header the client sent and adds who is asking, for MLflow's
+  permission checks (:mod:`werkbank_spawner.mlflow_auth`) to trust: ``X-Werkbank-User``,
+  ``X-Werkbank-Admin``, ``X-Werkbank-Groups`` and the secret it shares with the MLflow server;
 - records the user server-side: ``runs/create`` gets ``user_id`` and the tag ``mlflow.user`` set to
   the authenticated user whatever the client sent, ``experiments/create`` the tag
   ``werkbank.owner``; setting or deleting those tags later (``set-tag``, ``delete-tag``,
@@ -29,15 +30,20 @@ The exception to "paths unchanged": MLflow serves its streaming artifact routes
 the same requests reach a fallback that reads the whole body into memory first. The proxy sends
 them to the unprefixed routes, so that a multi-GB upload streams end to end.
 
-What each user may see and change is :class:`Permissions`' business: so far it allows every
-authenticated user everything (per-experiment permissions are the next increment).
+What each user may see and change, MLflow's own basic-auth app decides (``--permissions``; the
+hub runs the server with it): users see their own experiments and registered models, those of
+their hub groups' projects, and hub admins everything. The proxy adds the project rule: an
+experiment name with a ``/`` starts with the creator's user name or one of their groups
+(``alice/...``, ``workshop/...``), and members of the group get EDIT on a ``<group>/...``
+experiment when it is created (or renamed into the group's namespace).
 
 Run by the hub (``werkbank_spawner.siteconfig``)::
 
-    python -m werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:5000
+    python -m werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:5000 --permissions
 
 It listens where ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``;
-the hub gives it its OAuth client and API token in the environment.
+the hub gives it its OAuth client and API token in the environment, and the secret shared with
+the MLflow server as ``WERKBANK_MLFLOW_PROXY_SECRET``.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
@@ -61,11 +67,23 @@ from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
+from .mlflow_auth import (
+    ADMIN_HEADER,
+    GROUPS_HEADER,
+    ROLE_PREFIX,
+    ROLE_WORKSPACE,
+    SECRET_ENV,
+    SECRET_HEADER,
+    USER_HEADER,
+    encode,
+    encode_groups,
+)
+
 log = logging.getLogger("werkbank.mlflow_proxy")
 
-#: The header that tells MLflow who is asking. Clients cannot set it: every ``X-Werkbank-*``
-#: header they send is removed first.
-USER_HEADER = "X-Werkbank-User"
+# The headers that tell MLflow who is asking are defined where they are trusted,
+# werkbank_spawner.mlflow_auth. Clients cannot set them: every ``X-Werkbank-*`` header they send
+# is removed first.
 #: Tags the proxy sets and nobody may change: the run's user, the experiment's owner.
 RUN_USER_TAG = "mlflow.user"
 EXPERIMENT_OWNER_TAG = "werkbank.owner"
@@ -114,20 +132,18 @@ class Rejected(web.HTTPError):
         self.message = message
 
 
-class Permissions:
-    """Decides whether an authenticated user may make a request; the hook for per-experiment
-    read/write permissions (the next increment, possibly MLflow's own basic-auth app fed with
-    the trusted ``X-Werkbank-User`` header).
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the hub says: the name MLflow records, admin flag, hub groups."""
 
-    So far it allows every authenticated user (and service) with the hub scope
-    ``access:services!service=mlflow`` everything: any such user can read and change every
-    experiment. Subclasses override :meth:`allow`.
-    """
+    name: str
+    admin: bool = False
+    groups: tuple[str, ...] = ()
 
-    def allow(self, user: dict, request: httputil.HTTPServerRequest) -> bool:
-        """True if ``user`` (the hub's user model: ``name``, ``kind``, ``groups``, ``scopes``,
-        ``admin``) may make ``request`` (headers, method, path, query; the body is not read yet)."""
-        return True
+    @classmethod
+    def from_model(cls, model: dict) -> Caller:
+        """From the hub's user (or service) model."""
+        return cls(identity(model), bool(model.get("admin")), tuple(sorted(model.get("groups") or ())))
 
 
 # --- pure parts: headers, paths, bodies -----------------------------------------------------
@@ -140,17 +156,22 @@ def identity(user: dict) -> str:
     return f"service:{name}" if user.get("kind") == "service" else name
 
 
-def header_value(name: str) -> str:
-    """``name`` as a header value: unchanged if printable ASCII, else percent-encoded (UTF-8)."""
-    if name.isascii() and name.isprintable():
-        return name
-    return quote(name, safe="@+")
+def caller_headers(caller: Caller, secret: str = "") -> list[tuple[str, str]]:
+    """The headers that tell MLflow who ``caller`` is, and prove (``secret``) who says so."""
+    out = [(USER_HEADER, encode(caller.name))]
+    if caller.admin:
+        out.append((ADMIN_HEADER, "1"))
+    if caller.groups:
+        out.append((GROUPS_HEADER, encode_groups(caller.groups)))
+    if secret:
+        out.append((SECRET_HEADER, secret))
+    return out
 
 
-def forward_headers(headers: httputil.HTTPHeaders, user: str) -> list[tuple[str, str]]:
+def forward_headers(headers: httputil.HTTPHeaders, caller: Caller, secret: str = "") -> list[tuple[str, str]]:
     """The request headers MLflow gets: the client's, less hop-by-hop headers (and those the
     client's ``Connection`` names), credentials, ``Origin``, ``Host``, ``Content-Length`` and
-    any ``X-Werkbank-*``; plus ``X-Werkbank-User: <user>``."""
+    any ``X-Werkbank-*``; plus :func:`caller_headers`."""
     named = {token.strip().lower() for value in headers.get_list("Connection") for token in value.split(",")}
     out = []
     for name, value in headers.get_all():
@@ -160,7 +181,7 @@ def forward_headers(headers: httputil.HTTPHeaders, user: str) -> list[tuple[str,
         if lower.startswith("x-werkbank-"):
             continue
         out.append((name, value))
-    out.append((USER_HEADER, header_value(user)))
+    out.extend(caller_headers(caller, secret))
     return out
 
 
@@ -194,7 +215,8 @@ def upstream_path(path: str, prefix: str) -> str:
 class BodyRule:
     """What the proxy does with the JSON body of one endpoint before MLflow gets it."""
 
-    action: str  # "create-run", "create-experiment", "run-tags", "experiment-tags"
+    # "create-run", "create-experiment", "rename-experiment", "tag-key", "tag-list"
+    action: str
     protected: str = ""  # the tag key nobody may set or delete here
 
 
@@ -202,6 +224,7 @@ _BODY_RULES = {
     "runs/create": BodyRule("create-run"),
     "runs/create-promptlab-run": BodyRule("create-run"),
     "experiments/create": BodyRule("create-experiment"),
+    "experiments/update": BodyRule("rename-experiment"),
     "runs/set-tag": BodyRule("tag-key", RUN_USER_TAG),
     "runs/delete-tag": BodyRule("tag-key", RUN_USER_TAG),
     "runs/log-batch": BodyRule("tag-list", RUN_USER_TAG),
@@ -219,11 +242,46 @@ def body_rule(method: str, path: str, prefix: str) -> BodyRule | None:
     return _BODY_RULES[match.group(1)] if match else None
 
 
-def rewrite_body(rule: BodyRule, body: bytes, user: str) -> bytes:
-    """Apply ``rule`` to a JSON request body on behalf of ``user``; return the body MLflow gets.
+@dataclass(frozen=True)
+class Rewrite:
+    """A request body as MLflow gets it, and what to do once MLflow has answered."""
 
-    ``create-run``: ``user_id`` and the tag ``mlflow.user`` become ``user``.
-    ``create-experiment``: the tag ``werkbank.owner`` becomes ``user``.
+    body: bytes
+    #: A hub group that gets EDIT on the experiment once MLflow has created (or renamed) it.
+    share_with: str = ""
+    #: The renamed experiment; a created one's id comes with MLflow's answer.
+    experiment_id: str = ""
+
+
+def project_group(name: str, caller: Caller) -> str:
+    """The hub group whose project an experiment called ``name`` is part of, or "".
+
+    A name with a ``/`` starts with a namespace: the caller's user name (their own experiment,
+    "") or one of their hub groups (that group's project). Admins may use any namespace other
+    than their own, for a group they do not belong to (a trainer preparing a workshop's
+    experiment). Raises :class:`Rejected` (403) for a namespace that is not the caller's.
+    """
+    namespace, slash, _ = name.partition("/")
+    if not slash or namespace == caller.name:
+        return ""
+    if namespace in caller.groups or caller.admin:
+        return namespace
+    yours = ", ".join(f"'{n}/...'" for n in (caller.name, *caller.groups))
+    raise Rejected(
+        403,
+        "PERMISSION_DENIED",
+        f"the experiment name {name!r} is in the namespace of another user or group: names with a "
+        f"'/' start with your user name or one of your groups ({yours})",
+    )
+
+
+def rewrite_body(rule: BodyRule, body: bytes, caller: Caller, *, projects: bool = False) -> Rewrite:
+    """Apply ``rule`` to a JSON request body on behalf of ``caller``.
+
+    ``create-run``: ``user_id`` and the tag ``mlflow.user`` become the caller's name.
+    ``create-experiment``: the tag ``werkbank.owner`` becomes the caller's name.
+    ``create-experiment``/``rename-experiment`` with ``projects``: the name must be the caller's
+    (:func:`project_group`); a group's project experiment is to be shared with the group.
     ``tag-key``/``tag-list``: refused (:class:`Rejected`, 403) if they touch the protected tag;
     the body is returned unchanged otherwise. Raises :class:`Rejected` (400) for a body that
     is not a JSON object.
@@ -231,13 +289,16 @@ def rewrite_body(rule: BodyRule, body: bytes, user: str) -> bytes:
     if rule.action in ("tag-key", "tag-list") and rule.protected.encode() not in body and b"\\u" not in body:
         # Fast path for log-batch, once a second per session: a JSON string equal to the
         # protected key holds its bytes or a \u escape; without either, nothing to check.
-        return body
+        return Rewrite(body)
+    if rule.action == "rename-experiment" and not projects:
+        return Rewrite(body)
     try:
         data = json.loads(body or b"{}")
     except ValueError:
         raise Rejected(400, "MALFORMED_REQUEST", "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Rejected(400, "MALFORMED_REQUEST", "the request body is not a JSON object")
+    user = caller.name
     if rule.action == "create-run":
         data["user_id"] = user
         data["tags"] = [*_other_tags(data.get("tags"), RUN_USER_TAG), {"key": RUN_USER_TAG, "value": user}]
@@ -246,15 +307,24 @@ def rewrite_body(rule: BodyRule, body: bytes, user: str) -> bytes:
             *_other_tags(data.get("tags"), EXPERIMENT_OWNER_TAG),
             {"key": EXPERIMENT_OWNER_TAG, "value": user},
         ]
+        group = project_group(_name(data.get("name")), caller) if projects else ""
+        return Rewrite(json.dumps(data, separators=(",", ":")).encode(), share_with=group)
+    elif rule.action == "rename-experiment":
+        group = project_group(_name(data.get("new_name")), caller)
+        return Rewrite(body, share_with=group, experiment_id=str(data.get("experiment_id") or ""))
     elif rule.action == "tag-key":
         if data.get("key") == rule.protected:
             raise _protected(rule.protected)
-        return body
+        return Rewrite(body)
     elif rule.action == "tag-list":
         if any(tag.get("key") == rule.protected for tag in _tag_list(data.get("tags"))):
             raise _protected(rule.protected)
-        return body
-    return json.dumps(data, separators=(",", ":")).encode()
+        return Rewrite(body)
+    return Rewrite(json.dumps(data, separators=(",", ":")).encode())
+
+
+def _name(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _tag_list(tags: object) -> list[dict]:
@@ -302,7 +372,13 @@ class MlflowProxy:
     upstream: str  # e.g. http://127.0.0.1:5000, no path
     prefix: str  # the service's path, with a trailing slash: /services/mlflow/
     hub_auth: HubOAuth
-    permissions: Permissions = field(default_factory=Permissions)
+    #: MLflow runs its basic-auth app with werkbank's authorization function: apply the
+    #: project rule to experiment names and share project experiments with their group.
+    permissions: bool = False
+    #: Proves to MLflow that the caller headers come from here (WERKBANK_MLFLOW_PROXY_SECRET).
+    secret: str = ""
+    #: This service's name: MLflow knows the proxy itself as the admin ``service:<name>``.
+    service_name: str = "mlflow"
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
     client: httpx.AsyncClient = field(init=False)
@@ -342,6 +418,53 @@ class MlflowProxy:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    # -- sharing project experiments with their hub group, through MLflow's role API
+
+    async def share_experiment(self, experiment_id: str, group: str) -> None:
+        """Give the members of hub ``group`` (MLflow role ``hub-group:<group>``) EDIT on an
+        experiment. Raises :class:`Rejected` (502) if MLflow refuses."""
+        role_id = await self._group_role(group)
+        await self._as_admin(
+            "POST",
+            "api/3.0/mlflow/roles/permissions/add",
+            {"role_id": role_id, "resource_type": "experiment", "resource_pattern": experiment_id,
+             "permission": "EDIT"},
+            tolerate="RESOURCE_ALREADY_EXISTS",
+        )  # fmt: skip
+
+    async def _group_role(self, group: str) -> int:
+        """The id of the group's role; created if no member has used MLflow yet."""
+        name = ROLE_PREFIX + group
+        for attempt in range(2):
+            roles = await self._as_admin("GET", f"api/3.0/mlflow/roles/list?workspace={ROLE_WORKSPACE}")
+            for role in roles.get("roles", []):
+                if role.get("name") == name:
+                    return int(role["id"])
+            if attempt == 0:
+                await self._as_admin(
+                    "POST",
+                    "api/3.0/mlflow/roles/create",
+                    {"name": name, "workspace": ROLE_WORKSPACE, "description": "a JupyterHub group"},
+                    tolerate="RESOURCE_ALREADY_EXISTS",  # a member's first request created it meanwhile
+                )
+        raise Rejected(502, "TEMPORARILY_UNAVAILABLE", f"MLflow has no role {name} after creating it")
+
+    async def _as_admin(self, method: str, path: str, body: dict | None = None, tolerate: str = "") -> dict:
+        """A request of the proxy's own to MLflow, as the admin ``service:<service_name>``."""
+        caller = Caller(f"service:{self.service_name}", admin=True)
+        headers = caller_headers(caller, self.secret)
+        url = f"{self.upstream}{self.prefix}{path}"
+        response = await self.client.request(method, url, json=body, headers=headers)
+        is_json = response.headers.get("Content-Type", "").startswith("application/json")
+        answer = response.json() if is_json else {}
+        if response.status_code != 200 and answer.get("error_code") != tolerate:
+            raise Rejected(
+                502,
+                "TEMPORARILY_UNAVAILABLE",
+                f"MLflow refused {method} {path} ({response.status_code}): {response.text[:300]}",
+            )
+        return answer
 
 
 def _log_request(handler: web.RequestHandler) -> None:
@@ -427,6 +550,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         self.proxy = proxy
         self.hub_auth = proxy.hub_auth
         self.user_name = "-"
+        self.caller: Caller | None = None
         self._rule: BodyRule | None = None
         self._buffer: bytearray | None = None  # a body read whole for its rule
         self._too_large = False
@@ -466,9 +590,11 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         user = await self._authenticate()
         if user is None:
             return  # redirected to the hub's login
-        self.user_name = identity(user)
-        if not self.proxy.permissions.allow(user, self.request):
-            raise Rejected(403, "PERMISSION_DENIED", f"{self.user_name} may not {self.request.method} this")
+        self.caller = Caller.from_model(user)
+        self.user_name = self.caller.name
+        if user.get("kind", "user") == "user" and self.user_name.startswith("service:"):
+            # MLflow would take this user for the hub service of that name.
+            raise Rejected(403, "PERMISSION_DENIED", "user names starting with 'service:' cannot use MLflow")
         self._rule = body_rule(self.request.method, self.request.path, self.proxy.prefix)
         length = int(headers.get("Content-Length") or 0)
         if self._rule is not None:
@@ -550,10 +676,14 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
 
     # -- forwarding
 
-    async def _send(self, content) -> httpx.Response:
-        """Send the request to MLflow; return the response with its body not read yet."""
+    async def _send(self, content, *, identity_encoding: bool = False) -> httpx.Response:
+        """Send the request to MLflow; return the response with its body not read yet.
+        ``identity_encoding``: ask for an uncompressed body (which the proxy reads itself)."""
         request = self.request
-        headers = forward_headers(request.headers, self.user_name)
+        headers = forward_headers(request.headers, self.caller, self.proxy.secret)
+        if identity_encoding:
+            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+            headers.append(("Accept-Encoding", "identity"))
         if isinstance(content, bytes):
             pass  # httpx sets Content-Length
         elif "Content-Length" in request.headers:
@@ -582,7 +712,12 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         if self._too_large:
             raise _too_large()
         if self._rule is not None:
-            response = await self._send(rewrite_body(self._rule, bytes(self._buffer), self.user_name))
+            body = bytes(self._buffer)
+            rewrite = rewrite_body(self._rule, body, self.caller, projects=self.proxy.permissions)
+            if rewrite.share_with:
+                await self._create_shared(rewrite)
+                return
+            response = await self._send(rewrite.body)
         elif self._buffer is not None:
             response = await self._send(bytes(self._buffer))
         elif self._upstream is not None:
@@ -594,17 +729,45 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
 
     get = head = post = put = delete = patch = options = _forward
 
+    async def _create_shared(self, rewrite: Rewrite) -> None:
+        """Create or rename a project experiment, then share it with its group before the
+        client hears of it, so that the group's members can use it as soon as it exists."""
+        response = await self._send(rewrite.body, identity_encoding=True)
+        try:
+            body = await response.aread()
+        except httpx.HTTPError as e:
+            raise Rejected(502, "TEMPORARILY_UNAVAILABLE", f"error reading MLflow's answer: {e}") from None
+        finally:
+            await response.aclose()
+        if response.status_code == 200:
+            experiment_id = rewrite.experiment_id or str(json.loads(body).get("experiment_id", ""))
+            try:
+                await self.proxy.share_experiment(experiment_id, rewrite.share_with)
+            except Rejected as e:
+                log.error("experiment %s: not shared with group %s: %s", experiment_id, rewrite.share_with, e)
+                raise Rejected(
+                    502,
+                    "TEMPORARILY_UNAVAILABLE",
+                    f"experiment {experiment_id} was saved, but sharing it with the group "
+                    f"{rewrite.share_with} failed; ask an admin ({e.message})",
+                ) from None
+        self._relay_headers(response)
+        self.write(body)
+
+    def _relay_headers(self, response: httpx.Response) -> None:
+        self.set_status(response.status_code, response.reason_phrase or "Unknown")
+        for name in ("Content-Type", "Server", "Date"):
+            self.clear_header(name)
+        for name, value in relay_headers(response.headers.multi_items()):
+            if name.lower() in _SINGLE_RESPONSE_HEADERS:
+                self.set_header(name, value)  # MLflow sends Date twice (uvicorn's and Flask's)
+            else:
+                self.add_header(name, value)
+
     async def _relay(self, response: httpx.Response) -> None:
         """Pass MLflow's status, headers and body (as it arrives, still encoded) to the client."""
         try:
-            self.set_status(response.status_code, response.reason_phrase or "Unknown")
-            for name in ("Content-Type", "Server", "Date"):
-                self.clear_header(name)
-            for name, value in relay_headers(response.headers.multi_items()):
-                if name.lower() in _SINGLE_RESPONSE_HEADERS:
-                    self.set_header(name, value)  # MLflow sends Date twice (uvicorn's and Flask's)
-                else:
-                    self.add_header(name, value)
+            self._relay_headers(response)
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) <= SMALL_BODY:
                 # One write with the headers when tornado finishes: most responses are small JSON.
@@ -624,7 +787,9 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
 # --- command line -------------------------------------------------------------------------
 
 
-async def serve(upstream: str, *, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
+async def serve(
+    upstream: str, *, permissions: bool = False, max_body_size: int = DEFAULT_MAX_BODY_SIZE
+) -> None:
     """Run the proxy as the hub's managed service until SIGTERM or SIGINT."""
     service_url = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
@@ -635,8 +800,20 @@ async def serve(upstream: str, *, max_body_size: int = DEFAULT_MAX_BODY_SIZE) ->
     listen = urlsplit(service_url)
     _skip_failing_sniffio_import()
     # Tokens in URLs would be forwarded to MLflow in the query; only headers and cookies count.
-    hub_auth = HubOAuth(base_url=prefix, allow_token_in_url=False)
-    proxy = MlflowProxy(upstream=upstream, prefix=prefix, hub_auth=hub_auth, max_body_size=max_body_size)
+    # What the hub says of a token (user, admin flag, groups) is cached for a minute, not
+    # JupyterHub's five: a user added to a group sees its projects soon after.
+    hub_auth = HubOAuth(base_url=prefix, allow_token_in_url=False, cache_max_age=60)
+    proxy = MlflowProxy(
+        upstream=upstream,
+        prefix=prefix,
+        hub_auth=hub_auth,
+        permissions=permissions,
+        secret=os.environ.get(SECRET_ENV, ""),
+        service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME", "mlflow"),
+        max_body_size=max_body_size,
+    )
+    if permissions and not proxy.secret:
+        raise SystemExit(f"mlflow_proxy: --permissions needs the secret shared with MLflow in {SECRET_ENV}")
     server = HTTPServer(proxy.app(), xheaders=True, max_body_size=max_body_size)
     server.listen(listen.port or 80, listen.hostname or "127.0.0.1")
     log.info("werkbank MLflow proxy: %s%s -> %s", service_url.rstrip("/"), prefix, proxy.upstream)
@@ -665,6 +842,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--upstream", required=True, help="the MLflow server, e.g. http://127.0.0.1:5000")
     parser.add_argument(
+        "--permissions",
+        action="store_true",
+        help="MLflow runs its basic-auth app with werkbank_spawner.mlflow_auth: enforce the project "
+        f"rule on experiment names and share project experiments with their group (needs {SECRET_ENV})",
+    )
+    parser.add_argument(
         "--max-body-size",
         type=int,
         default=DEFAULT_MAX_BODY_SIZE,
@@ -677,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
-    asyncio.run(serve(args.upstream, max_body_size=args.max_body_size))
+    asyncio.run(serve(args.upstream, permissions=args.permissions, max_body_size=args.max_body_size))
     return 0
 
 

@@ -13,8 +13,8 @@ Profiles, custom fields and limits are checked by :func:`werkbank_spawner.policy
 policy's errors into site-file key paths.
 
 Nothing here starts a hub or touches the file system beyond reading the site file (and
-:func:`prepare_dirs`, which creates the state folders when the hub starts), so all of it is
-testable with ``apply(Config(), {...})``.
+:func:`prepare_state`, which creates the state folders and MLflow's permission configuration
+when the hub starts), so all of it is testable with ``apply(Config(), {...})``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import ipaddress
 import math
 import os
 import re
+import secrets
 import sys
 import textwrap
 from collections.abc import Hashable, Mapping, Sequence
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 import yaml
 from traitlets.config import Config
 
+from .mlflow_auth import SECRET_ENV
 from .policy import PolicyError, policy_from_dict
 
 #: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
@@ -346,6 +348,15 @@ SCHEMA = Section(
                             "false: jobs get url directly and anyone who reaches it can read and "
                             "delete every run.",
                         ),
+                        "permissions": Key(
+                            (bool,),
+                            True,
+                            "With manage and proxy: MLflow checks who may see and change what (its "
+                            "basic-auth app, told the user by the proxy). Each user sees their own "
+                            "experiments and registered models and those of their hub groups' projects "
+                            "(experiments named <group>/...); hub admins see everything. false: every "
+                            "hub user may read and change every run.",
+                        ),
                         "public_url": Key(
                             (str,),
                             "",
@@ -382,6 +393,13 @@ SCHEMA = Section(
                             "Database of runs and metrics, e.g. postgresql://mlflow@db.cluster/mlflow "
                             "(needs the psycopg2 package in the hub's environment); empty: "
                             "sqlite:///<hub.data_dir>/../mlflow/mlflow.db.",
+                        ),
+                        "auth_database_uri": Key(
+                            (str,),
+                            "",
+                            "With permissions: MLflow's database of users, roles and permissions, e.g. "
+                            "postgresql://mlflow@db.cluster/mlflow_auth (may be backend_store_uri's "
+                            "database); empty: sqlite:///<hub.data_dir>/../mlflow/auth.db.",
                         ),
                         "artifacts_destination": Key(
                             (str,),
@@ -729,7 +747,9 @@ def _check_tracking(tracking: dict, hub: dict) -> None:
     if not mlflow["host"].strip():
         raise SiteConfigError("tracking.mlflow.host", "must not be empty")
     if mlflow["manage"] and mlflow["backend_store_uri"]:
-        _check_database_driver(mlflow["backend_store_uri"])
+        _check_database_driver(mlflow["backend_store_uri"], "tracking.mlflow.backend_store_uri")
+    if mlflow_permissions(mlflow) and mlflow["auth_database_uri"]:
+        _check_database_driver(mlflow["auth_database_uri"], "tracking.mlflow.auth_database_uri")
     if not mlflow["proxy"]:
         if mlflow["public_url"]:
             # An unused public URL would make an admin believe jobs go through the proxy.
@@ -792,7 +812,7 @@ DATABASE_DRIVERS = {
 }
 
 
-def _check_database_driver(uri: str) -> None:
+def _check_database_driver(uri: str, key: str) -> None:
     """The hub runs `mlflow server` in its own environment: a database URI whose driver is not
     installed there would make the server exit at every start, restarted forever by the hub."""
     scheme = urlsplit(uri).scheme
@@ -800,7 +820,7 @@ def _check_database_driver(uri: str) -> None:
         module, package = DATABASE_DRIVERS[scheme]
         if importlib.util.find_spec(module) is None:
             raise SiteConfigError(
-                "tracking.mlflow.backend_store_uri",
+                key,
                 f"{scheme}:// needs the Python module {module} (pip package {package}) in the hub's "
                 f"environment ({sys.prefix}), which does not have it",
             )
@@ -875,10 +895,13 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     slurm_spawner.job_prologue = slurm["job_prologue"]
 
     services, roles = [], []
+    proxy_secret = _process_secret("proxy") if mlflow_permissions(mlflow) else ""
     if mlflow["manage"]:
-        services.append(_mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub)))
+        services.append(
+            _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), proxy_secret=proxy_secret)
+        )
     if mlflow["proxy"]:
-        services.append(_mlflow_proxy_service(mlflow))
+        services.append(_mlflow_proxy_service(mlflow, proxy_secret=proxy_secret))
         # Browsers (the user's own OAuth token for the service) and the tokens of the users'
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
@@ -909,28 +932,94 @@ def _port_of(url: str) -> int:
 
 
 def state_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> list[Path]:
-    """Folders the hub and its managed services write to, for :func:`prepare_dirs`:
-    ``hub.data_dir`` and, when the hub manages MLflow with the default stores, its folder."""
+    """Folders the hub and its managed services write to, for :func:`prepare_state`:
+    ``hub.data_dir`` and, when the hub manages MLflow, its folder (default stores, the
+    permission configuration)."""
     site = validate(site)
     data_dir = _data_dir(site, config_dir)
     dirs = [data_dir]
     mlflow = site["tracking"]["mlflow"]
-    if mlflow["manage"] and not (mlflow["backend_store_uri"] and mlflow["artifacts_destination"]):
+    if mlflow["manage"]:
         dirs.append(_mlflow_dir(data_dir))
     return dirs
 
 
-def prepare_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> None:
+def prepare_state(site: Mapping, *, config_dir: str | os.PathLike) -> None:
     """Create the :func:`state_dirs` that do not exist yet, readable by their owner only
-    (JupyterHub writes its cookie secret there but does not create the folder).
+    (JupyterHub writes its cookie secret there but does not create the folder), and write
+    MLflow's permission configuration (:func:`mlflow_auth_config`) where the server reads it.
 
-    Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be created.
+    Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be written.
     """
+    site = validate(site)
     for folder in state_dirs(site, config_dir=config_dir):
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
+    mlflow = site["tracking"]["mlflow"]
+    if mlflow["manage"] and mlflow_permissions(mlflow):
+        path = _mlflow_auth_config_path(_data_dir(site, config_dir))
+        try:
+            # Private: the database URI may hold a password.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(mlflow_auth_ini(mlflow_auth_database(site, config_dir=config_dir)))
+        except OSError as e:
+            raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror}") from None
+
+
+def mlflow_permissions(mlflow: Mapping) -> bool:
+    """Whether MLflow checks permissions: ``permissions``, which needs the hub to run the server
+    (``manage``) and the proxy that tells it who is asking (``proxy``)."""
+    return mlflow["permissions"] and mlflow["manage"] and mlflow["proxy"]
+
+
+def mlflow_auth_database(site: Mapping, *, config_dir: str | os.PathLike) -> str:
+    """The database of MLflow's users and permissions (``tracking.mlflow.auth_database_uri``)."""
+    default = f"sqlite:///{_mlflow_dir(_data_dir(site, config_dir)) / 'auth.db'}"
+    return site["tracking"]["mlflow"]["auth_database_uri"] or default
+
+
+def mlflow_auth_ini(database: str) -> str:
+    """The ini file of MLflow's basic-auth app (``MLFLOW_AUTH_CONFIG_PATH``): nobody may do
+    anything by default (creators get MANAGE on what they create), users are who the proxy says
+    (:mod:`werkbank_spawner.mlflow_auth`), and the bootstrap admin is the proxy itself."""
+    return (
+        "# Written by the hub at every start from the site file (werkbank_spawner.siteconfig).\n"
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = {database.replace('%', '%%')}\n"
+        f"admin_username = service:{MLFLOW_SERVICE}\n"
+        "authorization_function = werkbank_spawner.mlflow_auth:authenticate\n"
+        "grant_default_workspace_access = false\n"
+    )
+
+
+def mlflow_auth_env(config_path: str | os.PathLike, proxy_secret: str) -> dict[str, str]:
+    """The environment ``mlflow server --app-name basic-auth`` needs for werkbank: the ini file,
+    the secret shared with the proxy, and two values the auth app insists on that nobody uses
+    (the CSRF key of its sign-up form; the bootstrap admin's password, needed once)."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
+        SECRET_ENV: proxy_secret,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _process_secret("flask"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": _process_secret("admin"),
+    }
+
+
+_secrets: dict[str, str] = {}
+
+
+def _process_secret(purpose: str) -> str:
+    """A random secret for ``purpose``, the same for the life of this process: new at every hub
+    start (which restarts the managed services that share it), and applying the site twice
+    gives the same configuration."""
+    return _secrets.setdefault(purpose, secrets.token_urlsafe(32))
+
+
+def _mlflow_auth_config_path(data_dir: Path) -> Path:
+    return _mlflow_dir(data_dir) / "auth.ini"
 
 
 def _data_dir(site: Mapping, config_dir: str | os.PathLike) -> Path:
@@ -967,24 +1056,34 @@ def mlflow_tracking_uri(site: Mapping) -> str:
     return f"{parts.scheme}://{parts.netloc}{mlflow_service_prefix(site['hub'])}"
 
 
-def _mlflow_proxy_service(mlflow: Mapping) -> dict:
+def _mlflow_proxy_service(mlflow: Mapping, *, proxy_secret: str) -> dict:
     """The authenticating proxy (:mod:`werkbank_spawner.mlflow_proxy`) as a managed service
     with a ``url``: the hub's proxy routes ``/services/mlflow/`` to it, the hub gives it its
     OAuth client and API token in the environment, and restarts it if it exits."""
     return {
         "name": MLFLOW_SERVICE,
         "url": f"http://127.0.0.1:{mlflow_proxy_port(mlflow)}",
-        "command": [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", mlflow["url"]],
+        "command": [
+            sys.executable,
+            "-m",
+            "werkbank_spawner.mlflow_proxy",
+            "--upstream",
+            mlflow["url"],
+            *(["--permissions"] if proxy_secret else []),
+        ],
         # Users are sent here from links and from the hub's Services menu; asking them to
         # authorize werkbank's own MLflow every time would teach them to click through.
         "oauth_no_confirm": True,
         "display": True,
+        "environment": {SECRET_ENV: proxy_secret} if proxy_secret else {},
     }
 
 
-def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str) -> dict:
+def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, proxy_secret: str) -> dict:
     """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
-    proxy service's path, so that the proxy forwards requests unchanged."""
+    proxy service's path, so that the proxy forwards requests unchanged; with a
+    ``proxy_secret`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
+    asking (:mod:`werkbank_spawner.mlflow_auth`)."""
     state = _mlflow_dir(data_dir)
     backend = mlflow["backend_store_uri"] or f"sqlite:///{state / 'mlflow.db'}"
     artifacts = mlflow["artifacts_destination"] or str(state / "artifacts")
@@ -997,6 +1096,8 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str) -> dict:
     if url_host:
         allowed.append(url_host)
     prefix_args = ["--static-prefix", prefix] if mlflow["proxy"] else []
+    auth_args = ["--app-name", "basic-auth"] if proxy_secret else []
+    auth_env = mlflow_auth_env(_mlflow_auth_config_path(data_dir), proxy_secret) if proxy_secret else {}
     return {
         "name": MLFLOW_SERVER_SERVICE,
         "command": [
@@ -1014,6 +1115,7 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str) -> dict:
             "--allowed-hosts",
             ",".join(dict.fromkeys(allowed)),
             *prefix_args,
+            *auth_args,
         ],
         # MLflow's job runner (GenAI evaluation jobs) starts about a dozen worker processes of
         # ~100 MB each that werkbank does not use yet.
@@ -1022,6 +1124,7 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str) -> dict:
             # `mlflow server --backend-store-uri` from the environment: a database password in
             # the URI must not be on a command line every user can read with `ps`.
             "MLFLOW_BACKEND_STORE_URI": backend,
+            **auth_env,
         },
     }
 

@@ -553,12 +553,19 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
 def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[str, str]) -> dict[str, str]:
     """MLFLOW_TRACKING_URI and, for the hub's MLflow proxy, MLFLOW_TRACKING_TOKEN: the server's
     own API token (in ``env`` from JupyterHub), whose ``server`` role includes access to the
-    proxy service. An empty mapping without a tracking URI."""
+    proxy service. An empty mapping without a tracking URI.
+
+    Also MLFLOW_EXPERIMENT_NAME ``<user>/default``: where ``mlflow.start_run()`` logs before the
+    code picks an experiment. MLflow's own default, experiment 0, is shared by everybody, which
+    MLflow's permission checks therefore close to all but admins.
+    """
     out = {}
     if spawner.mlflow_tracking_uri:
         out["MLFLOW_TRACKING_URI"] = spawner.mlflow_tracking_uri
         if spawner.mlflow_send_token and env.get("JUPYTERHUB_API_TOKEN"):
             out["MLFLOW_TRACKING_TOKEN"] = env["JUPYTERHUB_API_TOKEN"]
+        if env.get("JUPYTERHUB_USER"):
+            out["MLFLOW_EXPERIMENT_NAME"] = f"{env['JUPYTERHUB_USER']}/default"
     return out
 
 

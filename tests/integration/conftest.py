@@ -185,11 +185,16 @@ class Hub:
         )
 
     def token_for(self, user: str) -> str:
+        """An API token of ``user``, the same for the whole session."""
         if user not in self.user_tokens:
-            r = self.api("POST", f"/users/{user}/tokens", json={"note": "werkbank tests", "expires_in": 3600})
-            assert r.status_code == 201, r.text
-            self.user_tokens[user] = r.json()["token"]
+            self.user_tokens[user] = self.new_token(user)
         return self.user_tokens[user]
+
+    def new_token(self, user: str) -> str:
+        """A token of ``user`` no service has seen: services cache what the hub says of a token."""
+        r = self.api("POST", f"/users/{user}/tokens", json={"note": "werkbank tests", "expires_in": 3600})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
 
     def user_model(self, user: str) -> dict:
         r = self.api("GET", f"/users/{user}")

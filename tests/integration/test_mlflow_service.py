@@ -33,7 +33,8 @@ def test_only_hub_users_get_through(hub):
     assert api(hub, "api/2.0/mlflow/experiments/search?max_results=5", "not-a-token").status_code == 401
     r = api(hub, "api/2.0/mlflow/experiments/search?max_results=5", hub.token_for("alice"))
     assert r.status_code == 200, r.text
-    assert "experiments" in r.json()
+    # Only her own experiments: not even MLflow's shared Default (id 0), closed to non-admins.
+    assert "0" not in {e["experiment_id"] for e in r.json().get("experiments", [])}
     # The tests' admin service has many scopes, but not access to this service.
     assert api(hub, "api/2.0/mlflow/experiments/search", SERVICE_TOKEN).status_code == 403
 
@@ -118,6 +119,38 @@ def test_a_user_token_cannot_claim_another_user(hub):
     assert r.status_code == 403
 
 
+def test_users_see_their_own_and_their_groups_experiments(hub):
+    """Permissions from the hub's users and groups: alice's own experiment is hers alone; an
+    experiment of the group's project (``<group>/...``) is shared with its members."""
+    hub.wait_for_mlflow()
+    group = "werkbank-project"
+    assert hub.api("POST", f"/groups/{group}", json={"users": ["alice", "bob"]}).status_code == 201
+    try:
+        # New tokens: the proxy caches what the hub says about a token (groups included) for a minute.
+        alice, bob = hub.new_token("alice"), hub.new_token("bob")
+        stamp = time.time()
+        create = "api/2.0/mlflow/experiments/create"
+        r = api(hub, create, alice, method="POST", json={"name": f"alice/{stamp}"})
+        assert r.status_code == 200, r.text
+        private = r.json()["experiment_id"]
+        assert api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={private}", bob).status_code == 403
+        r = api(hub, "api/2.0/mlflow/experiments/delete", bob, method="POST", json={"experiment_id": private})
+        assert r.status_code == 403
+        assert api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={private}", alice).status_code == 200
+
+        name = f"{group}/{stamp}"
+        r = api(hub, create, alice, method="POST", json={"name": name})
+        assert r.status_code == 200, r.text
+        shared = r.json()["experiment_id"]
+        r = api(hub, "api/2.0/mlflow/runs/create", bob, method="POST", json={"experiment_id": shared})
+        assert r.status_code == 200, r.text
+        assert r.json()["run"]["info"]["user_id"] == "bob"
+        r = api(hub, f"api/2.0/mlflow/experiments/get-by-name?experiment_name={name}", alice)
+        assert r.json()["experiment"]["experiment_id"] == shared
+    finally:
+        hub.api("DELETE", f"/groups/{group}")
+
+
 PROXY_PATTERN = f"werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:{MLFLOW_PORT}"
 
 
@@ -165,10 +198,16 @@ def test_the_hub_restarts_mlflow_and_the_proxy_and_nothing_is_lost(hub):
     assert service_pids(PROXY_PATTERN) not in ([], [proxy])
 
 
-def test_the_mlflow_server_serves_under_the_service_path(hub):
+def test_the_mlflow_server_serves_under_the_service_path_and_only_to_the_proxy(hub):
     hub.wait_for_mlflow()
     direct = f"http://127.0.0.1:{MLFLOW_PORT}"
-    # What the proxy forwards to: the REST API and the UI live under the prefix.
+    # What the proxy forwards to: the REST API and the UI live under the prefix ...
     assert httpx.get(f"{direct}/services/mlflow/health", timeout=10).text == "OK"
-    assert "<title>MLflow</title>" in httpx.get(f"{direct}/services/mlflow/", timeout=10).text
-    assert httpx.get(f"{direct}/api/2.0/mlflow/experiments/search", timeout=10).status_code == 404
+    assert httpx.get(f"{direct}/api/2.0/mlflow/experiments/search", timeout=10).status_code in (401, 404)
+    # ... and answer only the proxy (a job on this machine reaches loopback too), whatever
+    # user a request claims to be.
+    claims = {"X-Werkbank-User": "alice", "X-Werkbank-Admin": "1"}
+    for path in ("services/mlflow/", "services/mlflow/api/2.0/mlflow/experiments/search?max_results=5"):
+        r = httpx.get(f"{direct}/{path}", headers=claims, timeout=10)
+        assert r.status_code == 401, r.text
+        assert "reached through the hub" in r.text

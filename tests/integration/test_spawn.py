@@ -275,15 +275,23 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     uri = env["MLFLOW_TRACKING_URI"]
     assert uri == hub.mlflow_url
     hub.wait_for_mlflow()
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "bob/default"
     keep = {
         k: env[k]
-        for k in ("PATH", "HOME", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "WERKBANK_PROFILE")
+        for k in (
+            "PATH",
+            "HOME",
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_EXPERIMENT_NAME",
+            "WERKBANK_PROFILE",
+        )
     }
     # The client claims to be alice: MLflow's client takes its user from USER/LOGNAME.
     claims = {"USER": "alice", "LOGNAME": "alice"}
+    # No experiment chosen: the session's own (MLFLOW_EXPERIMENT_NAME), not MLflow's shared one.
     code = (
         "import mlflow, os\n"
-        "mlflow.set_experiment('werkbank-integration')\n"
         "with mlflow.start_run(tags={'mlflow.user': 'alice'}) as run:\n"
         "    mlflow.log_param('profile', os.environ['WERKBANK_PROFILE'])\n"
         "    mlflow.log_metric('answer', 42)\n"
@@ -310,8 +318,15 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     ]
     assert stored["info"]["user_id"] == "bob"
     assert {"key": "mlflow.user", "value": "bob"} in stored["data"]["tags"]
-    # Without the token the same request is refused.
+    # Without the token the same request is refused; another user may neither read nor delete it.
     assert (
         httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10).status_code == 401
     )
+    alice = {"Authorization": f"Bearer {hub.token_for('alice')}"}
+    r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=alice, timeout=10)
+    assert r.status_code == 403, r.text
+    r = httpx.post(f"{uri}/api/2.0/mlflow/runs/delete", json={"run_id": run_id}, headers=alice, timeout=10)
+    assert r.status_code == 403, r.text
+    r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=headers, timeout=10)
+    assert r.json()["run"]["info"]["lifecycle_stage"] == "active"
     hub.stop_server("bob")

@@ -31,16 +31,17 @@ from tornado import httputil, web
 
 from tests.mlflow_server import MlflowServer, free_port
 from werkbank_spawner import mlflow_proxy
+from werkbank_spawner.mlflow_auth import encode, encode_groups, parse_groups
 from werkbank_spawner.mlflow_proxy import (
     BodyRule,
+    Caller,
     MlflowProxy,
-    Permissions,
     ProxyHandler,
     Rejected,
     body_rule,
     forward_headers,
-    header_value,
     identity,
+    project_group,
     relay_headers,
     rewrite_body,
     upstream_path,
@@ -50,11 +51,16 @@ from werkbank_spawner.spawner import mlflow_env
 PREFIX = "/services/mlflow/"
 SCOPES = ["access:services!service=mlflow"]
 USERS = {
-    "alice-token": {"name": "alice", "kind": "user", "admin": False, "groups": [], "scopes": SCOPES},
+    "alice-token": {"name": "alice", "kind": "user", "admin": False, "groups": ["vision"], "scopes": SCOPES},
     "bob-token": {"name": "bob", "kind": "user", "admin": False, "groups": [], "scopes": SCOPES},
     "carol-token": {"name": "carol", "kind": "user", "admin": False, "groups": [], "scopes": ["read:users"]},
+    "dave-token": {"name": "dave", "kind": "user", "admin": False, "groups": ["vision"], "scopes": SCOPES},
+    "erin-token": {"name": "erin", "kind": "user", "admin": True, "groups": [], "scopes": SCOPES},
+    "mallory-token": {"name": "service:mlflow", "kind": "user", "groups": [], "scopes": SCOPES},
 }
 SERVICE_TOKEN = "proxy-service-token"
+PROXY_SECRET = "secret-shared-by-proxy-and-mlflow"
+ALICE = Caller("alice", groups=("vision",))
 
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -89,11 +95,18 @@ def test_forward_headers_strip_credentials_hop_by_hop_and_claims():
         ("Accept", "application/json"),
         ("X-Forwarded-For", "10.0.0.9"),
     )
-    out = forward_headers(incoming, "alice")
+    out = forward_headers(incoming, Caller("alice"))
     names = [name.lower() for name, _ in out]
     assert sorted(names) == ["accept", "content-type", "x-forwarded-for", "x-werkbank-user"]
     assert ("X-Werkbank-User", "alice") in out
     assert not any("secret-hub-token" in value or "abc" in value for _, value in out)
+    out = forward_headers(incoming, Caller("root", admin=True, groups=("a,b", "ops")), "s3cret")
+    assert out[-4:] == [
+        ("X-Werkbank-User", "root"),
+        ("X-Werkbank-Admin", "1"),
+        ("X-Werkbank-Groups", "a%2Cb,ops"),
+        ("X-Werkbank-Proxy-Secret", "s3cret"),
+    ]
 
 
 def test_relay_headers_drop_hop_by_hop_and_cors():
@@ -118,12 +131,17 @@ def test_relay_headers_drop_hop_by_hop_and_cors():
     ]
 
 
-def test_identity_and_header_value():
+def test_identity_and_header_encoding():
     assert identity({"name": "alice", "kind": "user"}) == "alice"
     assert identity({"name": "idle-culler", "kind": "service"}) == "service:idle-culler"
-    assert header_value("alice@example.org") == "alice@example.org"
-    assert header_value("jürgen") == "j%C3%BCrgen"
-    assert header_value("a\nX-Werkbank-User: root") == "a%0AX-Werkbank-User%3A%20root"
+    model = {"name": "a", "admin": True, "groups": ["z", "b"]}
+    assert Caller.from_model(model) == Caller("a", True, ("b", "z"))
+    assert encode("alice@example.org") == "alice@example.org"
+    assert encode("jürgen") == "j%C3%BCrgen"
+    assert encode("a\nX-Werkbank-User: root") == "a%0AX-Werkbank-User:%20root"
+    groups = ("ops", "x,y", "jürgen's")
+    assert parse_groups(encode_groups(groups)) == tuple(sorted(groups))
+    assert parse_groups("") == ()
 
 
 @pytest.mark.parametrize(
@@ -153,6 +171,7 @@ def test_upstream_path(path, expected):
         ("POST", "ajax-api/2.0/mlflow/runs/create", "create-run"),
         ("POST", "ajax-api/2.0/mlflow/runs/create-promptlab-run", "create-run"),
         ("POST", "api/2.0/mlflow/experiments/create", "create-experiment"),
+        ("POST", "api/2.0/mlflow/experiments/update", "rename-experiment"),
         ("POST", "api/2.0/mlflow/runs/set-tag", "tag-key"),
         ("POST", "api/2.0/mlflow/runs/delete-tag", "tag-key"),
         ("POST", "api/2.0/mlflow/runs/log-batch", "tag-list"),
@@ -176,7 +195,7 @@ def test_create_run_records_the_authenticated_user():
         "start_time": 1,
         "tags": [{"key": "mlflow.user", "value": "mallory"}, {"key": "mlflow.source.name", "value": "x.py"}],
     }
-    out = json.loads(rewrite_body(BodyRule("create-run"), json.dumps(claimed).encode(), "alice"))
+    out = json.loads(rewrite_body(BodyRule("create-run"), json.dumps(claimed).encode(), ALICE).body)
     assert out["user_id"] == "alice"
     assert out["tags"] == [
         {"key": "mlflow.source.name", "value": "x.py"},
@@ -186,56 +205,95 @@ def test_create_run_records_the_authenticated_user():
         "experiment_id": "1",
         "start_time": 1,
     }
-    minimal = json.loads(rewrite_body(BodyRule("create-run"), b"", "bob"))
+    minimal = json.loads(rewrite_body(BodyRule("create-run"), b"", Caller("bob")).body)
     assert minimal == {"user_id": "bob", "tags": [{"key": "mlflow.user", "value": "bob"}]}
 
 
 def test_create_experiment_records_the_owner():
     body = json.dumps({"name": "e", "tags": [{"key": "werkbank.owner", "value": "mallory"}]}).encode()
-    out = json.loads(rewrite_body(BodyRule("create-experiment"), body, "alice"))
-    assert out == {"name": "e", "tags": [{"key": "werkbank.owner", "value": "alice"}]}
+    out = rewrite_body(BodyRule("create-experiment"), body, ALICE)
+    assert json.loads(out.body) == {"name": "e", "tags": [{"key": "werkbank.owner", "value": "alice"}]}
+    assert out.share_with == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "caller", "group"),
+    [
+        ("plain-name", ALICE, ""),  # no namespace: global, the creator's
+        ("alice/mnist", ALICE, ""),  # her own
+        ("vision/mnist", ALICE, "vision"),  # her group's project
+        ("vision/a/b", ALICE, "vision"),
+        ("workshop/day1", Caller("erin", admin=True), "workshop"),  # an admin prepares a project
+        ("service:ci/nightly", Caller("service:ci"), ""),
+    ],
+)
+def test_project_group(name, caller, group):
+    assert project_group(name, caller) == group
+
+
+@pytest.mark.parametrize("name", ["bob/mnist", "workshop/day1", "/Shared/x", "Vision/x"])
+def test_experiment_names_in_other_namespaces_are_refused(name):
+    with pytest.raises(Rejected) as info:
+        project_group(name, ALICE)
+    assert info.value.status_code == 403
+    assert "'alice/...', 'vision/...'" in info.value.message
+
+
+def test_project_experiments_are_to_be_shared_only_with_permissions():
+    create = BodyRule("create-experiment")
+    assert rewrite_body(create, b'{"name": "vision/x"}', ALICE, projects=True).share_with == "vision"
+    assert rewrite_body(create, b'{"name": "vision/x"}', ALICE).share_with == ""
+    with pytest.raises(Rejected):
+        rewrite_body(create, b'{"name": "bob/x"}', ALICE, projects=True)
+    rename = BodyRule("rename-experiment")
+    body = b'{"experiment_id": "7", "new_name": "vision/y"}'
+    out = rewrite_body(rename, body, ALICE, projects=True)
+    assert (out.body, out.share_with, out.experiment_id) == (body, "vision", "7")
+    assert rewrite_body(rename, b'{"experiment_id": "7", "new_name": "bob/y"}', ALICE).share_with == ""
+    with pytest.raises(Rejected):
+        rewrite_body(rename, b'{"experiment_id": "7", "new_name": "bob/y"}', ALICE, projects=True)
 
 
 def test_protected_tags_cannot_be_set_or_deleted():
     rule = BodyRule("tag-key", "mlflow.user")
     with pytest.raises(Rejected) as info:
-        rewrite_body(rule, b'{"run_id": "r", "key": "mlflow.user", "value": "mallory"}', "alice")
+        rewrite_body(rule, b'{"run_id": "r", "key": "mlflow.user", "value": "mallory"}', ALICE)
     assert info.value.status_code == 403
     assert info.value.error_code == "PERMISSION_DENIED"
     body = b'{"run_id": "r", "key": "note", "value": "fine"}'
-    assert rewrite_body(rule, body, "alice") is body  # untouched, byte for byte
+    assert rewrite_body(rule, body, ALICE).body is body  # untouched, byte for byte
     batch = BodyRule("tag-list", "mlflow.user")
     with pytest.raises(Rejected):
-        rewrite_body(batch, b'{"run_id": "r", "tags": [{"key": "mlflow.user", "value": "m"}]}', "alice")
+        rewrite_body(batch, b'{"run_id": "r", "tags": [{"key": "mlflow.user", "value": "m"}]}', ALICE)
     metrics = b'{"run_id": "r", "metrics": [{"key": "loss", "value": 1, "timestamp": 1, "step": 0}]}'
-    assert rewrite_body(batch, metrics, "alice") is metrics
+    assert rewrite_body(batch, metrics, ALICE).body is metrics
     # The same key spelled with JSON escapes is the same key.
     with pytest.raises(Rejected):
-        rewrite_body(batch, b'{"run_id": "r", "tags": [{"key": "mlflow\\u002euser", "value": "m"}]}', "alice")
+        rewrite_body(batch, b'{"run_id": "r", "tags": [{"key": "mlflow\\u002euser", "value": "m"}]}', ALICE)
     with pytest.raises(Rejected):
-        rewrite_body(rule, b'{"run_id": "r", "key": "\\u006dlflow.user", "value": "m"}', "alice")
+        rewrite_body(rule, b'{"run_id": "r", "key": "\\u006dlflow.user", "value": "m"}', ALICE)
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"tags": "mlflow.user"}', b'{"tags": [1]}'])
 def test_malformed_bodies_are_refused(body):
     with pytest.raises(Rejected) as info:
-        rewrite_body(BodyRule("create-run"), body, "alice")
+        rewrite_body(BodyRule("create-run"), body, ALICE)
     assert info.value.status_code == 400
 
 
-def test_default_permissions_allow_everything_so_far():
-    assert Permissions().allow({"name": "alice"}, mock.Mock()) is True
-
-
 def test_servers_get_their_own_token_only_for_the_proxy():
-    env = {"JUPYTERHUB_API_TOKEN": "server-token"}
+    env = {"JUPYTERHUB_API_TOKEN": "server-token", "JUPYTERHUB_USER": "alice"}
     proxied = SimpleNamespace(mlflow_tracking_uri="http://hub:8000/services/mlflow", mlflow_send_token=True)
     assert mlflow_env(proxied, env) == {
         "MLFLOW_TRACKING_URI": "http://hub:8000/services/mlflow",
         "MLFLOW_TRACKING_TOKEN": "server-token",
+        "MLFLOW_EXPERIMENT_NAME": "alice/default",  # not MLflow's shared experiment 0
     }
     bare = SimpleNamespace(mlflow_tracking_uri="http://mlflow:5000", mlflow_send_token=False)
-    assert mlflow_env(bare, env) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert mlflow_env(bare, env) == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLFLOW_EXPERIMENT_NAME": "alice/default",
+    }
     assert mlflow_env(SimpleNamespace(mlflow_tracking_uri="", mlflow_send_token=True), env) == {}
 
 
@@ -360,7 +418,7 @@ class Background:
 class ProxyProcess:
     """``python -m werkbank_spawner.mlflow_proxy`` with the environment the hub gives a service."""
 
-    def __init__(self, upstream: str, hub_port: int, log_path: Path):
+    def __init__(self, upstream: str, hub_port: int, log_path: Path, *, permissions: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{PREFIX}"
         self.log_path = log_path
@@ -375,9 +433,13 @@ class ProxyProcess:
             JUPYTERHUB_OAUTH_CALLBACK_URL=PREFIX + "oauth_callback",
             JUPYTERHUB_OAUTH_ACCESS_SCOPES=json.dumps(["access:services", "access:services!service=mlflow"]),
         )
+        argv = [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", upstream]
+        if permissions:
+            argv.append("--permissions")
+            env["WERKBANK_MLFLOW_PROXY_SECRET"] = PROXY_SECRET
         with open(log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", upstream],
+                argv,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -424,9 +486,9 @@ def echo_proxy(background, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mlflow_behind_proxy(background, tmp_path_factory):
-    """A real ``mlflow server`` serving under the service's path, as the hub starts it, and the
-    proxy in front of it."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-prefixed"))
+    """A real ``mlflow server`` serving under the service's path and checking permissions, as
+    the hub starts it, and the proxy in front of it."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-prefixed"), proxy_secret=PROXY_SECRET)
     server.url += PREFIX.rstrip("/")  # its /health lives under the prefix too
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_STATIC_PREFIX", PREFIX.rstrip("/"))  # `mlflow server --static-prefix`
@@ -435,7 +497,9 @@ def mlflow_behind_proxy(background, tmp_path_factory):
         except RuntimeError as e:
             server.stop()
             pytest.fail(str(e))
-    proxy = ProxyProcess(f"http://127.0.0.1:{server.port}", background.hub_port, server.root / "proxy.log")
+    proxy = ProxyProcess(
+        f"http://127.0.0.1:{server.port}", background.hub_port, server.root / "proxy.log", permissions=True
+    )
     yield SimpleNamespace(server=server, proxy=proxy)
     proxy.stop()
     server.stop()
@@ -557,19 +621,33 @@ def test_an_unreachable_mlflow_is_a_503(background, tmp_path):
 # --- against a real MLflow server -------------------------------------------------------------
 
 
+class UserClient:
+    """An MlflowClient of the proxy acting as one user: MLflow's client reads
+    MLFLOW_TRACKING_TOKEN at every request, so each call sets it to this user's token first."""
+
+    def __init__(self, url: str, token: str | None, monkeypatch: pytest.MonkeyPatch):
+        self._client, self._token, self._monkeypatch = MlflowClient(url), token, monkeypatch
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+
+        def call(*args, **kwargs):
+            if self._token is None:
+                self._monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+            else:
+                self._monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", self._token)
+            return method(*args, **kwargs)
+
+        return call
+
+
 @pytest.fixture
 def client_for(mlflow_behind_proxy, monkeypatch):
-    """An MlflowClient of the proxy that sends ``token`` (as MLFLOW_TRACKING_TOKEN, like a session)."""
+    """``client_for(token)``: an MlflowClient of the proxy that sends ``token`` (as
+    MLFLOW_TRACKING_TOKEN, like a session), or none."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-
-    def make(token: str | None) -> MlflowClient:
-        if token is None:
-            monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
-        else:
-            monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
-        return MlflowClient(mlflow_behind_proxy.proxy.url.rstrip("/"))
-
-    return make
+    url = mlflow_behind_proxy.proxy.url.rstrip("/")
+    return lambda token: UserClient(url, token, monkeypatch)
 
 
 def test_mlflow_client_through_the_proxy_records_the_user(client_for):
@@ -609,15 +687,17 @@ def test_artifacts_and_the_ui_through_the_proxy(mlflow_behind_proxy, client_for,
     assert ui.status_code == 200
     assert "<title>MLflow</title>" in ui.text
     js = next(part.split('"')[0] for part in ui.text.split('src="')[1:] if part.startswith("static-files/"))
-    assert httpx.get(mlflow_behind_proxy.proxy.url + js, headers=auth("alice-token")).status_code == 200
+    script = httpx.get(mlflow_behind_proxy.proxy.url + js, headers=auth("alice-token"))
+    assert script.status_code == 200
     unauthenticated = httpx.get(mlflow_behind_proxy.proxy.url + js)
     assert unauthenticated.status_code == 302
-    # HEAD: MLflow's headers, no body, and the connection stays usable.
+    # HEAD: MLflow's headers, no body, and the connection stays usable. (MLflow's permission
+    # checks refuse HEAD on its API and UI routes; static files are open to every hub user.)
     with httpx.Client(headers=auth("alice-token")) as client:
-        head = client.head(mlflow_behind_proxy.proxy.url)
+        head = client.head(mlflow_behind_proxy.proxy.url + js)
         assert head.status_code == 200
         assert head.content == b""
-        assert int(head.headers["Content-Length"]) == len(ui.content)
+        assert int(head.headers["Content-Length"]) == len(script.content)
         assert client.get(mlflow_behind_proxy.proxy.url + "health").text == "OK"
 
 
@@ -631,3 +711,87 @@ def test_the_module_runs_only_as_a_hub_service(monkeypatch):
     monkeypatch.delenv("JUPYTERHUB_SERVICE_URL", raising=False)
     with pytest.raises(SystemExit, match="JupyterHub service"):
         mlflow_proxy.main(["--upstream", "http://127.0.0.1:5000"])
+
+
+# --- who sees what: MLflow's permission checks, told the user by the proxy ---------------------
+
+
+def refused(call, *args, **kwargs) -> None:
+    with pytest.raises(MlflowException) as info:
+        call(*args, **kwargs)
+    assert "403" in str(info.value) or "PERMISSION_DENIED" in str(info.value), info.value
+
+
+def test_users_see_and_change_only_their_own_experiments(client_for, tmp_path):
+    alice = client_for("alice-token")
+    experiment_id = alice.create_experiment(f"alice/private-{os.getpid()}")
+    run = alice.create_run(experiment_id)
+    alice.log_metric(run.info.run_id, "loss", 0.5)
+    (tmp_path / "notes.txt").write_text("alice's")
+    alice.log_artifact(run.info.run_id, str(tmp_path / "notes.txt"))
+
+    bob = client_for("bob-token")
+    refused(bob.get_experiment, experiment_id)
+    refused(bob.get_run, run.info.run_id)
+    refused(bob.get_metric_history, run.info.run_id, "loss")
+    refused(bob.download_artifacts, run.info.run_id, "notes.txt", str(tmp_path))
+    refused(bob.log_metric, run.info.run_id, "loss", 99.0)
+    refused(bob.delete_run, run.info.run_id)
+    refused(bob.delete_experiment, experiment_id)
+    refused(bob.create_run, experiment_id)
+    assert experiment_id not in {e.experiment_id for e in bob.search_experiments()}
+    # MLflow's shared experiment 0 is closed to everybody but admins; sessions are given an
+    # experiment of their own (MLFLOW_EXPERIMENT_NAME).
+    refused(bob.create_run, "0")
+
+    # Nothing of alice's changed, and an admin sees it all.
+    erin = client_for("erin-token")
+    stored = erin.get_run(run.info.run_id)
+    assert stored.info.lifecycle_stage == "active"
+    assert stored.data.metrics == {"loss": 0.5}
+    assert experiment_id in {e.experiment_id for e in erin.search_experiments()}
+    assert [f.path for f in erin.list_artifacts(run.info.run_id)] == ["notes.txt"]
+
+
+def test_project_experiments_are_shared_with_the_group(client_for):
+    alice = client_for("alice-token")
+    name = f"vision/shared-{os.getpid()}"
+    experiment_id = alice.create_experiment(name)
+    alices_run = alice.create_run(experiment_id)
+    alice.log_metric(alices_run.info.run_id, "accuracy", 0.9)
+
+    dave = client_for("dave-token")  # also in the group vision
+    assert dave.get_experiment_by_name(name).experiment_id == experiment_id
+    assert dave.get_run(alices_run.info.run_id).data.metrics == {"accuracy": 0.9}
+    daves_run = dave.create_run(experiment_id)
+    assert dave.get_run(daves_run.info.run_id).info.user_id == "dave"
+    assert {r.info.run_id for r in alice.search_runs([experiment_id])} == {
+        alices_run.info.run_id,
+        daves_run.info.run_id,
+    }
+
+    bob = client_for("bob-token")  # not in the group
+    refused(bob.get_experiment, experiment_id)
+    refused(bob.get_run, daves_run.info.run_id)
+    with pytest.raises(MlflowException, match="your user name or one of your groups"):
+        bob.create_experiment(f"vision/squatted-{os.getpid()}")
+    # Renaming into a group's namespace shares the experiment with the group too.
+    own = alice.create_experiment(f"alice/later-shared-{os.getpid()}")
+    refused(dave.get_experiment, own)
+    alice.rename_experiment(own, f"vision/now-shared-{os.getpid()}")
+    assert dave.get_experiment(own).name == f"vision/now-shared-{os.getpid()}"
+
+
+def test_mlflow_trusts_only_the_proxy(mlflow_behind_proxy):
+    """The server listens on loopback, which every job on the hub's machine reaches: the
+    who-is-asking headers count only with the secret shared with the proxy."""
+    url = f"http://127.0.0.1:{mlflow_behind_proxy.server.port}{PREFIX}api/2.0/mlflow/experiments/search?max_results=5"
+    claims = {"X-Werkbank-User": "erin", "X-Werkbank-Admin": "1"}
+    assert httpx.get(url, headers=claims).status_code == 401
+    assert httpx.get(url, headers={**claims, "X-Werkbank-Proxy-Secret": "guessed"}).status_code == 401
+    assert httpx.get(url, headers={**claims, "X-Werkbank-Proxy-Secret": PROXY_SECRET}).status_code == 200
+
+
+def test_a_user_cannot_pass_for_a_service(client_for):
+    with pytest.raises(MlflowException, match="service:"):
+        client_for("mallory-token").search_experiments()

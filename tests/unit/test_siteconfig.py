@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import copy
 import json
 import os
@@ -394,8 +395,17 @@ def test_apply_demo_site(tmp_path):
         "werkbank_spawner.mlflow_proxy",
         "--upstream",
         "http://127.0.0.1:5000",
+        "--permissions",
     ]
     assert proxy["oauth_no_confirm"] is True
+    # MLflow checks permissions (its basic-auth app), trusting the proxy, which proves itself
+    # with a secret that is in both services' environment, never on a command line.
+    secret = proxy["environment"]["WERKBANK_MLFLOW_PROXY_SECRET"]
+    assert len(secret) >= 32
+    server_env = services["mlflow-server"]["environment"]
+    assert server_env["WERKBANK_MLFLOW_PROXY_SECRET"] == secret
+    assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/var/lib/werkbank/mlflow/auth.ini"
+    assert not any(secret in arg for s in services.values() for arg in s["command"])
     mlflow = services["mlflow-server"]["command"]
     assert mlflow[0] == str(Path(sys.executable).parent / "mlflow")
     assert mlflow[1] == "server"
@@ -413,6 +423,7 @@ def test_apply_demo_site(tmp_path):
     assert allowed == ["127.0.0.1:5000", "localhost:5000"]
     # Served under the proxy service's path, so that the proxy forwards paths unchanged.
     assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
+    assert mlflow[mlflow.index("--app-name") + 1] == "basic-auth"
     assert services["idle-culler"]["command"] == [
         sys.executable,
         "-m",
@@ -580,7 +591,7 @@ def test_apply_mlflow_behind_the_proxy(database_drivers):
     assert environment["MLFLOW_BACKEND_STORE_URI"] == "postgresql://mlflow@db.cluster/mlflow"
     assert server[server.index("--static-prefix") + 1] == "/services/mlflow"
     assert services["mlflow"]["url"] == "http://127.0.0.1:5300"
-    assert services["mlflow"]["command"][-2:] == ["--upstream", "http://localhost:5100"]
+    assert services["mlflow"]["command"][-3:] == ["--upstream", "http://localhost:5100", "--permissions"]
     assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "https://hub.example.org/services/mlflow"
 
 
@@ -651,6 +662,8 @@ def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
     # The hub does not run a server it does not manage: nothing to check then.
     validate(with_value(site, "tracking.mlflow.manage", False))
     validate(with_value(minimal(), "tracking.mlflow.backend_store_uri", "sqlite:////srv/mlflow.db"))
+    error = error_of(with_value(minimal(), "tracking.mlflow.auth_database_uri", "postgresql://db/auth"))
+    assert error.path == "tracking.mlflow.auth_database_uri"
 
 
 def test_the_server_role_keeps_jupyterhubs_default_scopes():
@@ -660,19 +673,52 @@ def test_the_server_role_keeps_jupyterhubs_default_scopes():
     assert set(siteconfig.DEFAULT_SERVER_SCOPES) == set(default["scopes"])
 
 
-def test_prepare_dirs_creates_private_state_folders(tmp_path):
+def test_prepare_state_creates_private_state_folders(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "werkbank" / "hub"))
-    siteconfig.prepare_dirs(site, config_dir="/")
+    siteconfig.prepare_state(site, config_dir="/")
     for folder in (tmp_path / "werkbank" / "hub", tmp_path / "werkbank" / "mlflow"):
         assert folder.is_dir()
         assert folder.stat().st_mode & 0o777 == 0o700
 
 
-def test_prepare_dirs_reports_what_it_cannot_create(tmp_path):
+def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    site = with_value(site, "tracking.mlflow.auth_database_uri", "postgresql://mlflow:p%40ss@db/auth")
+    siteconfig.prepare_state(site, config_dir="/")
+    ini = tmp_path / "mlflow" / "auth.ini"
+    assert ini.stat().st_mode & 0o777 == 0o600  # the database URI may hold a password
+    parser = configparser.ConfigParser()
+    parser.read(ini)
+    assert dict(parser["mlflow"]) == {
+        "default_permission": "NO_PERMISSIONS",
+        "database_uri": "postgresql://mlflow:p%40ss@db/auth",  # % survives ini interpolation
+        "admin_username": "service:mlflow",
+        "authorization_function": "werkbank_spawner.mlflow_auth:authenticate",
+        "grant_default_workspace_access": "false",
+    }
+    siteconfig.prepare_state(with_value(site, "tracking.mlflow.auth_database_uri", ""), config_dir="/")
+    parser.read(ini)
+    assert parser["mlflow"]["database_uri"] == f"sqlite:///{tmp_path}/mlflow/auth.db"
+
+
+@pytest.mark.parametrize(("key", "value"), [("permissions", False), ("proxy", False), ("manage", False)])
+def test_mlflow_without_permission_checks(tmp_path, key, value):
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    site = with_value(site, f"tracking.mlflow.{key}", value)
+    services = {s["name"]: s for s in applied(site).JupyterHub.services}
+    for service in services.values():
+        assert "--permissions" not in service["command"]
+        assert "--app-name" not in service["command"]
+        assert "WERKBANK_MLFLOW_PROXY_SECRET" not in service.get("environment", {})
+    siteconfig.prepare_state(site, config_dir="/")
+    assert not (tmp_path / "mlflow" / "auth.ini").exists()
+
+
+def test_prepare_state_reports_what_it_cannot_create(tmp_path):
     (tmp_path / "file").write_text("")
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "file" / "hub"))
     with pytest.raises(SiteConfigError, match=r"^hub\.data_dir: cannot create "):
-        siteconfig.prepare_dirs(site, config_dir="/")
+        siteconfig.prepare_state(site, config_dir="/")
 
 
 # --- loading -------------------------------------------------------------------------------
