@@ -28,7 +28,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 # ------------------------------------------------------------------ system packages
 missing=()
-for pkg in python3-venv python3-dev sudo nodejs npm git curl; do
+packages=(python3-venv python3-dev sudo nodejs npm git curl)
+# The tests also run MLflow on PostgreSQL (tests/postgres.py starts a private cluster).
+[ "$DEV" = yes ] && packages+=(postgresql)
+for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # npm may come with a Node.js that is not Debian's (e.g. NodeSource): then skip Debian's.

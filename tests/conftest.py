@@ -1,8 +1,11 @@
 """Fixtures shared by the test folders."""
 
+import subprocess
+
 import pytest
 
 from tests.mlflow_server import MlflowServer
+from tests.postgres import Postgres
 
 
 @pytest.fixture(scope="session")
@@ -17,5 +20,21 @@ def mlflow_server(tmp_path_factory):
     except RuntimeError as e:
         server.stop()
         pytest.fail(str(e))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster (Debian's binaries) for the session; see tests/postgres.py."""
+    server = Postgres()
+    try:
+        server.start()
+    except (RuntimeError, OSError, KeyError) as e:
+        server.stop()
+        pytest.fail(f"PostgreSQL did not start: {e}")
+    except subprocess.CalledProcessError as e:
+        server.stop()
+        pytest.fail(f"PostgreSQL did not start: {e.cmd}: {e.stderr}")
     yield server
     server.stop()

@@ -24,17 +24,26 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` with SQLite and a local artifact store under ``root``.
+    """``mlflow server`` with a local artifact store under ``root`` and SQLite there, or the
+    databases given.
 
-    ``proxy_secret``: with MLflow's permission checks as the hub runs them (basic-auth app,
-    werkbank's authorization function trusting a proxy that knows the secret).
+        ``proxy_secret``: with MLflow's permission checks as the hub runs them (basic-auth app,
+        werkbank's authorization function trusting a proxy that knows the secret).
     """
 
     def __init__(
-        self, root: Path, port: int | None = None, cpus: set[int] | None = None, proxy_secret: str = ""
+        self,
+        root: Path,
+        port: int | None = None,
+        cpus: set[int] | None = None,
+        proxy_secret: str = "",
+        backend_store_uri: str = "",
+        auth_database_uri: str = "",
     ):
         self.root = Path(root)
         self.proxy_secret = proxy_secret
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root}/mlflow.db"
+        self.auth_database_uri = auth_database_uri or f"sqlite:///{self.root}/auth.db"
         self.cpus = cpus  # pin the server to these CPUs (benchmarks keep it off the measured core)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,14 +54,14 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         argv = [
             MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
             "--workers", "1",
         ]  # fmt: skip
         env = dict(os.environ)
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri  # as the hub passes it: not in ps
         if self.proxy_secret:
             ini = self.root / "auth.ini"
-            ini.write_text(siteconfig.mlflow_auth_ini(f"sqlite:///{self.root}/auth.db"))
+            ini.write_text(siteconfig.mlflow_auth_ini(self.auth_database_uri))
             argv += ["--app-name", "basic-auth"]
             env.update(siteconfig.mlflow_auth_env(ini, self.proxy_secret))
         env.pop("MLFLOW_TRACKING_URI", None)

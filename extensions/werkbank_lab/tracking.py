@@ -73,23 +73,64 @@ def _git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def configure(project: str = "default", experiment: str | None = None) -> str:
+def user_name() -> str:
+    """The session's hub user (``JUPYTERHUB_USER``), else the Linux user (the same in werkbank)."""
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+def experiment_name(project: str, chosen: str = "") -> str:
+    """``chosen``, or the user's own experiment for ``project``: ``<user>/<project>``.
+
+    MLflow's names are global and werkbank's MLflow lets only their creator (and their group,
+    for ``<group>/...``) use an experiment: a default such as ``werkbank-training`` would be
+    the first user's, and refused to everyone else in a workshop.
+    """
+    return chosen or f"{user_name()}/{project}"
+
+
+def model_name(name: str, chosen: str = "") -> str:
+    """``chosen``, or the user's own registered model called ``name``: ``<user>-<name>``
+    (registered model names cannot contain ``/``)."""
+    return chosen or f"{user_name()}-{name}"
+
+
+def tracking_uri() -> str:
+    """The session's ``MLFLOW_TRACKING_URI``. Raises ``RuntimeError`` saying what to do when it
+    is not set (werkbank sets it in every session and batch job)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise RuntimeError(
+            "MLFLOW_TRACKING_URI is not set, so there is no MLflow server to log to. Sessions started "
+            "by werkbank's JupyterHub have it; elsewhere start a server (`mlflow server --port 5000`) "
+            "and set it first, e.g. `%env MLFLOW_TRACKING_URI=http://127.0.0.1:5000`."
+        )
+    return uri
+
+
+def user_folder(value: str, parameter: str) -> Path:
+    """The folder ``value`` (``~`` expanded, resolved), which must be under the user's home or the
+    working directory: a template writes nowhere else. Raises ``ValueError`` naming
+    ``parameter`` otherwise. The folder is not created."""
+    folder = Path(value).expanduser().resolve()
+    allowed = [Path.home().resolve(), Path.cwd().resolve()]
+    if not any(folder.is_relative_to(root) for root in allowed):
+        raise ValueError(
+            f"{parameter}={value!r} is {folder}, outside your home ({allowed[0]}) and the working "
+            f"directory ({allowed[1]}); this notebook writes only there."
+        )
+    return folder
+
+
+def configure(project: str = "default", experiment: str = "") -> str:
     """Point MLflow at the session's tracking server and pick the experiment; return its id.
 
-    The experiment is ``experiment`` or ``<user>/<project>``. Raises ``RuntimeError`` with a
-    clear message when the session has no ``MLFLOW_TRACKING_URI`` (werkbank sets it).
+    The experiment is ``experiment`` or ``<user>/<project>`` (:func:`experiment_name`). Raises
+    ``RuntimeError`` with a clear message when the session has no ``MLFLOW_TRACKING_URI``.
     """
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise RuntimeError(
-            "MLFLOW_TRACKING_URI is not set: this is not a werkbank session. "
-            "Set it to your MLflow server's URL."
-        )
-    mlflow.set_tracking_uri(uri)
-    name = experiment or f"{getpass.getuser()}/{project}"
-    return mlflow.set_experiment(name).experiment_id
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.set_experiment(experiment_name(project, experiment or "")).experiment_id
 
 
 # --- the metric logger -------------------------------------------------------------------

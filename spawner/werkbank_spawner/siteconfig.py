@@ -391,7 +391,7 @@ SCHEMA = Section(
                             (str,),
                             "",
                             "Database of runs and metrics, e.g. postgresql://mlflow@db.cluster/mlflow "
-                            "(needs the psycopg2 package in the hub's environment); empty: "
+                            "(its driver psycopg is installed with werkbank); empty: "
                             "sqlite:///<hub.data_dir>/../mlflow/mlflow.db.",
                         ),
                         "auth_database_uri": Key(
@@ -800,10 +800,10 @@ def _check_tracking(tracking: dict, hub: dict) -> None:
         )
 
 
-#: SQLAlchemy's driver module of a database URI scheme (its default where none is named) and the
-#: pip package that provides it.
+#: SQLAlchemy's driver module of a database URI scheme (its default where none is named: psycopg
+#: 3 for PostgreSQL since SQLAlchemy 2.1) and the pip package that provides it.
 DATABASE_DRIVERS = {
-    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "postgresql": ("psycopg", "psycopg[binary]"),
     "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
     "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
     "postgresql+pg8000": ("pg8000", "pg8000"),

@@ -7,7 +7,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.mlflow_server import MlflowServer
-from werkbank_lab.tracking import MetricLogger, configure, session_tags
+from werkbank_lab.tracking import (
+    MetricLogger,
+    configure,
+    experiment_name,
+    model_name,
+    session_tags,
+    user_folder,
+)
 
 
 def new_run(url: str, name: str = "werkbank-tracking-tests") -> str:
@@ -120,6 +127,27 @@ def test_configure_needs_a_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError, match="MLFLOW_TRACKING_URI is not set"):
         configure("demo")
+
+
+def test_templates_default_to_the_users_own_names(monkeypatch):
+    # Names are global in MLflow and its permission checks give each to its creator: a shared
+    # default would belong to the first user of a workshop and be refused to everybody else.
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+    assert experiment_name("werkbank-training") == "alice/werkbank-training"
+    assert experiment_name("werkbank-training", "vision/shared") == "vision/shared"
+    assert model_name("digits-cnn") == "alice-digits-cnn"  # no "/" in registered model names
+    assert model_name("digits-cnn", "prod-model") == "prod-model"
+
+
+def test_user_folders_are_under_home_or_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert user_folder("~/out", "output_dir") == tmp_path / "home" / "out"
+    assert user_folder("relative/x", "output_dir") == tmp_path / "relative" / "x"
+    with pytest.raises(ValueError, match=r"^output_dir='/etc/werkbank' is /etc/werkbank, outside your home"):
+        user_folder("/etc/werkbank", "output_dir")
+    with pytest.raises(ValueError, match="outside"):
+        user_folder("~/../../elsewhere", "output_dir")
 
 
 def test_configure_and_session_tags(mlflow_server, monkeypatch):

@@ -10,7 +10,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # conda-forge names that differ from the PyPI names.
-CONDA_TO_PIP = {"pytorch": "torch", "psycopg2": "psycopg2-binary"}
+CONDA_TO_PIP = {"pytorch": "torch"}
 # conda-only entries (no pip counterpart): the interpreter, Node and the proxy, pip itself.
 CONDA_ONLY = {"python", "nodejs", "configurable-http-proxy", "pip"}
 

@@ -484,11 +484,21 @@ def echo_proxy(background, tmp_path_factory):
     proxy.stop()
 
 
-@pytest.fixture(scope="module")
-def mlflow_behind_proxy(background, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mlflow_behind_proxy(request, background, tmp_path_factory):
     """A real ``mlflow server`` serving under the service's path and checking permissions, as
-    the hub starts it, and the proxy in front of it."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-prefixed"), proxy_secret=PROXY_SECRET)
+    the hub starts it, and the proxy in front of it. Twice: with SQLite, the default, and with
+    PostgreSQL (runs and permissions), as production sites run it."""
+    databases = {}
+    if request.param == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        databases = {
+            "backend_store_uri": postgres.create_database(f"mlflow_{os.getpid()}"),
+            "auth_database_uri": postgres.create_database(f"mlflow_auth_{os.getpid()}"),
+        }
+    server = MlflowServer(
+        tmp_path_factory.mktemp(f"mlflow-{request.param}"), proxy_secret=PROXY_SECRET, **databases
+    )
     server.url += PREFIX.rstrip("/")  # its /health lives under the prefix too
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_STATIC_PREFIX", PREFIX.rstrip("/"))  # `mlflow server --static-prefix`
@@ -500,7 +510,7 @@ def mlflow_behind_proxy(background, tmp_path_factory):
     proxy = ProxyProcess(
         f"http://127.0.0.1:{server.port}", background.hub_port, server.root / "proxy.log", permissions=True
     )
-    yield SimpleNamespace(server=server, proxy=proxy)
+    yield SimpleNamespace(server=server, proxy=proxy, backend=request.param)
     proxy.stop()
     server.stop()
 
@@ -795,3 +805,17 @@ def test_mlflow_trusts_only_the_proxy(mlflow_behind_proxy):
 def test_a_user_cannot_pass_for_a_service(client_for):
     with pytest.raises(MlflowException, match="service:"):
         client_for("mallory-token").search_experiments()
+
+
+def test_a_restarted_server_keeps_runs_and_permissions(mlflow_behind_proxy, client_for):
+    alice, bob = client_for("alice-token"), client_for("bob-token")
+    experiment_id = alice.create_experiment(f"alice/kept-{os.getpid()}")
+    run = alice.create_run(experiment_id)
+    alice.log_metric(run.info.run_id, "loss", 0.25)
+    server = mlflow_behind_proxy.server
+    server.stop()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_STATIC_PREFIX", PREFIX.rstrip("/"))
+        server.start(timeout=180)
+    assert alice.get_run(run.info.run_id).data.metrics == {"loss": 0.25}
+    refused(bob.get_run, run.info.run_id)

@@ -560,7 +560,7 @@ def test_apply_mlflow_settings_without_the_proxy(database_drivers):
 
 @pytest.fixture
 def database_drivers(monkeypatch):
-    """PostgreSQL drivers count as installed (they are not in the test environment)."""
+    """PostgreSQL drivers count as installed (psycopg2 is not in the test environment)."""
     real = siteconfig.importlib.util.find_spec
     monkeypatch.setattr(
         siteconfig.importlib.util,
@@ -653,12 +653,12 @@ def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
     monkeypatch.setattr(
         siteconfig.importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "psycopg2" else real(name, *a),
+        lambda name, *a: None if name == "psycopg" else real(name, *a),
     )
     site = with_value(minimal(), "tracking.mlflow.backend_store_uri", "postgresql://mlflow:pw@db/mlflow")
     error = error_of(site)
     assert error.path == "tracking.mlflow.backend_store_uri"
-    assert "psycopg2 (pip package psycopg2-binary)" in error.message
+    assert "psycopg (pip package psycopg[binary])" in error.message
     # The hub does not run a server it does not manage: nothing to check then.
     validate(with_value(site, "tracking.mlflow.manage", False))
     validate(with_value(minimal(), "tracking.mlflow.backend_store_uri", "sqlite:////srv/mlflow.db"))
