@@ -8,7 +8,9 @@ spawner, no servers are spawned, ports 186xx/156xx), which starts MLflow and the
 services exactly as in production, and a user token for the proxy. Then, per request, one
 ``log-batch`` of ``--metrics`` values (what ``MetricLogger`` sends about once a second) to:
 
-- ``direct``: the MLflow server on loopback (``127.0.0.1:<port>/services/mlflow``);
+- ``direct``: the MLflow server on loopback (``127.0.0.1:<port>/services/mlflow``), with the
+  headers the proxy would send (user and the shared secret, read from the hub's configuration),
+  so that MLflow does the same permission checks as behind the proxy;
 - ``hub``: ``<hub>/services/mlflow``, as sessions do: configurable-http-proxy, then the proxy
   service (token check, cached; header rewriting; forwarding on kept-alive connections);
 - ``service``: the proxy service's own port, without configurable-http-proxy (where the time goes).
@@ -16,6 +18,9 @@ services exactly as in production, and a user token for the proxy. Then, per req
 each with ``reused`` connections (one ``httpx.Client``), a ``new`` connection per request, and
 MLflow's own client (``MlflowClient.log_batch``, a ``requests`` session). Prints p50/p95 and the
 ratios to ``direct``; asserts nothing. Target: ``hub`` adds at most 10 % at p50.
+
+``--no-permissions`` runs the hub with ``tracking.mlflow.permissions: false`` (MLflow without
+its basic-auth app): run both to see what MLflow's permission checks cost.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ TARGETS = {
 MODES = ("reused", "new", "mlflow-client")
 
 
-def site(work: Path) -> dict:
+def site(work: Path, permissions: bool) -> dict:
     s = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
     s["hub"].update(
         bind_url=f"http://127.0.0.1:{HUB_PORT}",
@@ -63,6 +68,7 @@ def site(work: Path) -> dict:
         port=MLFLOW_PORT,
         url=f"http://127.0.0.1:{MLFLOW_PORT}",
         proxy_port=PROXY_PORT,
+        permissions=permissions,
         backend_store_uri=f"sqlite:///{work}/mlflow/mlflow.db",
         artifacts_destination=str(work / "mlflow" / "artifacts"),
     )
@@ -71,6 +77,10 @@ def site(work: Path) -> dict:
 
 
 EXTRA = f"""
+# The secret the proxy proves itself to MLflow with, for the benchmark's direct requests.
+_proxy = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")
+_secret = _proxy.get("environment", {{}}).get("WERKBANK_MLFLOW_PROXY_SECRET", "")
+(Path(__file__).parent.parent / "proxy-secret").write_text(_secret)
 c.JupyterHub.services = list(c.JupyterHub.services) + [{{"name": "bench", "api_token": {ADMIN_TOKEN!r}}}]
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
     {{"name": "bench", "services": ["bench"], "scopes": ["admin:users", "tokens"]}}
@@ -92,12 +102,12 @@ def wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path
     sys.exit(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
-def start_hub(work: Path) -> subprocess.Popen:
+def start_hub(work: Path, permissions: bool) -> subprocess.Popen:
     (work / "mlflow").mkdir(parents=True)
     (work / "jupyterhub_config.d").mkdir()
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", work / "jupyterhub_config.py")
     (work / "jupyterhub_config.d" / "90-bench.py").write_text(EXTRA)
-    (work / "site.yaml").write_text(yaml.safe_dump(site(work)))
+    (work / "site.yaml").write_text(yaml.safe_dump(site(work, permissions)))
     env = dict(os.environ, WERKBANK_SITE_CONFIG=str(work / "site.yaml"))
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     log = work / "jupyterhub.log"
@@ -137,6 +147,21 @@ def batch(run_id: str, metrics: int, step: int) -> dict:
     }
 
 
+def _send_from_mlflow_client(headers: dict[str, str]) -> None:
+    """Make MLflow's client send ``headers`` with every request (a request header provider)."""
+    from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+    from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+    class Headers(RequestHeaderProvider):
+        def in_context(self):
+            return True
+
+        def request_headers(self):
+            return headers
+
+    _request_header_provider_registry.register(Headers)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -148,14 +173,22 @@ def main(argv=None) -> int:
     parser.add_argument("--metrics", type=int, default=50, help="values per log-batch (50)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests per target and mode")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (hub log)")
+    parser.add_argument(
+        "--no-permissions", action="store_true", help="MLflow without permission checks (permissions: false)"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="werkbank-bench-mlflow-"))
     os.chmod(work, 0o755)
-    hub = start_hub(work)
+    hub = start_hub(work, permissions=not args.no_permissions)
     try:
         token = user_token()
-        auth = {"Authorization": f"Bearer {token}"}
+        # Every target gets the same headers: the proxy removes the X-Werkbank-* ones and sets its
+        # own; MLflow, asked directly, takes them as the proxy's.
+        secret = (work / "proxy-secret").read_text()
+        claims = {"X-Werkbank-User": USER, "X-Werkbank-Proxy-Secret": secret}
+        auth = {"Authorization": f"Bearer {token}", **claims}
+        _send_from_mlflow_client(claims)
         os.environ["MLFLOW_TRACKING_TOKEN"] = token  # MLflow's client sends it; MLflow ignores it
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         from mlflow import MlflowClient
@@ -201,8 +234,9 @@ def main(argv=None) -> int:
             for combo in combos:
                 times[combo].append(once(*combo))
 
+        checks = "without MLflow's permission checks" if args.no_permissions else "MLflow checks permissions"
         print(
-            f"log-batch of {args.metrics} values, {args.requests} requests each, interleaved "
+            f"log-batch of {args.metrics} values, {args.requests} requests each, interleaved, {checks} "
             f"({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})"
         )
         print(f"{'mode':<14}{'target':<9}{'p50 ms':>9}{'p95 ms':>9}{'p50 ratio':>11}{'p95 ratio':>11}")
