@@ -488,6 +488,9 @@ def _log_request(handler: web.RequestHandler) -> None:
 
 
 class _JsonErrors(web.RequestHandler):
+    #: Whether the request's body has been read (streaming handlers read it after prepare()).
+    body_read = True
+
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, Rejected):
@@ -497,6 +500,14 @@ class _JsonErrors(web.RequestHandler):
             message = getattr(error, "log_message", None) or self._reason
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="werkbank"')
+        headers = self.request.headers
+        has_body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
+        if has_body and not self.body_read:
+            # Refused before its body was read: tornado closes the connection after this answer,
+            # but says so only when it knew before the headers went out. Without the header,
+            # configurable-http-proxy reuses the connection for the next request and gets a
+            # "socket hang up" (a 503 for a request that did nothing wrong).
+            self.set_header("Connection", "close")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error_code": code, "message": message}))
 
@@ -556,6 +567,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         self._too_large = False
         self._queue: asyncio.Queue | None = None  # a body streamed to MLflow as it comes
         self._upstream: asyncio.Future | None = None
+        self.body_read = False
 
     # -- authentication
 
@@ -707,6 +719,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
             ) from None
 
     async def _forward(self, *args) -> None:
+        self.body_read = True
         if self._finished:
             return
         if self._too_large:
