@@ -947,7 +947,7 @@ def state_dirs(site: Mapping, *, config_dir: str | os.PathLike) -> list[Path]:
 def prepare_state(site: Mapping, *, config_dir: str | os.PathLike) -> None:
     """Create the :func:`state_dirs` that do not exist yet, readable by their owner only
     (JupyterHub writes its cookie secret there but does not create the folder), and write
-    MLflow's permission configuration (:func:`mlflow_auth_config`) where the server reads it.
+    MLflow's permission configuration (:func:`mlflow_auth_ini`) where the server reads it.
 
     Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be written.
     """
@@ -958,7 +958,7 @@ def prepare_state(site: Mapping, *, config_dir: str | os.PathLike) -> None:
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
     mlflow = site["tracking"]["mlflow"]
-    if mlflow["manage"] and mlflow_permissions(mlflow):
+    if mlflow_permissions(mlflow):  # which implies manage: the hub runs the server
         path = _mlflow_auth_config_path(_data_dir(site, config_dir))
         try:
             # Private: the database URI may hold a password.
