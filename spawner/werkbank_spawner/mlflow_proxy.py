@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import os
@@ -61,7 +60,6 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado import httputil, web
 from tornado.httpserver import HTTPServer
@@ -78,6 +76,7 @@ from .mlflow_auth import (
     encode,
     encode_groups,
 )
+from .upstream import Body, Upstream, UpstreamError
 
 log = logging.getLogger("werkbank.mlflow_proxy")
 
@@ -381,22 +380,15 @@ class MlflowProxy:
     service_name: str = "mlflow"
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
-    client: httpx.AsyncClient = field(init=False)
+    #: Kept-alive connections to the MLflow server. No automatic retries: MLflow's client
+    #: retries what is safe to.
+    mlflow: Upstream = field(init=False)
 
     def __post_init__(self):
         self.upstream = self.upstream.rstrip("/")
         if not self.prefix.endswith("/"):
             self.prefix += "/"
-        # Kept-alive connections to MLflow: a new TCP connection per request would cost
-        # milliseconds each. Idle ones are dropped after 4 s, before uvicorn (MLflow's server)
-        # closes them at 5 s, so that a request never goes out on a connection being closed.
-        # No automatic retries: MLflow's client retries what is safe to.
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=4),
-            timeout=httpx.Timeout(connect=10, read=600, write=600, pool=60),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.mlflow = Upstream(self.upstream)
 
     def app(self) -> web.Application:
         settings = {
@@ -416,8 +408,8 @@ class MlflowProxy:
             **settings,
         )
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
+    def close(self) -> None:
+        self.mlflow.close()
 
     # -- sharing project experiments with their hub group, through MLflow's role API
 
@@ -454,17 +446,34 @@ class MlflowProxy:
         """A request of the proxy's own to MLflow, as the admin ``service:<service_name>``."""
         caller = Caller(f"service:{self.service_name}", admin=True)
         headers = caller_headers(caller, self.secret)
-        url = f"{self.upstream}{self.prefix}{path}"
-        response = await self.client.request(method, url, json=body, headers=headers)
-        is_json = response.headers.get("Content-Type", "").startswith("application/json")
-        answer = response.json() if is_json else {}
-        if response.status_code != 200 and answer.get("error_code") != tolerate:
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers.append(("Content-Type", "application/json"))
+        try:
+            response = await self.mlflow.fetch(method, self.prefix + path, headers, content)
+        except UpstreamError as e:
+            raise unavailable(e) from None
+        answer = response.json()
+        if response.code != 200 and answer.get("error_code") != tolerate:
             raise Rejected(
                 502,
                 "TEMPORARILY_UNAVAILABLE",
-                f"MLflow refused {method} {path} ({response.status_code}): {response.text[:300]}",
+                f"MLflow refused {method} {path} ({response.code}): "
+                f"{response.body[:300].decode(errors='replace')}",
             )
         return answer
+
+
+def unavailable(error: UpstreamError) -> Rejected:
+    """The answer to a request MLflow did not answer."""
+    if error.reason == "connect":
+        return Rejected(
+            503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server does not answer (starting?): {error}"
+        )
+    if error.reason == "timeout":
+        return Rejected(504, "TEMPORARILY_UNAVAILABLE", f"the MLflow server did not answer in time: {error}")
+    return Rejected(502, "TEMPORARILY_UNAVAILABLE", f"error talking to the MLflow server: {error}")
 
 
 def _log_request(handler: web.RequestHandler) -> None:
@@ -541,14 +550,14 @@ class HealthHandler(_JsonErrors):
 
     async def get(self):
         try:
-            response = await self.proxy.client.get(f"{self.proxy.upstream}{self.proxy.prefix}health")
-        except httpx.HTTPError as e:
+            response = await self.proxy.mlflow.fetch("GET", f"{self.proxy.prefix}health")
+        except UpstreamError as e:
             raise Rejected(
                 503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server does not answer ({e})"
             ) from None
-        self.set_status(200 if response.status_code == 200 else 503)
+        self.set_status(200 if response.code == 200 else 503)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(response.text if response.status_code == 200 else "MLflow server not ready")
+        self.finish(response.body if response.code == 200 else "MLflow server not ready")
 
 
 @web.stream_request_body
@@ -621,7 +630,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         else:
             # Start the upstream request now and feed it the body as it arrives.
             self._queue = asyncio.Queue(maxsize=4)
-            self._upstream = asyncio.ensure_future(self._send(self._streamed_body()))
+            self._upstream = asyncio.ensure_future(self._exchange(self._streamed_body()))
 
     async def _authenticate(self) -> dict | None:
         """The hub user model of the request, or None after redirecting a browser to log in.
@@ -688,35 +697,30 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
 
     # -- forwarding
 
-    async def _send(self, content, *, identity_encoding: bool = False) -> httpx.Response:
-        """Send the request to MLflow; return the response with its body not read yet.
-        ``identity_encoding``: ask for an uncompressed body (which the proxy reads itself)."""
+    def _upstream_request(self) -> tuple[str, list[tuple[str, str]]]:
+        """The target (path and query) and headers MLflow gets for this request."""
         request = self.request
-        headers = forward_headers(request.headers, self.caller, self.proxy.secret)
-        if identity_encoding:
-            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-            headers.append(("Accept-Encoding", "identity"))
-        if isinstance(content, bytes):
-            pass  # httpx sets Content-Length
-        elif "Content-Length" in request.headers:
-            headers.append(("Content-Length", request.headers["Content-Length"]))
-        path = upstream_path(request.path, self.proxy.prefix)
-        url = self.proxy.upstream + path + (f"?{request.query}" if request.query else "")
-        upstream = self.proxy.client.build_request(request.method, url, headers=headers, content=content)
+        target = upstream_path(request.path, self.proxy.prefix)
+        if request.query:
+            target += "?" + request.query
+        return target, forward_headers(request.headers, self.caller, self.proxy.secret)
+
+    async def _exchange(self, body: Body) -> None:
+        """Send the request to MLflow and relay its answer to the client as it arrives."""
+        target, headers = self._upstream_request()
+        if body is not None and not isinstance(body, bytes) and "Content-Length" in self.request.headers:
+            headers.append(("Content-Length", self.request.headers["Content-Length"]))
+        relay = _Relay(self)
         try:
-            return await self.proxy.client.send(upstream, stream=True)
-        except httpx.ConnectError as e:
-            raise Rejected(
-                503, "TEMPORARILY_UNAVAILABLE", f"the MLflow server does not answer (starting?): {e}"
-            ) from None
-        except httpx.TimeoutException:
-            raise Rejected(
-                504, "TEMPORARILY_UNAVAILABLE", "the MLflow server did not answer in time"
-            ) from None
-        except httpx.HTTPError as e:
-            raise Rejected(
-                502, "TEMPORARILY_UNAVAILABLE", f"error talking to the MLflow server: {e}"
-            ) from None
+            await self.proxy.mlflow.stream(self.request.method, target, headers, body, relay)
+        except (UpstreamError, StreamClosedError) as e:
+            if not relay.started:
+                if isinstance(e, UpstreamError):
+                    raise unavailable(e) from None
+                raise
+            # Status and headers are out: all that is left is to end the client's connection.
+            log.info("%s %s: transfer interrupted: %s", self.request.method, self.request.path, e)
+            self.request.connection.close()
 
     async def _forward(self, *args) -> None:
         self.body_read = True
@@ -730,30 +734,27 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
             if rewrite.share_with:
                 await self._create_shared(rewrite)
                 return
-            response = await self._send(rewrite.body)
+            await self._exchange(rewrite.body)
         elif self._buffer is not None:
-            response = await self._send(bytes(self._buffer))
+            await self._exchange(bytes(self._buffer))
         elif self._upstream is not None:
             await self._feed(None)
-            response = await self._upstream
+            await self._upstream
         else:
-            response = await self._send(None)
-        await self._relay(response)
+            await self._exchange(None)
 
     get = head = post = put = delete = patch = options = _forward
 
     async def _create_shared(self, rewrite: Rewrite) -> None:
         """Create or rename a project experiment, then share it with its group before the
         client hears of it, so that the group's members can use it as soon as it exists."""
-        response = await self._send(rewrite.body, identity_encoding=True)
+        target, headers = self._upstream_request()
         try:
-            body = await response.aread()
-        except httpx.HTTPError as e:
-            raise Rejected(502, "TEMPORARILY_UNAVAILABLE", f"error reading MLflow's answer: {e}") from None
-        finally:
-            await response.aclose()
-        if response.status_code == 200:
-            experiment_id = rewrite.experiment_id or str(json.loads(body).get("experiment_id", ""))
+            response = await self.proxy.mlflow.fetch(self.request.method, target, headers, rewrite.body)
+        except UpstreamError as e:
+            raise unavailable(e) from None
+        if response.code == 200:
+            experiment_id = rewrite.experiment_id or str(json.loads(response.body).get("experiment_id", ""))
             try:
                 await self.proxy.share_experiment(experiment_id, rewrite.share_with)
             except Rejected as e:
@@ -764,37 +765,40 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
                     f"experiment {experiment_id} was saved, but sharing it with the group "
                     f"{rewrite.share_with} failed; ask an admin ({e.message})",
                 ) from None
-        self._relay_headers(response)
-        self.write(body)
+        self.relay_headers(response.code, response.reason, response.headers)
+        self.write(response.body)
 
-    def _relay_headers(self, response: httpx.Response) -> None:
-        self.set_status(response.status_code, response.reason_phrase or "Unknown")
+    def relay_headers(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
+        """MLflow's status and headers, as the client's answer."""
+        self.set_status(code, reason or "Unknown")
         for name in ("Content-Type", "Server", "Date"):
             self.clear_header(name)
-        for name, value in relay_headers(response.headers.multi_items()):
+        for name, value in relay_headers(headers.get_all()):
             if name.lower() in _SINGLE_RESPONSE_HEADERS:
                 self.set_header(name, value)  # MLflow sends Date twice (uvicorn's and Flask's)
             else:
                 self.add_header(name, value)
 
-    async def _relay(self, response: httpx.Response) -> None:
-        """Pass MLflow's status, headers and body (as it arrives, still encoded) to the client."""
-        try:
-            self._relay_headers(response)
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) <= SMALL_BODY:
-                # One write with the headers when tornado finishes: most responses are small JSON.
-                self.write(b"".join([chunk async for chunk in response.aiter_raw()]))
-                return
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    self.write(chunk)
-                    await self.flush()
-        except (StreamClosedError, httpx.HTTPError) as e:
-            log.info("%s %s: transfer interrupted: %s", self.request.method, self.request.path, e)
-            self.request.connection.close()
-        finally:
-            await response.aclose()
+
+class _Relay:
+    """MLflow's answer on its way to the client (a :class:`~werkbank_spawner.upstream.Sink`):
+    a small body goes out in one write with the headers when the handler finishes; a large
+    one (an artifact download) chunk by chunk, MLflow slowed down to the client's pace."""
+
+    def __init__(self, handler: ProxyHandler):
+        self.handler = handler
+        self.started = False
+        self.streaming = False
+
+    def start(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
+        self.started = True
+        self.handler.relay_headers(code, reason, headers)
+        length = headers.get("Content-Length", "")
+        self.streaming = not (length.isdigit() and int(length) <= SMALL_BODY)
+
+    def chunk(self, data: bytes):
+        self.handler.write(data)
+        return self.handler.flush() if self.streaming else None
 
 
 # --- command line -------------------------------------------------------------------------
@@ -811,7 +815,6 @@ async def serve(
             "mlflow_proxy: run me as a JupyterHub service with a url (no JUPYTERHUB_SERVICE_URL)"
         )
     listen = urlsplit(service_url)
-    _skip_failing_sniffio_import()
     # Tokens in URLs would be forwarded to MLflow in the query; only headers and cookies count.
     # What the hub says of a token (user, admin flag, groups) is cached for a minute, not
     # JupyterHub's five: a user added to a group sees its projects soon after.
@@ -836,16 +839,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.stop()
-    await proxy.aclose()
-
-
-def _skip_failing_sniffio_import() -> None:
-    """httpcore asks ``import sniffio`` on every async request (several times). Where sniffio is
-    not installed (anyio 4 no longer needs it) each failed import searches all of sys.path
-    again: measured, 3 of the proxy's 4.5 ms of CPU per request. A ``None`` entry makes the
-    import fail at once, with the same result for httpcore (it then assumes asyncio)."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None
+    proxy.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -872,7 +866,6 @@ def main(argv: list[str] | None = None) -> int:
         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
     asyncio.run(serve(args.upstream, permissions=args.permissions, max_body_size=args.max_body_size))
     return 0
 
