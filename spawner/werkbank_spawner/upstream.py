@@ -209,8 +209,9 @@ class Upstream:
         for name, value in headers:
             request_headers.add(name, value)
         request_headers["Host"] = self.netloc
-        if isinstance(body, bytes) and (body or method in ("POST", "PUT", "PATCH")):
-            request_headers["Content-Length"] = str(len(body))
+        if (body is None or isinstance(body, bytes)) and (body or method in ("POST", "PUT", "PATCH")):
+            # (tornado would send an empty POST chunked)
+            request_headers["Content-Length"] = str(len(body or b""))
         sent = False
         started = time.monotonic()
         try:
