@@ -361,9 +361,11 @@ SCHEMA = Section(
                             (str,),
                             "",
                             "With proxy: what jobs get as MLFLOW_TRACKING_URI, the proxy service as "
-                            "compute nodes and browsers reach it; its path must be the service's, "
-                            "<hub.bind_url path>/services/mlflow. Empty: <hub.bind_url>/services/mlflow "
-                            "(required when hub.bind_url listens on every interface).",
+                            "compute nodes reach it; its path must be the service's, <hub.bind_url "
+                            "path>/services/mlflow. Empty: the service where jobs reach the hub API, "
+                            "http://<hub.hub_bind_url host>:<proxy_port>/services/mlflow (required when "
+                            "hub.hub_bind_url listens on every interface). <hub.bind_url>/services/mlflow "
+                            "sends jobs through the hub's public proxy instead (~2 ms more per request).",
                         ),
                         "url": Key(
                             (str,),
@@ -382,8 +384,10 @@ SCHEMA = Section(
                         "proxy_port": Key(
                             (int,),
                             0,
-                            "Port the proxy service listens on, on 127.0.0.1 (the hub's proxy routes "
-                            "/services/mlflow/ to it); 0: port + 1.",
+                            "Port the proxy service listens on, where the hub API does (hub.hub_bind_url's "
+                            "host, 127.0.0.1 by default): jobs reach it there, as they reach the hub API; "
+                            "browsers through the hub's proxy at <hub.bind_url>/services/mlflow/. "
+                            "0: port + 1.",
                             minimum=0,
                             maximum=65535,
                         ),
@@ -765,11 +769,12 @@ def _check_tracking(tracking: dict, hub: dict) -> None:
                 f"must end in the proxy service's path {prefix} (the hub's route to it), "
                 f"got {mlflow['public_url']!r}",
             )
-    elif not urlsplit(hub["bind_url"]).hostname or _is_unspecified(urlsplit(hub["bind_url"]).hostname):
+    elif _is_unspecified(mlflow_proxy_host(hub)):
+        port = mlflow_proxy_port(mlflow)
         raise SiteConfigError(
             "tracking.mlflow.public_url",
-            f"required when hub.bind_url listens on every interface ({hub['bind_url']}): the address "
-            f"at which compute nodes reach the hub, e.g. http://hub.cluster:8000{prefix}",
+            f"required when hub.hub_bind_url listens on every interface ({hub['hub_bind_url']}): the "
+            f"address at which compute nodes reach the proxy service, e.g. http://hub.cluster:{port}{prefix}",
         )
     url = urlsplit(mlflow["url"])
     if url.path.strip("/") or url.query or url.fragment:
@@ -901,7 +906,7 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
             _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), proxy_secret=proxy_secret)
         )
     if mlflow["proxy"]:
-        services.append(_mlflow_proxy_service(mlflow, proxy_secret=proxy_secret))
+        services.append(_mlflow_proxy_service(site, proxy_secret=proxy_secret))
         # Browsers (the user's own OAuth token for the service) and the tokens of the users'
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
@@ -1043,26 +1048,42 @@ def mlflow_proxy_port(mlflow: Mapping) -> int:
     return mlflow["proxy_port"] or mlflow["port"] + 1
 
 
+def mlflow_proxy_host(hub: Mapping) -> str:
+    """Where the proxy service listens: the hub API's host (``hub.hub_bind_url``, JupyterHub's
+    default 127.0.0.1 when empty). Jobs reach the service where they reach the hub API, without
+    the hub's public proxy in between, as JupyterHub's own servers reach its API."""
+    if not hub["hub_bind_url"]:
+        return "127.0.0.1"
+    return urlsplit(hub["hub_bind_url"]).hostname or "0.0.0.0"  # no host: every interface
+
+
+def mlflow_proxy_url(site: Mapping) -> str:
+    """The proxy service's own address, ``http://<mlflow_proxy_host>:<proxy_port>``."""
+    host = mlflow_proxy_host(site["hub"])
+    return f"http://{f'[{host}]' if ':' in host else host}:{mlflow_proxy_port(site['tracking']['mlflow'])}"
+
+
 def mlflow_tracking_uri(site: Mapping) -> str:
     """What jobs get as ``MLFLOW_TRACKING_URI``: the proxy service as compute nodes reach it
-    (``public_url``, else ``<hub.bind_url>/services/mlflow``), or the server's ``url`` without
-    the proxy. ``site`` is a validated site configuration."""
+    (``public_url``, else the service's own address with its path), or the server's ``url``
+    without the proxy. ``site`` is a validated site configuration."""
     mlflow = site["tracking"]["mlflow"]
     if not mlflow["proxy"]:
         return mlflow["url"]
     if mlflow["public_url"]:
         return mlflow["public_url"].rstrip("/")
-    parts = urlsplit(site["hub"]["bind_url"])
-    return f"{parts.scheme}://{parts.netloc}{mlflow_service_prefix(site['hub'])}"
+    return mlflow_proxy_url(site) + mlflow_service_prefix(site["hub"])
 
 
-def _mlflow_proxy_service(mlflow: Mapping, *, proxy_secret: str) -> dict:
+def _mlflow_proxy_service(site: Mapping, *, proxy_secret: str) -> dict:
     """The authenticating proxy (:mod:`werkbank_spawner.mlflow_proxy`) as a managed service
-    with a ``url``: the hub's proxy routes ``/services/mlflow/`` to it, the hub gives it its
-    OAuth client and API token in the environment, and restarts it if it exits."""
+    with a ``url`` (where it listens, :func:`mlflow_proxy_url`): the hub's proxy routes
+    ``/services/mlflow/`` to it, the hub gives it its OAuth client and API token in the
+    environment, and restarts it if it exits."""
+    mlflow = site["tracking"]["mlflow"]
     return {
         "name": MLFLOW_SERVICE,
-        "url": f"http://127.0.0.1:{mlflow_proxy_port(mlflow)}",
+        "url": mlflow_proxy_url(site),
         "command": [
             sys.executable,
             "-m",

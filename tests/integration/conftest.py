@@ -84,9 +84,17 @@ def job_field(job_id: str, key: str) -> str:
 
 
 def test_site(
-    data_dir: Path, port: int = HUB_PORT, api_port: int = HUB_API_PORT, mlflow: bool = True
+    data_dir: Path,
+    port: int = HUB_PORT,
+    api_port: int = HUB_API_PORT,
+    mlflow: bool = True,
+    *,
+    mlflow_port: int = MLFLOW_PORT,
+    backend_store_uri: str = "",
+    auth_database_uri: str = "",
 ) -> dict:
-    """The demo site with test ports and a private data directory."""
+    """The demo site with test ports and a private data directory; MLflow's stores in it
+    (SQLite) unless database URIs are given."""
     site = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
     site["hub"].update(
         bind_url=f"http://127.0.0.1:{port}",
@@ -101,10 +109,11 @@ def test_site(
         manage=mlflow,
         # Without MLflow no proxy either: a second hub must not claim the first one's proxy port.
         proxy=mlflow,
-        port=MLFLOW_PORT,
-        proxy_port=MLFLOW_PROXY_PORT,
-        url=f"http://127.0.0.1:{MLFLOW_PORT}",
-        backend_store_uri=f"sqlite:///{data_dir}/mlflow/mlflow.db",
+        port=mlflow_port,
+        proxy_port=mlflow_port + 1,
+        url=f"http://127.0.0.1:{mlflow_port}",
+        backend_store_uri=backend_store_uri or f"sqlite:///{data_dir}/mlflow/mlflow.db",
+        auth_database_uri=auth_database_uri,
         artifacts_destination=str(data_dir / "mlflow" / "artifacts"),
     )
     site["culling"] = {"enabled": False}
@@ -132,6 +141,7 @@ class Hub:
     workdir: Path
     env: dict
     url: str = f"http://127.0.0.1:{HUB_PORT}"
+    mlflow_port: int = MLFLOW_PORT
     proc: subprocess.Popen | None = None
     user_tokens: dict = field(default_factory=dict)
     log_path: Path = None
@@ -224,8 +234,14 @@ class Hub:
 
     @property
     def mlflow_url(self) -> str:
-        """The hub's MLflow service (the authenticating proxy), as jobs get it."""
+        """The hub's MLflow service (the authenticating proxy) behind the hub's public proxy,
+        as browsers reach it."""
         return f"{self.url}/services/mlflow"
+
+    @property
+    def mlflow_job_url(self) -> str:
+        """The same service as jobs get it: its own port, where they reach the hub API."""
+        return f"http://127.0.0.1:{self.mlflow_port + 1}/services/mlflow"
 
     def wait_for_mlflow(self, timeout: float = 150) -> None:
         """Until MLflow answers through the proxy (it takes 10-40 s to start, and starts again
@@ -249,9 +265,18 @@ class Hub:
 
 
 def make_hub(
-    workdir: Path, *, port: int, api_port: int, spawner: str, mlflow: bool, auth: str = "shared-password"
+    workdir: Path,
+    *,
+    port: int,
+    api_port: int,
+    spawner: str,
+    mlflow: bool,
+    auth: str = "shared-password",
+    mlflow_port: int = MLFLOW_PORT,
+    **databases: str,
 ) -> Hub:
-    """A Hub (not started) in ``workdir`` with the repo's jupyterhub_config.py and a test site."""
+    """A Hub (not started) in ``workdir`` with the repo's jupyterhub_config.py and a test site
+    (``databases``: MLflow's ``backend_store_uri`` and ``auth_database_uri``)."""
     if shutil.which("configurable-http-proxy") is None:
         pytest.fail("configurable-http-proxy is not installed (deploy/install.sh installs it)")
     os.chmod(workdir, 0o755)
@@ -260,13 +285,21 @@ def make_hub(
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", workdir / "jupyterhub_config.py")
     (workdir / "jupyterhub_config.d").mkdir()
     (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)
-    site = test_site(data_dir, port=port, api_port=api_port, mlflow=mlflow)
+    site = test_site(
+        data_dir, port=port, api_port=api_port, mlflow=mlflow, mlflow_port=mlflow_port, **databases
+    )
     if auth == "pam":
         site["auth"] = {"type": "pam", "allowed_users": [*TEST_USERS]}
     (workdir / "site.yaml").write_text(yaml.safe_dump(site))
     env = dict(os.environ, WERKBANK_SITE_CONFIG=str(workdir / "site.yaml"), WERKBANK_SPAWNER=spawner)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    return Hub(workdir=workdir, env=env, url=f"http://127.0.0.1:{port}", log_path=workdir / "jupyterhub.log")
+    return Hub(
+        workdir=workdir,
+        env=env,
+        url=f"http://127.0.0.1:{port}",
+        mlflow_port=mlflow_port,
+        log_path=workdir / "jupyterhub.log",
+    )
 
 
 @pytest.fixture(scope="session")

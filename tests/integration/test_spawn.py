@@ -72,7 +72,7 @@ def test_two_users_get_their_own_jobs(hub):
     assert alice_env["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     assert alice_env["SLURM_JOB_GPUS"] in ("0", "1")
     # MLflow through the hub's authenticating proxy, with the server's own token.
-    assert alice_env["MLFLOW_TRACKING_URI"] == hub.mlflow_url
+    assert alice_env["MLFLOW_TRACKING_URI"] == hub.mlflow_job_url
     assert alice_env["MLFLOW_TRACKING_TOKEN"] == alice_env["JUPYTERHUB_API_TOKEN"]
     assert alice_env["WERKBANK_PROFILE"].startswith("gpu1: 1 GPU · 4 cores · 16 GB · 1 h")
     # `werkbank submit` in the session offers the profiles the spawn page offered this user.
@@ -273,7 +273,7 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     hub.wait_ready("bob")
     env = job_environ(hub.job_id("bob"))
     uri = env["MLFLOW_TRACKING_URI"]
-    assert uri == hub.mlflow_url
+    assert uri == hub.mlflow_job_url
     hub.wait_for_mlflow()
     assert env["MLFLOW_EXPERIMENT_NAME"] == "bob/default"
     keep = {

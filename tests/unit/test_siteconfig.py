@@ -369,8 +369,9 @@ def test_apply_demo_site(tmp_path):
         "custom_fields": site["custom_fields"],
         "limits": site["limits"],
     }
-    # Jobs reach MLflow through the hub's authenticating proxy service, with their own token.
-    assert spawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+    # Jobs reach MLflow through the hub's authenticating proxy service, with their own token,
+    # where they reach the hub API (not through the hub's public proxy).
+    assert spawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
     assert spawner.mlflow_send_token is True
     assert spawner.queue_poll_interval == 2.0
     assert spawner.unreachable_grace == 600
@@ -379,7 +380,7 @@ def test_apply_demo_site(tmp_path):
     assert spawner.slurm_bin_dir == "/usr/bin"
     assert spawner.job_prologue == ""
     assert c.WerkbankLocalSpawner.policy_config == spawner.policy_config
-    assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+    assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
     assert c.WerkbankLocalSpawner.mlflow_send_token is True
 
     services = {s["name"]: s for s in c.JupyterHub.services}
@@ -598,7 +599,7 @@ def test_apply_mlflow_behind_the_proxy(database_drivers):
 def test_mlflow_proxy_follows_the_hubs_base_url():
     site = with_value(minimal(), "hub.bind_url", "http://10.0.0.5:8000/jhub/")
     c = applied(site)
-    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://10.0.0.5:8000/jhub/services/mlflow"
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/jhub/services/mlflow"
     server = next(s["command"] for s in c.JupyterHub.services if s["name"] == "mlflow-server")
     assert server[server.index("--static-prefix") + 1] == "/jhub/services/mlflow"
     bad = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:8000/services/mlflow")
@@ -613,7 +614,7 @@ def test_mlflow_proxy_in_front_of_a_server_the_hub_does_not_manage():
     c = applied(site)
     assert [s["name"] for s in c.JupyterHub.services] == ["mlflow", "idle-culler"]
     assert c.JupyterHub.services[0]["command"][-1] == "http://mlflow.internal:5000"
-    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:8000/services/mlflow"
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
 
 
 @pytest.mark.parametrize(
@@ -638,14 +639,37 @@ def test_mlflow_proxy_settings_are_checked(changes, path, words):
     assert words in error.message
 
 
-def test_a_hub_on_every_interface_needs_the_public_mlflow_url():
-    site = with_value(minimal(), "hub.bind_url", "http://0.0.0.0:8000")
-    site = with_value(site, "auth.type", "pam")
+def test_jobs_reach_the_mlflow_proxy_where_they_reach_the_hub_api():
+    site = with_value(minimal(), "hub.hub_bind_url", "http://10.0.0.5:8081")
+    c = applied(site)
+    proxy = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")
+    assert proxy["url"] == "http://10.0.0.5:5001"  # where it listens, and the hub's proxy routes to
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://10.0.0.5:5001/services/mlflow"
+    # Through the hub's public proxy instead, if the site prefers one open port.
+    site = with_value(site, "tracking.mlflow.public_url", "http://10.0.0.5:8000/services/mlflow")
+    assert applied(site).WerkbankSlurmSpawner.mlflow_tracking_uri == "http://10.0.0.5:8000/services/mlflow"
+
+
+@pytest.mark.parametrize("hub_bind_url", ["http://0.0.0.0:8081", "http://:8081", "http://[::]:8081"])
+def test_a_hub_api_on_every_interface_needs_the_public_mlflow_url(hub_bind_url):
+    site = with_value(minimal(), "hub.hub_bind_url", hub_bind_url)
     error = error_of(site)
     assert error.path == "tracking.mlflow.public_url"
     assert "every interface" in error.message
-    site = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:8000/services/mlflow")
-    assert applied(site).WerkbankSlurmSpawner.mlflow_tracking_uri == "http://hub.cluster:8000/services/mlflow"
+    assert "http://hub.cluster:5001/services/mlflow" in error.message
+    site = with_value(site, "tracking.mlflow.public_url", "http://hub.cluster:5001/services/mlflow")
+    c = applied(site)
+    assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://hub.cluster:5001/services/mlflow"
+    proxy = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")
+    assert proxy["url"].endswith(":5001")
+    assert "127.0.0.1" not in proxy["url"]
+
+
+def test_a_public_hub_needs_no_public_mlflow_url():
+    # The public proxy on every interface is not where jobs reach MLflow.
+    site = with_value(minimal(), "hub.bind_url", "http://0.0.0.0:8000")
+    site = with_value(site, "auth.type", "pam")
+    assert applied(site).WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
 
 
 def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
