@@ -67,9 +67,21 @@ class Postgres:
                 raise RuntimeError(f"PostgreSQL did not answer:\n{self.log_path.read_text()}")
             time.sleep(0.2)
 
-    def _psql(self, sql: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _psql(self, sql: str, check: bool = True, database: str = "postgres") -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-Atc", sql],
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-Atc",
+                sql,
+            ],
             env={**os.environ, "PGPASSWORD": self.password},
             capture_output=True,
             text=True,
@@ -80,6 +92,11 @@ class Postgres:
         """A new, empty database; returns its URI (with the password, as a site file would)."""
         self._psql(f'CREATE DATABASE "{name}"')
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    def query(self, database: str, sql: str) -> list[list[str]]:
+        """Rows of a query, as psql prints them (each a list of column texts)."""
+        out = self._psql(sql, database=database).stdout
+        return [line.split("|") for line in out.splitlines()]
 
     def stop(self) -> None:
         if self.data.exists():
