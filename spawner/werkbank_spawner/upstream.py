@@ -230,7 +230,11 @@ class Upstream:
                     "closed", f"{self.netloc} closed the connection: {e.real_error or e}"
                 ) from None
         except httputil.HTTPInputError as e:
+            stream.close()
             raise UpstreamError("closed", f"malformed answer from {self.netloc}: {e}") from None
+        except BaseException:  # cancelled: the connection is in an unknown state
+            stream.close()
+            raise
         if exchange.error is not None:
             stream.close()
             raise exchange.error
