@@ -329,4 +329,11 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     assert r.status_code == 403, r.text
     r = httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=headers, timeout=10)
     assert r.json()["run"]["info"]["lifecycle_stage"] == "active"
+    # The session's MLflow UI (its /werkbank/mlflow/, what the launcher card opens) shows the
+    # same service through the session, with the session's token.
+    bob = {"Authorization": f"token {hub.token_for('bob')}"}
+    ui = f"{hub.url}/user/bob/werkbank/mlflow"
+    r = httpx.get(f"{ui}/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=bob, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["run"]["info"]["user_id"] == "bob"
     hub.stop_server("bob")
