@@ -765,10 +765,10 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
                     f"experiment {experiment_id} was saved, but sharing it with the group "
                     f"{rewrite.share_with} failed; ask an admin ({e.message})",
                 ) from None
-        self.relay_headers(response.code, response.reason, response.headers)
+        self.start_answer(response.code, response.reason, response.headers)
         self.write(response.body)
 
-    def relay_headers(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
+    def start_answer(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         """MLflow's status and headers, as the client's answer."""
         self.set_status(code, reason or "Unknown")
         for name in ("Content-Type", "Server", "Date"):
@@ -792,7 +792,7 @@ class _Relay:
 
     def start(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         self.started = True
-        self.handler.relay_headers(code, reason, headers)
+        self.handler.start_answer(code, reason, headers)
         length = headers.get("Content-Length", "")
         self.streaming = not (length.isdigit() and int(length) <= SMALL_BODY)
 

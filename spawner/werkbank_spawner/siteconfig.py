@@ -1059,8 +1059,14 @@ def mlflow_proxy_host(hub: Mapping) -> str:
 
 def mlflow_proxy_url(site: Mapping) -> str:
     """The proxy service's own address, ``http://<mlflow_proxy_host>:<proxy_port>``."""
-    host = mlflow_proxy_host(site["hub"])
-    return f"http://{f'[{host}]' if ':' in host else host}:{mlflow_proxy_port(site['tracking']['mlflow'])}"
+    return (
+        f"http://{_host_port(mlflow_proxy_host(site['hub']), mlflow_proxy_port(site['tracking']['mlflow']))}"
+    )
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL or Host header has it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def mlflow_tracking_uri(site: Mapping) -> str:
@@ -1111,8 +1117,7 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, proxy_secre
     host, port = mlflow["host"], mlflow["port"]
     # Host headers mlflow accepts (its DNS-rebinding guard): the bound address, the
     # loopback names, and the address jobs are given in tracking.mlflow.url.
-    bracket = f"[{host}]" if ":" in host else host
-    allowed = [f"{bracket}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    allowed = [_host_port(host, port), f"localhost:{port}", f"127.0.0.1:{port}"]
     url_host = urlsplit(mlflow["url"]).netloc.rpartition("@")[2]
     if url_host:
         allowed.append(url_host)

@@ -6,15 +6,13 @@ refused, and a killed MLflow server is restarted by the hub with nothing lost.""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import httpx
 import pytest
 
-from .conftest import TEST_USERS, VENV_BIN, Hub, make_hub, run, wait_for
-from .test_mlflow_service import service_pids
+from .conftest import TEST_USERS, VENV_BIN, Hub, make_hub, run
+from .test_mlflow_service import kill_mlflow_server, wait_for_mlflow_restart
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +96,8 @@ def test_a_killed_mlflow_server_comes_back_with_runs_and_permissions(pg_hub, pos
     r = mlflow(pg_hub, "POST", "api/2.0/mlflow/runs/create", "alice", json={"experiment_id": experiment_id})
     run_id = r.json()["run"]["info"]["run_id"]
 
-    server_pattern = f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} "
-    (server,) = service_pids(server_pattern)
-    os.killpg(server, signal.SIGKILL)
-    wait_for(lambda: not service_pids(f"--port {MLFLOW_PORT} "), 10, "the MLflow server to be gone")
-    wait_for(lambda: "Service mlflow-server exited" in pg_hub.log_text(), 60, "the hub to notice", interval=1)
-    pg_hub.wait_for_mlflow(timeout=150)
-    assert service_pids(server_pattern) not in ([], [server])
+    server = kill_mlflow_server(MLFLOW_PORT)
+    wait_for_mlflow_restart(pg_hub, MLFLOW_PORT, server)
 
     r = mlflow(pg_hub, "GET", f"api/2.0/mlflow/runs/get?run_id={run_id}", "alice")
     assert r.status_code == 200, r.text

@@ -159,6 +159,22 @@ def service_pids(pattern: str) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
+def kill_mlflow_server(port: int) -> int:
+    """Kill the hub's MLflow server on ``port``, all of it (the `mlflow server` process and its
+    uvicorn worker); return its pid once it is gone."""
+    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {port} ")
+    os.killpg(server, signal.SIGKILL)
+    wait_for(lambda: not service_pids(f"--port {port} "), 10, "the MLflow server to be gone")
+    return server
+
+
+def wait_for_mlflow_restart(hub: Hub, port: int, killed: int) -> None:
+    """Until the hub has noticed the killed server and a new one answers through the proxy."""
+    wait_for(lambda: "Service mlflow-server exited" in hub.log_text(), 60, "the hub to notice", interval=1)
+    hub.wait_for_mlflow(timeout=150)
+    assert service_pids(f"mlflow server --host 127.0.0.1 --port {port} ") not in ([], [killed])
+
+
 def test_the_hub_restarts_mlflow_and_the_proxy_and_nothing_is_lost(hub):
     hub.wait_for_mlflow()
     token = hub.token_for("alice")
@@ -167,15 +183,11 @@ def test_the_hub_restarts_mlflow_and_the_proxy_and_nothing_is_lost(hub):
     assert r.status_code == 200, r.text
     experiment_id = r.json()["experiment_id"]
 
-    # The MLflow server dies (all of it: the `mlflow server` process and its uvicorn worker).
-    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
-    os.killpg(server, signal.SIGKILL)
-    wait_for(lambda: not service_pids(f"--port {MLFLOW_PORT} "), 10, "the MLflow server to be gone")
+    # The MLflow server dies.
+    server = kill_mlflow_server(MLFLOW_PORT)
     r = api(hub, "api/2.0/mlflow/experiments/search", token)
     assert r.status_code == 503, r.text  # the proxy says so, the client retries
-    wait_for(lambda: "Service mlflow-server exited" in hub.log_text(), 60, "the hub to notice", interval=1)
-    hub.wait_for_mlflow(timeout=150)
-    assert service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ") != [server]
+    wait_for_mlflow_restart(hub, MLFLOW_PORT, server)
     r = api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", token)
     assert r.status_code == 200, r.text
     assert r.json()["experiment"]["name"] == name
