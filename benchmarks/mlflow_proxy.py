@@ -83,7 +83,7 @@ def site(work: Path, permissions: bool) -> dict:
 EXTRA = f"""
 # The secret the proxy proves itself to MLflow with, for the benchmark's direct requests.
 _proxy = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")
-_secret = _proxy.get("environment", {{}}).get("WERKBANK_MLFLOW_PROXY_SECRET", "")
+_secret = _proxy.get("environment", {{}}).get("WERKBANK_MLFLOW_SIGNING_KEY", "")
 (Path(__file__).parent.parent / "proxy-secret").write_text(_secret)
 c.JupyterHub.services = list(c.JupyterHub.services) + [{{"name": "bench", "api_token": {ADMIN_TOKEN!r}}}]
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [

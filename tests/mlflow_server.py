@@ -27,8 +27,8 @@ class MlflowServer:
     """``mlflow server`` with a local artifact store under ``root`` and SQLite there, or the
     databases given.
 
-        ``proxy_secret``: with MLflow's permission checks as the hub runs them (basic-auth app,
-        werkbank's authorization function trusting a proxy that knows the secret).
+        ``signing_key``: with MLflow's permission checks as the hub runs them (basic-auth app,
+        werkbank's authorization function verifying assertions signed with the key).
     """
 
     def __init__(
@@ -36,12 +36,12 @@ class MlflowServer:
         root: Path,
         port: int | None = None,
         cpus: set[int] | None = None,
-        proxy_secret: str = "",
+        signing_key: str = "",
         backend_store_uri: str = "",
         auth_database_uri: str = "",
     ):
         self.root = Path(root)
-        self.proxy_secret = proxy_secret
+        self.signing_key = signing_key
         self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root}/mlflow.db"
         self.auth_database_uri = auth_database_uri or f"sqlite:///{self.root}/auth.db"
         self.cpus = cpus  # pin the server to these CPUs (benchmarks keep it off the measured core)
@@ -59,11 +59,11 @@ class MlflowServer:
         ]  # fmt: skip
         env = dict(os.environ)
         env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri  # as the hub passes it: not in ps
-        if self.proxy_secret:
+        if self.signing_key:
             ini = self.root / "auth.ini"
             ini.write_text(siteconfig.mlflow_auth_ini(self.auth_database_uri))
             argv += ["--app-name", "basic-auth"]
-            env.update(siteconfig.mlflow_auth_env(ini, self.proxy_secret))
+            env.update(siteconfig.mlflow_auth_env(ini, self.signing_key))
         env.pop("MLFLOW_TRACKING_URI", None)
         # The server's job runner (GenAI evaluation jobs) starts about a dozen worker processes
         # nothing here uses; on a 2-core machine they slow everything down.

@@ -3,17 +3,17 @@
 werkbank's MLflow server runs MLflow's basic-auth app (``mlflow server --app-name basic-auth``),
 which checks every request against per-experiment and per-model permissions, filters searches,
 and gives the creator of an experiment or registered model MANAGE on it. Its question "who is
-this?" is answered here instead of by a password: by headers that only werkbank's proxy
-(:mod:`werkbank_spawner.mlflow_proxy`) can send, as proven by a secret shared with it through
-the environment of both services::
+this?" is answered here instead of by a password: by an assertion that only werkbank's proxy
+(:mod:`werkbank_spawner.mlflow_proxy`) can make, because it is signed (HMAC-SHA256) with a key
+that the hub makes anew at every start and gives only to the two services' environments::
 
-    X-Werkbank-Proxy-Secret: <WERKBANK_MLFLOW_PROXY_SECRET>
-    X-Werkbank-User:   the hub user (or ``service:<name>``), percent-encoded
-    X-Werkbank-Admin:  "1" for hub admins, who see and may change everything
-    X-Werkbank-Groups: the user's hub groups, comma-separated, each percent-encoded
+    X-Werkbank-Assertion: v1;<unix time>;<user>;<admin 0|1>;<groups>;<signature>
 
-The proxy removes any ``X-Werkbank-*`` header a client sent. The secret matters because the
-server listens on loopback, which every job on the hub's machine can reach.
+The signature covers the user (or ``service:<name>``), the admin flag, the hub groups, and the
+request it is for: method, decoded path (as MLflow routes it) and raw query string, and the time.
+So an assertion cannot be made up, nor moved to another request, nor used after
+:data:`MAX_AGE` seconds. A bare header, whatever its spelling, proves nothing: the server
+listens on loopback, which every job on the hub's machine can reach.
 
 MLflow knows only users it has a record of, so a user's first request creates one (with a random
 password nobody knows: MLflow's password logins stay impossible). Admin flag and groups are
@@ -27,23 +27,28 @@ Configured in the auth app's ini file (``MLFLOW_AUTH_CONFIG_PATH``), which the h
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
 import threading
+import time
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-# Flask and MLflow are imported in the functions: the proxy imports this module for its names
-# and header encoding, and needs neither.
+# Flask and MLflow are imported in the functions: the proxy imports this module to sign, and
+# needs neither.
 
-SECRET_ENV = "WERKBANK_MLFLOW_PROXY_SECRET"
-SECRET_HEADER = "X-Werkbank-Proxy-Secret"
-USER_HEADER = "X-Werkbank-User"
-ADMIN_HEADER = "X-Werkbank-Admin"
-GROUPS_HEADER = "X-Werkbank-Groups"
+#: The environment variable that holds the signing key (the same in both services).
+KEY_ENV = "WERKBANK_MLFLOW_SIGNING_KEY"
+ASSERTION_HEADER = "X-Werkbank-Assertion"
+#: Seconds an assertion is good for: the proxy signs a request just before sending it on, and
+#: MLflow reads it when the request arrives; the slack is for a busy machine.
+MAX_AGE = 30
 #: MLflow roles that mirror hub groups, in MLflow's default workspace.
 ROLE_PREFIX = "hub-group:"
 ROLE_WORKSPACE = "default"
+_VERSION = "v1"
 
 # The per-process record of what was last written to the auth database for each user, so that
 # the common case (several calls per request: MLflow asks once per validator) is a dict lookup.
@@ -51,42 +56,96 @@ _synced: dict[str, tuple[bool, tuple[str, ...]]] = {}
 _lock = threading.Lock()
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a verified assertion says is asking."""
+
+    name: str
+    admin: bool = False
+    groups: tuple[str, ...] = ()
+
+
+class InvalidAssertion(ValueError):
+    """An assertion that is missing, malformed, stale, or not signed with the key."""
+
+
 def encode(name: str) -> str:
     """A user or group name as (part of) a header value: percent-encoded UTF-8, except the
-    characters names usually consist of, so that headers stay readable in logs."""
+    characters names usually consist of, so that headers stay readable in logs. Never contains
+    ``;``, ``,``, white space or control characters."""
     return quote(name, safe="@+.-_~:")
 
 
 def encode_groups(groups) -> str:
-    """An ``X-Werkbank-Groups`` value."""
+    """Groups as one field of an assertion: sorted, encoded, comma-separated."""
     return ",".join(encode(g) for g in sorted(groups))
 
 
 def parse_groups(value: str) -> tuple[str, ...]:
-    """The groups of an ``X-Werkbank-Groups`` value, sorted."""
+    """The groups of an :func:`encode_groups` value, sorted."""
     return tuple(sorted({unquote(g) for g in value.split(",") if g.strip()}))
 
 
+def _mac(key: bytes, fields: tuple[str, ...]) -> str:
+    # Every field is free of newlines: names are encoded, the proxy refuses control characters
+    # in paths, and a query string cannot hold one. So the message has one reading.
+    message = "\n".join(("werkbank-mlflow", *fields)).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, identity: Identity, method: str, path: str, query: str, now: float | None = None) -> str:
+    """The :data:`ASSERTION_HEADER` value for one request: ``path`` decoded (what MLflow routes),
+    ``query`` as sent."""
+    fields = (
+        _VERSION,
+        str(int(time.time() if now is None else now)),
+        encode(identity.name),
+        "1" if identity.admin else "0",
+        encode_groups(identity.groups),
+    )
+    return ";".join((*fields, _mac(key, (*fields, method, path, query))))
+
+
+def verify(key: bytes, value: str, method: str, path: str, query: str, now: float | None = None) -> Identity:
+    """The identity an assertion states for this request; raises :class:`InvalidAssertion`."""
+    if not key:
+        raise InvalidAssertion("no signing key")
+    parts = value.split(";")
+    if len(parts) != 6 or parts[0] != _VERSION:
+        raise InvalidAssertion("malformed assertion")
+    version, stamp, user, admin, groups, mac = parts
+    if not hmac.compare_digest(mac, _mac(key, (version, stamp, user, admin, groups, method, path, query))):
+        raise InvalidAssertion("bad signature")
+    age = (time.time() if now is None else now) - int(stamp)
+    if not -MAX_AGE <= age <= MAX_AGE:
+        raise InvalidAssertion(f"assertion is {age:.0f} s old")
+    name = unquote(user, errors="strict")
+    if not name or admin not in ("0", "1"):
+        raise InvalidAssertion("malformed assertion")
+    return Identity(name, admin == "1", parse_groups(groups))
+
+
 def authenticate():
-    """MLflow's ``authorization_function``: the user the proxy vouches for (a werkzeug
-    ``Authorization``), or a 401 response."""
+    """MLflow's ``authorization_function``: the user the proxy vouches for in a valid assertion
+    for this very request (a werkzeug ``Authorization``), or a 401 response."""
     from flask import make_response, request
     from werkzeug.datastructures import Authorization
 
-    secret = os.environ.get(SECRET_ENV, "")
-    sent = request.headers.get(SECRET_HEADER, "")
-    if not secret or not hmac.compare_digest(sent.encode(), secret.encode()):
+    # Several headers of the name (in any spelling: the WSGI layer joins them) make one value
+    # that no signature matches.
+    value = ",".join(request.headers.getlist(ASSERTION_HEADER))
+    query = request.query_string.decode("latin-1")
+    try:
+        who = verify(os.environ.get(KEY_ENV, "").encode(), value, request.method, request.path, query)
+    except (InvalidAssertion, ValueError):
         return make_response("MLflow is reached through the hub: <hub>/services/mlflow/\n", 401)
-    username = unquote(request.headers.get(USER_HEADER, "")).strip()
-    if not username:
-        return make_response("no user\n", 401)
-    state = (request.headers.get(ADMIN_HEADER) == "1", parse_groups(request.headers.get(GROUPS_HEADER, "")))
-    if _synced.get(username) != state:
+    state = (who.admin, who.groups)
+    if _synced.get(who.name) != state:
         with _lock:
-            if _synced.get(username) != state:
-                _sync(username, *state)
-                _synced[username] = state
-    return Authorization("basic", {"username": username, "password": None})
+            if _synced.get(who.name) != state:
+                _sync(who.name, *state)
+                _synced[who.name] = state
+    return Authorization("basic", {"username": who.name, "password": None})
 
 
 def _sync(username: str, is_admin: bool, groups: tuple[str, ...]) -> None:

@@ -17,13 +17,21 @@ ways. Before forwarding, the proxy
 
 - removes hop-by-hop headers, ``Authorization``, ``Cookie`` (all of it: MLflow uses no cookies and
   must never see a hub token) and ``Origin`` (cross-site requests are judged here);
-- removes any ``X-Werkbank-*`` header the client sent and adds who is asking, for MLflow's
-  permission checks (:mod:`werkbank_spawner.mlflow_auth`) to trust: ``X-Werkbank-User``,
-  ``X-Werkbank-Admin``, ``X-Werkbank-Groups`` and the secret it shares with the MLflow server;
+- removes any header the client sent whose name, lowercased and with ``_`` read as ``-``,
+  starts with ``x-werkbank`` (the WSGI layer in MLflow reads both spellings as one), and adds who
+  is asking, for MLflow's permission checks (:mod:`werkbank_spawner.mlflow_auth`) to trust: an
+  assertion of user, admin flag and groups, signed over this request's method, decoded path and
+  query with the key the hub gave both services;
+- frames every body it forwards: with ``Content-Length``, or chunked for a streamed upload
+  (whose connection is then not reused); bodies on GET/HEAD/OPTIONS are refused;
 - records the user server-side: ``runs/create`` gets ``user_id`` and the tag ``mlflow.user`` set to
   the authenticated user whatever the client sent, ``experiments/create`` the tag
   ``werkbank.owner``; setting or deleting those tags later (``set-tag``, ``delete-tag``,
   ``log-batch``, ``set-experiment-tag``, ``delete-experiment-tag``) is refused with 403.
+  These rules are matched on the path as MLflow routes it: percent-decoded, and lowercased;
+  paths that could be read two ways (an encoded unreserved character or ``/``, dot segments,
+  empty segments, control characters, bytes that are not UTF-8) are refused with 400, and so
+  are bodies these rules read that are not UTF-8 JSON objects (MLflow would read UTF-16 too).
 
 The exception to "paths unchanged": MLflow serves its streaming artifact routes
 (``api/2.0/mlflow-artifacts/artifacts/<path>``) only *without* the static prefix; under the prefix
@@ -42,8 +50,8 @@ Run by the hub (``werkbank_spawner.siteconfig``)::
     python -m werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:5000 --permissions
 
 It listens where ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``;
-the hub gives it its OAuth client and API token in the environment, and the secret shared with
-the MLflow server as ``WERKBANK_MLFLOW_PROXY_SECRET``.
+the hub gives it its OAuth client and API token in the environment, and the key it signs
+assertions with (shared with the MLflow server) as ``WERKBANK_MLFLOW_SIGNING_KEY``.
 """
 
 from __future__ import annotations
@@ -58,31 +66,23 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
-from .mlflow_auth import (
-    ADMIN_HEADER,
-    GROUPS_HEADER,
-    ROLE_PREFIX,
-    ROLE_WORKSPACE,
-    SECRET_ENV,
-    SECRET_HEADER,
-    USER_HEADER,
-    encode,
-    encode_groups,
-)
+from .mlflow_auth import ASSERTION_HEADER, KEY_ENV, ROLE_PREFIX, ROLE_WORKSPACE, Identity, sign
 from .upstream import Body, Upstream, UpstreamError
 
 log = logging.getLogger("werkbank.mlflow_proxy")
 
-# The headers that tell MLflow who is asking are defined where they are trusted,
-# werkbank_spawner.mlflow_auth. Clients cannot set them: every ``X-Werkbank-*`` header they send
-# is removed first.
+# The header that tells MLflow who is asking is defined where it is verified,
+# werkbank_spawner.mlflow_auth. Clients cannot set it: every header whose name could be read as
+# ``X-Werkbank-*`` is removed first, and without the key no assertion verifies anyway.
+#: What a header name must not start with, once lowercased and with "_" read as "-".
+RESERVED_HEADER_PREFIX = "x-werkbank"
 #: Tags the proxy sets and nobody may change: the run's user, the experiment's owner.
 RUN_USER_TAG = "mlflow.user"
 EXPERIMENT_OWNER_TAG = "werkbank.owner"
@@ -120,6 +120,11 @@ DEFAULT_MAX_BODY_SIZE = 100 * 1024**3
 
 _MLFLOW_API = r"(?:ajax-)?api/[23]\.0/mlflow/"
 _ARTIFACTS = re.compile(r"(?:ajax-)?api/2\.0/mlflow-artifacts/artifacts/.")
+#: Methods whose bodies the proxy streams (chunked if their length is not known); MLflow's API
+#: sends bodies with no others but DELETE, whose small bodies are read whole.
+STREAMED_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Methods that carry no body in MLflow's API: one sent anyway is refused, not forwarded.
+BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Rejected(web.HTTPError):
@@ -132,12 +137,8 @@ class Rejected(web.HTTPError):
 
 
 @dataclass(frozen=True)
-class Caller:
+class Caller(Identity):
     """Who is asking, as the hub says: the name MLflow records, admin flag, hub groups."""
-
-    name: str
-    admin: bool = False
-    groups: tuple[str, ...] = ()
 
     @classmethod
     def from_model(cls, model: dict) -> Caller:
@@ -155,33 +156,33 @@ def identity(user: dict) -> str:
     return f"service:{name}" if user.get("kind") == "service" else name
 
 
-def caller_headers(caller: Caller, secret: str = "") -> list[tuple[str, str]]:
-    """The headers that tell MLflow who ``caller`` is, and prove (``secret``) who says so."""
-    out = [(USER_HEADER, encode(caller.name))]
-    if caller.admin:
-        out.append((ADMIN_HEADER, "1"))
-    if caller.groups:
-        out.append((GROUPS_HEADER, encode_groups(caller.groups)))
-    if secret:
-        out.append((SECRET_HEADER, secret))
-    return out
+def is_reserved_header(name: str) -> bool:
+    """Whether a client's header could be read as one of werkbank's: ``X-Werkbank-*`` in any
+    case, with ``_`` for ``-`` (WSGI servers map both to ``HTTP_X_WERKBANK_*``), padded."""
+    return name.strip().lower().replace("_", "-").startswith(RESERVED_HEADER_PREFIX)
 
 
-def forward_headers(headers: httputil.HTTPHeaders, caller: Caller, secret: str = "") -> list[tuple[str, str]]:
-    """The request headers MLflow gets: the client's, less hop-by-hop headers (and those the
+def forward_headers(headers: httputil.HTTPHeaders) -> list[tuple[str, str]]:
+    """The client's request headers that MLflow gets: all but hop-by-hop headers (and those the
     client's ``Connection`` names), credentials, ``Origin``, ``Host``, ``Content-Length`` and
-    any ``X-Werkbank-*``; plus :func:`caller_headers`."""
+    any that :func:`is_reserved_header`."""
     named = {token.strip().lower() for value in headers.get_list("Connection") for token in value.split(",")}
     out = []
     for name, value in headers.get_all():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in named or lower in DROPPED_REQUEST_HEADERS:
             continue
-        if lower.startswith("x-werkbank-"):
+        if is_reserved_header(name):
             continue
         out.append((name, value))
-    out.extend(caller_headers(caller, secret))
     return out
+
+
+def assertion_header(caller: Identity, key: bytes, method: str, target: str) -> tuple[str, str]:
+    """The header that tells MLflow who ``caller`` is, signed for this request (``target``: the
+    path and query the request goes to; the path is signed decoded, as MLflow routes it)."""
+    path, _, query = target.partition("?")
+    return ASSERTION_HEADER, sign(key, caller, method, unquote_to_bytes(path).decode(), query)
 
 
 def relay_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -200,12 +201,41 @@ def relay_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
+#: Characters that no client needs to percent-encode in a path (RFC 3986's unreserved set)
+#: and "/": encoded, they would make one path readable two ways.
+_NEEDLESSLY_ENCODED = re.compile(r"%(?:[46][1-9a-f]|[57][0-9a]|3[0-9]|2[def]|5f|7e)", re.IGNORECASE)
+_BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+
+
+def routed_path(path: str) -> str:
+    """The path as MLflow routes it: percent-decoded, UTF-8. Raises :class:`Rejected` (400) for
+    a path that could be read more than one way or that no client of MLflow's sends: a bad or
+    needless escape (``%2D`` for ``-``, ``%2F``), a dot or empty segment, a control character or
+    backslash, or bytes that are not UTF-8."""
+    if _BAD_ESCAPE.search(path) or _NEEDLESSLY_ENCODED.search(path):
+        raise _odd_path("a needless or malformed percent-escape")
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _odd_path("bytes that are not UTF-8") from None
+    if any(c < " " or c in "\x7f\\" for c in decoded):
+        raise _odd_path("a control character or backslash")
+    segments = decoded.split("/")[1:]
+    if any(segment in (".", "..") for segment in segments) or "" in segments[:-1]:
+        raise _odd_path("a dot segment or an empty segment")
+    return decoded
+
+
+def _odd_path(what: str) -> Rejected:
+    return Rejected(400, "INVALID_PARAMETER_VALUE", f"the request path has {what}; send it plainly")
+
+
 def upstream_path(path: str, prefix: str) -> str:
-    """The path to request from MLflow for ``path`` (which starts with ``prefix``, the service's
-    path with a trailing slash): unchanged, except artifact up- and downloads, which go to
-    MLflow's streaming routes outside the static prefix."""
+    """The path to request from MLflow for ``path`` (as sent; it starts with ``prefix``, the
+    service's path with a trailing slash): unchanged, except artifact up- and downloads, which
+    go to MLflow's streaming routes outside the static prefix."""
     rest = path[len(prefix) :]
-    if _ARTIFACTS.match(rest):
+    if _ARTIFACTS.match(unquote_to_bytes(rest).decode(errors="replace").lower()):
         return "/" + rest
     return path
 
@@ -230,14 +260,20 @@ _BODY_RULES = {
     "experiments/set-experiment-tag": BodyRule("tag-key", EXPERIMENT_OWNER_TAG),
     "experiments/delete-experiment-tag": BodyRule("tag-key", EXPERIMENT_OWNER_TAG),
 }
-_BODY_RULE_PATH = re.compile(_MLFLOW_API + "(" + "|".join(map(re.escape, _BODY_RULES)) + ")$")
+_BODY_RULE_PATH = re.compile(_MLFLOW_API + "(" + "|".join(map(re.escape, _BODY_RULES)) + ")/?$")
 
 
 def body_rule(method: str, path: str, prefix: str) -> BodyRule | None:
-    """The rule for a request's body, or None if the body is forwarded as it comes."""
-    if method != "POST" or not path.startswith(prefix):
+    """The rule for a request's body, or None if the body is forwarded as it comes.
+
+    ``path`` is the :func:`routed_path`; it is matched lowercased, with or without a trailing
+    slash: a spelling MLflow does not route gets the rule too, which does no harm. Every method
+    but GET/HEAD/OPTIONS (which carry no body) is checked: MLflow answers 405 to the others, but
+    a rule that holds regardless needs no knowledge of MLflow's routing table.
+    """
+    if method in BODILESS_METHODS or not path.lower().startswith(prefix.lower()):
         return None
-    match = _BODY_RULE_PATH.match(path[len(prefix) :])
+    match = _BODY_RULE_PATH.match(path[len(prefix) :].lower())
     return _BODY_RULES[match.group(1)] if match else None
 
 
@@ -283,20 +319,25 @@ def rewrite_body(rule: BodyRule, body: bytes, caller: Caller, *, projects: bool 
     (:func:`project_group`); a group's project experiment is to be shared with the group.
     ``tag-key``/``tag-list``: refused (:class:`Rejected`, 403) if they touch the protected tag;
     the body is returned unchanged otherwise. Raises :class:`Rejected` (400) for a body that
-    is not a JSON object.
+    is not a UTF-8 JSON object with unique keys (MLflow's Flask would also read UTF-16 and
+    UTF-32, and a JSON string holding JSON, which the checks here would not see through).
     """
-    if rule.action in ("tag-key", "tag-list") and rule.protected.encode() not in body and b"\\u" not in body:
-        # Fast path for log-batch, once a second per session: a JSON string equal to the
-        # protected key holds its bytes or a \u escape; without either, nothing to check.
-        return Rewrite(body)
-    if rule.action == "rename-experiment" and not projects:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "MALFORMED_REQUEST", "the request body is not UTF-8 JSON") from None
+    if rule.action in ("tag-key", "tag-list") and rule.protected not in text and "\\u" not in text:
+        # Fast path for log-batch, once a second per session: in UTF-8 JSON, a string equal to
+        # the protected key holds its characters or a \u escape; without either, nothing to check.
         return Rewrite(body)
     try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise Rejected(400, "MALFORMED_REQUEST", "the request body is not valid JSON") from None
+        data = json.loads(text or "{}", object_pairs_hook=_unique_keys)
+    except ValueError as e:
+        raise Rejected(400, "MALFORMED_REQUEST", f"the request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise Rejected(400, "MALFORMED_REQUEST", "the request body is not a JSON object")
+    if rule.action == "rename-experiment" and not projects:
+        return Rewrite(body)
     user = caller.name
     if rule.action == "create-run":
         data["user_id"] = user
@@ -320,6 +361,13 @@ def rewrite_body(rule: BodyRule, body: bytes, caller: Caller, *, projects: bool 
             raise _protected(rule.protected)
         return Rewrite(body)
     return Rewrite(json.dumps(data, separators=(",", ":")).encode())
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key appears twice in one object")
+    return dict(pairs)
 
 
 def _name(value: object) -> str:
@@ -374,8 +422,9 @@ class MlflowProxy:
     #: MLflow runs its basic-auth app with werkbank's authorization function: apply the
     #: project rule to experiment names and share project experiments with their group.
     permissions: bool = False
-    #: Proves to MLflow that the caller headers come from here (WERKBANK_MLFLOW_PROXY_SECRET).
-    secret: str = ""
+    #: Signs the assertions that tell MLflow who is asking (WERKBANK_MLFLOW_SIGNING_KEY); without
+    #: one (MLflow without permission checks) requests go without.
+    key: bytes = b""
     #: This service's name: MLflow knows the proxy itself as the admin ``service:<name>``.
     service_name: str = "mlflow"
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
@@ -411,6 +460,10 @@ class MlflowProxy:
     def close(self) -> None:
         self.mlflow.close()
 
+    def identify(self, caller: Identity, method: str, target: str) -> list[tuple[str, str]]:
+        """The headers that tell MLflow who is asking, for a request to ``target``."""
+        return [assertion_header(caller, self.key, method, target)] if self.key else []
+
     # -- sharing project experiments with their hub group, through MLflow's role API
 
     async def share_experiment(self, experiment_id: str, group: str) -> None:
@@ -445,7 +498,7 @@ class MlflowProxy:
     async def _as_admin(self, method: str, path: str, body: dict | None = None, tolerate: str = "") -> dict:
         """A request of the proxy's own to MLflow, as the admin ``service:<service_name>``."""
         caller = Caller(f"service:{self.service_name}", admin=True)
-        headers = caller_headers(caller, self.secret)
+        headers = self.identify(caller, method, self.prefix + path)
         content = None
         if body is not None:
             content = json.dumps(body).encode()
@@ -604,10 +657,16 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         return None  # MLflow's headers are relayed as they are; tornado adds none of its own
 
     async def prepare(self):
-        self.request.connection.set_max_body_size(self.proxy.max_body_size)
-        headers = self.request.headers
+        request = self.request
+        request.connection.set_max_body_size(self.proxy.max_body_size)
+        headers = request.headers
         if "upgrade" in headers.get("Connection", "").lower() or headers.get("Sec-Fetch-Mode") == "websocket":
             raise Rejected(400, "BAD_REQUEST", "websockets are not supported here")
+        path = routed_path(request.path)
+        chunked = "Transfer-Encoding" in headers  # tornado accepts only "chunked" here
+        length = int(headers.get("Content-Length") or 0)
+        if request.method in BODILESS_METHODS and (chunked or length):
+            raise Rejected(400, "BAD_REQUEST", f"{request.method} requests carry no body here")
         user = await self._authenticate()
         if user is None:
             return  # redirected to the hub's login
@@ -616,18 +675,15 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         if user.get("kind", "user") == "user" and self.user_name.startswith("service:"):
             # MLflow would take this user for the hub service of that name.
             raise Rejected(403, "PERMISSION_DENIED", "user names starting with 'service:' cannot use MLflow")
-        self._rule = body_rule(self.request.method, self.request.path, self.proxy.prefix)
-        length = int(headers.get("Content-Length") or 0)
-        if self._rule is not None:
+        self._rule = body_rule(request.method, path, self.proxy.prefix)
+        # Uploads (POST/PUT/PATCH, large or of unknown length) stream to MLflow, framed as they
+        # came; every other body is read whole, so that it goes out with its Content-Length.
+        streamed = request.method in STREAMED_METHODS and (chunked or length > SMALL_BODY)
+        if self._rule is not None or (not streamed and (chunked or length)):
             if length > REWRITE_LIMIT:
                 raise _too_large()
             self._buffer = bytearray()
-        elif "Transfer-Encoding" not in headers and length <= SMALL_BODY:
-            # Most requests (REST calls of a few KB): read whole, send in one go; cheaper than
-            # a concurrent upstream request fed chunk by chunk.
-            if length:
-                self._buffer = bytearray()
-        else:
+        elif streamed:
             # Start the upstream request now and feed it the body as it arrives.
             self._queue = asyncio.Queue(maxsize=4)
             self._upstream = asyncio.ensure_future(self._exchange(self._streamed_body()))
@@ -703,7 +759,9 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         target = upstream_path(request.path, self.proxy.prefix)
         if request.query:
             target += "?" + request.query
-        return target, forward_headers(request.headers, self.caller, self.proxy.secret)
+        headers = forward_headers(request.headers)
+        headers.extend(self.proxy.identify(self.caller, request.method, target))
+        return target, headers
 
     async def _exchange(self, body: Body) -> None:
         """Send the request to MLflow and relay its answer to the client as it arrives."""
@@ -824,12 +882,12 @@ async def serve(
         prefix=prefix,
         hub_auth=hub_auth,
         permissions=permissions,
-        secret=os.environ.get(SECRET_ENV, ""),
+        key=os.environ.get(KEY_ENV, "").encode(),
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME", "mlflow"),
         max_body_size=max_body_size,
     )
-    if permissions and not proxy.secret:
-        raise SystemExit(f"mlflow_proxy: --permissions needs the secret shared with MLflow in {SECRET_ENV}")
+    if permissions and not proxy.key:
+        raise SystemExit(f"mlflow_proxy: --permissions needs the key shared with MLflow in {KEY_ENV}")
     server = HTTPServer(proxy.app(), xheaders=True, max_body_size=max_body_size)
     server.listen(listen.port or 80, listen.hostname or "127.0.0.1")
     log.info("werkbank MLflow proxy: %s%s -> %s", service_url.rstrip("/"), prefix, proxy.upstream)
@@ -852,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
         "--permissions",
         action="store_true",
         help="MLflow runs its basic-auth app with werkbank_spawner.mlflow_auth: enforce the project "
-        f"rule on experiment names and share project experiments with their group (needs {SECRET_ENV})",
+        f"rule on experiment names and share project experiments with their group (needs {KEY_ENV})",
     )
     parser.add_argument(
         "--max-body-size",

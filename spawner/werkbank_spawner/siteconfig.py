@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import yaml
 from traitlets.config import Config
 
-from .mlflow_auth import SECRET_ENV
+from .mlflow_auth import KEY_ENV
 from .policy import PolicyError, policy_from_dict
 
 #: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
@@ -900,13 +900,13 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     slurm_spawner.job_prologue = slurm["job_prologue"]
 
     services, roles = [], []
-    proxy_secret = _process_secret("proxy") if mlflow_permissions(mlflow) else ""
+    signing_key = _process_secret("signing") if mlflow_permissions(mlflow) else ""
     if mlflow["manage"]:
         services.append(
-            _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), proxy_secret=proxy_secret)
+            _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), signing_key=signing_key)
         )
     if mlflow["proxy"]:
-        services.append(_mlflow_proxy_service(site, proxy_secret=proxy_secret))
+        services.append(_mlflow_proxy_service(site, signing_key=signing_key))
         # Browsers (the user's own OAuth token for the service) and the tokens of the users'
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
@@ -1001,13 +1001,13 @@ def mlflow_auth_ini(database: str) -> str:
     )
 
 
-def mlflow_auth_env(config_path: str | os.PathLike, proxy_secret: str) -> dict[str, str]:
+def mlflow_auth_env(config_path: str | os.PathLike, signing_key: str) -> dict[str, str]:
     """The environment ``mlflow server --app-name basic-auth`` needs for werkbank: the ini file,
-    the secret shared with the proxy, and two values the auth app insists on that nobody uses
+    the key the proxy signs its assertions with, and two values the auth app insists on that nobody uses
     (the CSRF key of its sign-up form; the bootstrap admin's password, needed once)."""
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
-        SECRET_ENV: proxy_secret,
+        KEY_ENV: signing_key,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _process_secret("flask"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": _process_secret("admin"),
     }
@@ -1081,7 +1081,7 @@ def mlflow_tracking_uri(site: Mapping) -> str:
     return mlflow_proxy_url(site) + mlflow_service_prefix(site["hub"])
 
 
-def _mlflow_proxy_service(site: Mapping, *, proxy_secret: str) -> dict:
+def _mlflow_proxy_service(site: Mapping, *, signing_key: str) -> dict:
     """The authenticating proxy (:mod:`werkbank_spawner.mlflow_proxy`) as a managed service
     with a ``url`` (where it listens, :func:`mlflow_proxy_url`): the hub's proxy routes
     ``/services/mlflow/`` to it, the hub gives it its OAuth client and API token in the
@@ -1096,20 +1096,20 @@ def _mlflow_proxy_service(site: Mapping, *, proxy_secret: str) -> dict:
             "werkbank_spawner.mlflow_proxy",
             "--upstream",
             mlflow["url"],
-            *(["--permissions"] if proxy_secret else []),
+            *(["--permissions"] if signing_key else []),
         ],
         # Users are sent here from links and from the hub's Services menu; asking them to
         # authorize werkbank's own MLflow every time would teach them to click through.
         "oauth_no_confirm": True,
         "display": True,
-        "environment": {SECRET_ENV: proxy_secret} if proxy_secret else {},
+        "environment": {KEY_ENV: signing_key} if signing_key else {},
     }
 
 
-def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, proxy_secret: str) -> dict:
+def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, signing_key: str) -> dict:
     """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
     proxy service's path, so that the proxy forwards requests unchanged; with a
-    ``proxy_secret`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
+    ``signing_key`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
     asking (:mod:`werkbank_spawner.mlflow_auth`)."""
     state = _mlflow_dir(data_dir)
     backend = mlflow["backend_store_uri"] or f"sqlite:///{state / 'mlflow.db'}"
@@ -1122,8 +1122,8 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, proxy_secre
     if url_host:
         allowed.append(url_host)
     prefix_args = ["--static-prefix", prefix] if mlflow["proxy"] else []
-    auth_args = ["--app-name", "basic-auth"] if proxy_secret else []
-    auth_env = mlflow_auth_env(_mlflow_auth_config_path(data_dir), proxy_secret) if proxy_secret else {}
+    auth_args = ["--app-name", "basic-auth"] if signing_key else []
+    auth_env = mlflow_auth_env(_mlflow_auth_config_path(data_dir), signing_key) if signing_key else {}
     return {
         "name": MLFLOW_SERVER_SERVICE,
         "command": [

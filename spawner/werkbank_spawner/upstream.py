@@ -33,6 +33,10 @@ Body = bytes | AsyncIterator[bytes] | None
 
 #: Responses of any size pass through (artifact downloads); they are never held whole.
 _NO_LIMIT = 2**62
+#: The methods whose bodies tornado's HTTP1Connection frames as chunked when no Content-Length is
+#: given; for any other method it would write the bytes unframed, and the server would read them
+#: as the next request on the connection.
+_CHUNKED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class UpstreamError(Exception):
@@ -188,10 +192,17 @@ class Upstream:
         """Send a request (``target``: path and query) and pass the response to ``sink``.
 
         Raises :class:`UpstreamError` if the server does not answer completely, and whatever the
-        sink raised (the exchange is abandoned then). A streamed ``body`` is sent as it comes;
-        should the server answer before it has all of it, the answer is passed on and the rest of
+        sink raised (the exchange is abandoned then). A streamed ``body`` is sent as it comes:
+        with the ``Content-Length`` given in ``headers``, or else chunked (POST, PUT, PATCH only:
+        ``ValueError`` for others), and the connection is not reused after a chunked body. Should
+        the server answer before it has all of the body, the answer is passed on and the rest of
         the body dropped.
         """
+        headers = list(headers)
+        streamed = body is not None and not isinstance(body, bytes)
+        has_length = any(name.lower() == "content-length" for name, _ in headers)
+        if streamed and method not in _CHUNKED_METHODS and not has_length:
+            raise ValueError(f"a streamed {method} body needs a Content-Length: it would go out unframed")
         try:
             await asyncio.wait_for(self._slots.acquire(), self.wait_timeout)
         except TimeoutError:
@@ -245,7 +256,11 @@ class Upstream:
                     "timeout", f"{self.netloc} did not answer in {self.response_timeout:.0f} s"
                 )
             raise UpstreamError("closed", f"{self.netloc} closed the connection before answering completely")
-        if sent and exchange.keep_alive and not stream.closed():
+        # A body whose length was not known (chunked) leaves nothing wrong with the connection
+        # by the book; not reusing it costs one connect per upload and makes sure that no
+        # framing mistake can ever carry one request's bytes into another's.
+        length_known = not isinstance(body, AsyncIterator) or "Content-Length" in request_headers
+        if sent and length_known and exchange.keep_alive and not stream.closed():
             self._keep(stream)
         else:
             stream.close()

@@ -30,14 +30,15 @@ from mlflow.exceptions import MlflowException
 from tornado import httputil, web
 
 from tests.mlflow_server import MlflowServer, free_port
-from werkbank_spawner import mlflow_proxy
-from werkbank_spawner.mlflow_auth import encode, encode_groups, parse_groups
+from werkbank_spawner import mlflow_auth, mlflow_proxy
+from werkbank_spawner.mlflow_auth import Identity, encode, encode_groups, parse_groups
 from werkbank_spawner.mlflow_proxy import (
     BodyRule,
     Caller,
     MlflowProxy,
     ProxyHandler,
     Rejected,
+    assertion_header,
     body_rule,
     forward_headers,
     identity,
@@ -59,7 +60,7 @@ USERS = {
     "mallory-token": {"name": "service:mlflow", "kind": "user", "groups": [], "scopes": SCOPES},
 }
 SERVICE_TOKEN = "proxy-service-token"
-PROXY_SECRET = "secret-shared-by-proxy-and-mlflow"
+SIGNING_KEY = "key-shared-by-proxy-and-mlflow"
 ALICE = Caller("alice", groups=("vision",))
 
 
@@ -91,22 +92,63 @@ def test_forward_headers_strip_credentials_hop_by_hop_and_claims():
         ("X-Werkbank-User", "mallory"),
         ("x-werkbank-user", "mallory2"),
         ("X-Werkbank-Groups", "admins"),
+        ("X_Werkbank_Admin", "1"),
+        ("x_werkbank_admin", "1"),
+        ("X-Werkbank_Assertion", "v1;..."),
         ("Content-Type", "application/json"),
         ("Accept", "application/json"),
         ("X-Forwarded-For", "10.0.0.9"),
     )
-    out = forward_headers(incoming, Caller("alice"))
+    out = forward_headers(incoming)
     names = [name.lower() for name, _ in out]
-    assert sorted(names) == ["accept", "content-type", "x-forwarded-for", "x-werkbank-user"]
-    assert ("X-Werkbank-User", "alice") in out
+    assert sorted(names) == ["accept", "content-type", "x-forwarded-for"]
     assert not any("secret-hub-token" in value or "abc" in value for _, value in out)
-    out = forward_headers(incoming, Caller("root", admin=True, groups=("a,b", "ops")), "s3cret")
-    assert out[-4:] == [
-        ("X-Werkbank-User", "root"),
-        ("X-Werkbank-Admin", "1"),
-        ("X-Werkbank-Groups", "a%2Cb,ops"),
-        ("X-Werkbank-Proxy-Secret", "s3cret"),
-    ]
+
+
+def test_the_assertion_binds_identity_to_the_request():
+    key = b"k" * 32
+    root = Caller("root", admin=True, groups=("a,b", "ops"))
+    name, value = assertion_header(root, key, "GET", PREFIX + "api/2.0/mlflow/runs/get%20x?run_id=1")
+    assert name == "X-Werkbank-Assertion"
+    path = PREFIX + "api/2.0/mlflow/runs/get x"  # decoded, as MLflow routes it
+    assert mlflow_auth.verify(key, value, "GET", path, "run_id=1") == Identity("root", True, ("a,b", "ops"))
+    for method, other_path, query, other_key in [
+        ("POST", path, "run_id=1", key),
+        ("GET", PREFIX + "api/2.0/mlflow/runs/delete", "run_id=1", key),
+        ("GET", path, "run_id=2", key),
+        ("GET", path, "run_id=1", b"guessed"),
+    ]:
+        with pytest.raises(mlflow_auth.InvalidAssertion):
+            mlflow_auth.verify(other_key, value, method, other_path, query)
+    version, stamp, user, admin, groups, mac = value.split(";")
+    for forged in (
+        f"{version};{stamp};alice;{admin};{groups};{mac}",
+        f"{version};{stamp};{user};0;{groups};{mac}",
+        f"{version};{stamp};{user};{admin};;{mac}",
+        f"{version};{int(stamp) + 1};{user};{admin};{groups};{mac}",
+        f"{value},{value}",  # two headers, as the WSGI layer joins them
+        "",
+    ):
+        with pytest.raises(mlflow_auth.InvalidAssertion):
+            mlflow_auth.verify(key, forged, "GET", path, "run_id=1")
+    with pytest.raises(mlflow_auth.InvalidAssertion, match="old"):
+        mlflow_auth.verify(key, value, "GET", path, "run_id=1", now=time.time() + mlflow_auth.MAX_AGE + 5)
+    with pytest.raises(mlflow_auth.InvalidAssertion, match="no signing key"):
+        mlflow_auth.verify(b"", value, "GET", path, "run_id=1")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Werkbank-Admin", "x_werkbank_admin", "X_WERKBANK_USER", "X-Werkbank_Groups", " x-werkbank-assertion",
+     "X-WERKBANK", "x-werkbankfoo"],
+)  # fmt: skip
+def test_reserved_header_spellings(name):
+    assert mlflow_proxy.is_reserved_header(name)
+
+
+@pytest.mark.parametrize("name", ["X-Werk-Bank", "Werkbank", "X-Forwarded-For", "x-mlflow-werkbank"])
+def test_other_headers_are_not_reserved(name):
+    assert not mlflow_proxy.is_reserved_header(name)
 
 
 def test_relay_headers_drop_hop_by_hop_and_cors():
@@ -434,9 +476,9 @@ class ProxyProcess:
             JUPYTERHUB_OAUTH_ACCESS_SCOPES=json.dumps(["access:services", "access:services!service=mlflow"]),
         )
         argv = [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", upstream]
+        env["WERKBANK_MLFLOW_SIGNING_KEY"] = SIGNING_KEY  # the echo shows what the proxy signs
         if permissions:
             argv.append("--permissions")
-            env["WERKBANK_MLFLOW_PROXY_SECRET"] = PROXY_SECRET
         with open(log_path, "a") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -497,7 +539,7 @@ def mlflow_behind_proxy(request, background, tmp_path_factory):
             "auth_database_uri": postgres.create_database(f"mlflow_auth_{os.getpid()}"),
         }
     server = MlflowServer(
-        tmp_path_factory.mktemp(f"mlflow-{request.param}"), proxy_secret=PROXY_SECRET, **databases
+        tmp_path_factory.mktemp(f"mlflow-{request.param}"), signing_key=SIGNING_KEY, **databases
     )
     server.url += PREFIX.rstrip("/")  # its /health lives under the prefix too
     with pytest.MonkeyPatch.context() as mp:
@@ -571,8 +613,10 @@ def test_what_mlflow_receives(echo_proxy, background, scheme):
     assert seen["path"] == PREFIX + "api/2.0/mlflow/runs/search"
     assert seen["query"] == "x=%2F1"
     names = {k.lower(): v for k, v in seen["headers"]}
-    assert names["x-werkbank-user"] == "alice"
-    assert [k for k, _ in seen["headers"] if k.lower() == "x-werkbank-user"] == ["X-Werkbank-User"]
+    assert [k for k, _ in seen["headers"] if mlflow_proxy.is_reserved_header(k)] == ["X-Werkbank-Assertion"]
+    assert mlflow_auth.verify(
+        SIGNING_KEY.encode(), names["x-werkbank-assertion"], "POST", seen["path"], "x=%2F1"
+    ) == Identity("alice", False, ("vision",))
     assert names["host"] == f"127.0.0.1:{background.echo_port}"
     for gone in ("authorization", "cookie", "origin"):
         assert gone not in names
@@ -796,14 +840,29 @@ def test_project_experiments_are_shared_with_the_group(client_for):
     assert dave.get_experiment(own).name == f"vision/now-shared-{os.getpid()}"
 
 
-def test_mlflow_trusts_only_the_proxy(mlflow_behind_proxy):
-    """The server listens on loopback, which every job on the hub's machine reaches: the
-    who-is-asking headers count only with the secret shared with the proxy."""
-    url = f"http://127.0.0.1:{mlflow_behind_proxy.server.port}{PREFIX}api/2.0/mlflow/experiments/search?max_results=5"
-    claims = {"X-Werkbank-User": "erin", "X-Werkbank-Admin": "1"}
-    assert httpx.get(url, headers=claims).status_code == 401
-    assert httpx.get(url, headers={**claims, "X-Werkbank-Proxy-Secret": "guessed"}).status_code == 401
-    assert httpx.get(url, headers={**claims, "X-Werkbank-Proxy-Secret": PROXY_SECRET}).status_code == 200
+def test_mlflow_trusts_only_assertions_signed_for_the_request(mlflow_behind_proxy):
+    """The server listens on loopback, which every job on the hub's machine reaches: who is
+    asking counts only as an assertion signed with the key for this very request, and fresh."""
+    base = f"http://127.0.0.1:{mlflow_behind_proxy.server.port}"
+    target = PREFIX + "api/2.0/mlflow/experiments/search?max_results=5"
+    erin = Identity("erin", admin=True)
+    key = SIGNING_KEY.encode()
+
+    def get(*headers: tuple[str, str], path: str = target) -> int:
+        return httpx.get(base + path, headers=list(headers)).status_code
+
+    assert get(("X-Werkbank-User", "erin"), ("X-Werkbank-Admin", "1")) == 401
+    assert get(assertion_header(erin, key, "GET", target)) == 200
+    assert get(assertion_header(erin, b"guessed", "GET", target)) == 401
+    assert get(assertion_header(erin, key, "POST", target)) == 401
+    other = PREFIX + "api/2.0/mlflow/experiments/search?max_results=6"
+    assert get(assertion_header(erin, key, "GET", other)) == 401
+    stale = ("X-Werkbank-Assertion", mlflow_auth.sign(key, erin, "GET", target.partition("?")[0],
+                                                      "max_results=5", now=time.time() - 60))  # fmt: skip
+    assert get(stale) == 401
+    good = assertion_header(erin, key, "GET", target)
+    assert get(good, good) == 401  # two of them
+    assert get(good, ("X_Werkbank_Assertion", good[1])) == 401  # the WSGI layer joins the spellings
 
 
 def test_a_user_cannot_pass_for_a_service(client_for):

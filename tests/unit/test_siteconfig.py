@@ -399,12 +399,12 @@ def test_apply_demo_site(tmp_path):
         "--permissions",
     ]
     assert proxy["oauth_no_confirm"] is True
-    # MLflow checks permissions (its basic-auth app), trusting the proxy, which proves itself
-    # with a secret that is in both services' environment, never on a command line.
-    secret = proxy["environment"]["WERKBANK_MLFLOW_PROXY_SECRET"]
+    # MLflow checks permissions (its basic-auth app), trusting assertions the proxy signs with a
+    # key that is in both services' environment, never on a command line.
+    secret = proxy["environment"]["WERKBANK_MLFLOW_SIGNING_KEY"]
     assert len(secret) >= 32
     server_env = services["mlflow-server"]["environment"]
-    assert server_env["WERKBANK_MLFLOW_PROXY_SECRET"] == secret
+    assert server_env["WERKBANK_MLFLOW_SIGNING_KEY"] == secret
     assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/var/lib/werkbank/mlflow/auth.ini"
     assert not any(secret in arg for s in services.values() for arg in s["command"])
     mlflow = services["mlflow-server"]["command"]
@@ -733,7 +733,7 @@ def test_mlflow_without_permission_checks(tmp_path, key, value):
     for service in services.values():
         assert "--permissions" not in service["command"]
         assert "--app-name" not in service["command"]
-        assert "WERKBANK_MLFLOW_PROXY_SECRET" not in service.get("environment", {})
+        assert "WERKBANK_MLFLOW_SIGNING_KEY" not in service.get("environment", {})
     siteconfig.prepare_state(site, config_dir="/")
     assert not (tmp_path / "mlflow" / "auth.ini").exists()
 
