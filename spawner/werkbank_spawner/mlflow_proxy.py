@@ -323,8 +323,12 @@ def rewrite_body(rule: BodyRule, body: bytes, caller: Caller, *, projects: bool 
     UTF-32, and a JSON string holding JSON, which the checks here would not see through).
     """
     try:
+        # The encoding MLflow would read the body in, from its first bytes (UTF-16 without a BOM
+        # is valid UTF-8 too: NULs between the characters).
+        if body and json.detect_encoding(body) != "utf-8":
+            raise UnicodeError
         text = body.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:
         raise Rejected(400, "MALFORMED_REQUEST", "the request body is not UTF-8 JSON") from None
     if rule.action in ("tag-key", "tag-list") and rule.protected not in text and "\\u" not in text:
         # Fast path for log-batch, once a second per session: in UTF-8 JSON, a string equal to

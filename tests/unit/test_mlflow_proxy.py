@@ -24,6 +24,8 @@ from unittest import mock
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
@@ -402,7 +404,7 @@ class StubHub(web.RequestHandler):
 class Echo(web.RequestHandler):
     """An upstream that answers what it received: method, path, headers, body length and hash."""
 
-    SUPPORTED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH")
+    SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")
 
     def prepare(self):
         self.request.connection.set_max_body_size(10 * 1024**3)
@@ -426,7 +428,7 @@ class Echo(web.RequestHandler):
             }
         )
 
-    get = post = put = delete = patch = _answer
+    get = head = options = post = put = delete = patch = _answer
 
 
 class Background:
@@ -882,3 +884,342 @@ def test_a_restarted_server_keeps_runs_and_permissions(mlflow_behind_proxy, clie
         server.start(timeout=180)
     assert alice.get_run(run.info.run_id).data.metrics == {"loss": 0.25}
     refused(bob.get_run, run.info.run_id)
+
+
+# --- attacks, by class ------------------------------------------------------------------------
+# Each class of attack the review of 2026-12 found (issue 11): spelled-around identity headers,
+# bodies smuggled into pooled connections, rules bypassed by encoding. Pure properties over
+# every spelling hypothesis finds, then the running proxy in front of the echo (what MLflow would
+# receive) and of a real MLflow server.
+
+RULE_PATHS = [api + endpoint for api in ("api/2.0/mlflow/", "ajax-api/2.0/mlflow/", "api/3.0/mlflow/")
+              for endpoint in mlflow_proxy._BODY_RULES]  # fmt: skip
+
+
+@st.composite
+def spellings_of(draw, path: str) -> str:
+    """``path`` as a client could write it: at a few places a character percent-encoded (either
+    hex case) or in the other case, a dot segment or a doubled slash; maybe a trailing slash."""
+    chars = list(path)
+    for i in sorted(draw(st.sets(st.integers(0, len(path) - 1), max_size=3)), reverse=True):
+        kind = draw(st.sampled_from(["encode", "case", "segment"]))
+        if kind == "encode":
+            chars[i] = draw(st.sampled_from(["%{:02X}", "%{:02x}"])).format(ord(chars[i]))
+        elif kind == "case":
+            chars[i] = chars[i].swapcase()
+        elif chars[i] == "/":
+            chars[i] += draw(st.sampled_from(["/", "./", "../x/", "%2e/", ".%2E/"]))
+    return "".join(chars) + draw(st.sampled_from(["", "", "/"]))
+
+
+@given(data=st.data())
+@settings(max_examples=400, deadline=None)
+def test_no_spelling_of_a_rule_path_escapes_its_rule(data):
+    """Whatever a client writes, either the path is refused (400) or the rule of the endpoint
+    MLflow routes it to applies: MLflow routes the decoded path."""
+    path = data.draw(st.sampled_from(RULE_PATHS))
+    spelled = data.draw(spellings_of(PREFIX + path))
+    try:
+        routed = mlflow_proxy.routed_path(spelled)
+    except Rejected as e:
+        assert e.status_code == 400
+        event("refused")
+        return
+    event("routed")
+    if routed.rstrip("/").lower() == (PREFIX + path).lower():
+        assert body_rule("POST", routed, PREFIX) == mlflow_proxy._BODY_RULES[path.rsplit("mlflow/", 1)[1]]
+    for method in ("DELETE", "PUT", "PATCH"):
+        assert body_rule(method, routed, PREFIX) == body_rule("POST", routed, PREFIX)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["runs/set%2Dtag", "experiments/cr%65ate", "runs/log%2Dbatch", "runs/set-tag%2F", "./runs/set-tag",
+     "runs/../runs/set-tag", "/runs/set-tag", "runs/set-tag%00", "runs/set-tag%ff", "runs/set-tag%zz",
+     "runs/set-tag%", "runs\\set-tag", "runs/%2e%2e/runs/set-tag"],
+)  # fmt: skip
+def test_oddly_encoded_paths_are_refused(path):
+    with pytest.raises(Rejected) as refused:
+        mlflow_proxy.routed_path(PREFIX + "api/2.0/mlflow/" + path)
+    assert refused.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "decoded"),
+    [("artifacts/my%20model.pt", "artifacts/my model.pt"), ("artifacts/j%C3%BCrgen", "artifacts/jürgen"),
+     ("runs/search", "runs/search"), ("", "")],
+)  # fmt: skip
+def test_plain_paths_are_decoded(path, decoded):
+    assert mlflow_proxy.routed_path(PREFIX + path) == PREFIX + decoded
+
+
+def flask_reads(body: bytes):
+    """What MLflow's Flask handlers read from a JSON body (``get_json(force=True)``, then a
+    second decoding for "older clients" that send JSON inside a JSON string), or None."""
+    import flask
+
+    try:
+        data = flask.Flask("reader").json.loads(body)
+        if isinstance(data, str):
+            data = json.loads(data)
+    except ValueError:
+        return None
+    return data
+
+
+@st.composite
+def json_spellings(draw, value: object) -> str:
+    """JSON text for ``value`` in a spelling a client may choose: characters of strings
+    escaped as backslash-u (either hex case) or not, white space around tokens."""
+    if isinstance(value, dict):
+        space = draw(st.sampled_from(["", " ", "\n\t"]))
+        items = [
+            f"{draw(json_spellings(k))}{space}:{space}{draw(json_spellings(v))}" for k, v in value.items()
+        ]
+        return "{" + space + ("," + space).join(items) + space + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(draw(json_spellings(v)) for v in value) + "]"
+    if isinstance(value, str):
+        chars = [
+            draw(st.sampled_from([c, f"\\u{ord(c):04x}", f"\\u{ord(c):04X}"])) if c.isascii() else c
+            for c in value
+        ]
+        return '"' + "".join(chars) + '"'
+    return json.dumps(value)
+
+
+#: The encodings Python's JSON reader (and so Flask's) detects; UTF-8 most often, as clients send it.
+ENCODINGS = ["utf-8"] * 8 + [
+    "utf-8-sig",
+    "utf-16",
+    "utf-16-le",
+    "utf-16-be",
+    "utf-32",
+    "utf-32-le",
+    "utf-32-be",
+]
+
+
+@given(data=st.data())
+@settings(max_examples=400, deadline=None)
+def test_no_body_encoding_sets_a_protected_tag(data):
+    """Whatever bytes a client sends, a body that MLflow would read as setting (or deleting) a
+    protected tag is refused by the proxy."""
+    path, protected = data.draw(
+        st.sampled_from(
+            [
+                ("runs/set-tag", "mlflow.user"),
+                ("runs/delete-tag", "mlflow.user"),
+                ("runs/log-batch", "mlflow.user"),
+                ("experiments/set-experiment-tag", "werkbank.owner"),
+            ]
+        )
+    )
+    key = data.draw(st.sampled_from([protected, protected, "note"]))
+    if path == "runs/log-batch":
+        value = {"run_id": "r1", "tags": [{"key": "phase", "value": "x"}, {"key": key, "value": "mallory"}]}
+    else:
+        value = {"run_id": "r1", "experiment_id": "1", "key": key, "value": "mallory"}
+    text = data.draw(json_spellings(value))
+    if data.draw(st.integers(0, 3)) == 0:
+        text = json.dumps(text)  # JSON inside a JSON string
+    body = text.encode(data.draw(st.sampled_from(ENCODINGS)))
+    read = flask_reads(body)
+    sets_protected = isinstance(read, dict) and (
+        read.get("key") == protected or any(t.get("key") == protected for t in read.get("tags", []))
+    )
+    rule = body_rule("POST", PREFIX + "api/2.0/mlflow/" + path, PREFIX)
+    try:
+        out = rewrite_body(rule, body, ALICE)
+    except Rejected as e:
+        assert e.status_code in (400, 403)
+        event(f"refused {e.status_code}")
+        return
+    event("forwarded")
+    assert not sets_protected, (body, read)
+    assert out.body == body
+
+
+def raw_exchange(port: int, requests: list[bytes], timeout: float = 10) -> list[bytes]:
+    """Send ``requests`` over one connection, one after the other, each once the answer to the
+    one before has been read; the raw answers (status line and headers, up to the blank line)."""
+    import http.client
+
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        for raw in requests:
+            sock.sendall(raw)
+            method = raw.split(b" ", 1)[0].decode()
+            response = http.client.HTTPResponse(sock, method=method)
+            try:
+                response.begin()
+            except (http.client.RemoteDisconnected, ConnectionError):
+                answers.append(b"(connection closed)")
+                break
+            response.read()
+            answers.append(f"{response.status} {response.reason}\r\n{response.headers}".encode())
+            if response.will_close:
+                break
+    return answers
+
+
+def smuggling(method: str, framing: str, token: str, path: str, smuggled: bytes) -> bytes:
+    """A request whose body is another request, framed with ``framing``."""
+    if framing == "chunked":
+        body_header = b"Transfer-Encoding: chunked\r\n"
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    else:
+        body_header = b"Content-Length: %d\r\n" % len(smuggled)
+        body = smuggled
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n".encode()
+        + body_header + b"\r\n" + body
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE", "POST", "PUT", "PATCH"])
+def test_no_body_is_smuggled_into_a_pooled_connection(echo_proxy, background, method, framing):
+    """A body is framed on its way to MLflow whatever the method: the request inside it never
+    reaches MLflow as a request of its own (nor glued to the next user's request)."""
+    marker = f"/smuggled-{method}-{framing}"
+    smuggled = f"GET {marker} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Werkbank-Admin: 1\r\n\r\n".encode()
+    attack = smuggling(method, framing, "bob-token", PREFIX + "api/2.0/mlflow/runs/search", smuggled)
+    follow = (
+        f"GET {PREFIX}api/2.0/mlflow/runs/search HTTP/1.1\r\nHost: x\r\n"
+        "Authorization: Bearer bob-token\r\n\r\n"
+    )
+    answers = raw_exchange(echo_proxy.port, [attack, follow.encode()])
+    if method in ("GET", "HEAD", "OPTIONS"):
+        assert answers[0].startswith(b"400"), answers
+    else:
+        assert answers[0].startswith(b"200"), answers
+    # Other users' requests go over the pooled connections now; none carries the smuggled bytes.
+    for _ in range(3):
+        r = httpx.post(echo_proxy.url + "api/2.0/mlflow/runs/search", headers=auth("alice-token"), json={})
+        assert r.status_code == 200
+        assert r.json()["path"] == PREFIX + "api/2.0/mlflow/runs/search"
+    assert not [path for path in background.echo_requests if path.startswith("/smuggled")]
+
+
+def test_a_streamed_body_of_an_unchunked_method_is_never_sent_unframed():
+    from werkbank_spawner.upstream import Upstream
+
+    async def body():
+        yield b"GET /smuggled HTTP/1.1\r\n\r\n"
+
+    async def attempt():
+        upstream = Upstream("http://127.0.0.1:9")
+        with pytest.raises(ValueError, match="unframed"):
+            await upstream.stream("DELETE", "/x", [], body(), None)
+
+    asyncio.run(attempt())
+
+
+RESERVED = ["x-werkbank-admin", "x-werkbank-user", "x-werkbank-groups", "x-werkbank-assertion"]
+
+
+@st.composite
+def header_spellings(draw) -> str:
+    name = draw(st.sampled_from(RESERVED))
+    return "".join(draw(st.sampled_from(["_", "-"] if c == "-" else [c.lower(), c.upper()])) for c in name)
+
+
+@given(names=st.lists(header_spellings(), min_size=1, max_size=4))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_header_spelling_changes_who_mlflow_sees(echo_proxy, names):
+    """Headers in werkbank's namespace, in any case, with '_' for '-', repeated: MLflow gets
+    one assertion, for the hub's user, whatever the client sent."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", echo_proxy.port, timeout=10)
+    try:
+        conn.putrequest("GET", PREFIX + "api/2.0/mlflow/experiments/search?max_results=5")
+        conn.putheader("Authorization", "Bearer bob-token")
+        for name in names:
+            conn.putheader(name, "1" if "admin" in name.lower() else "erin")
+        conn.endheaders()
+        response = conn.getresponse()
+        answer = response.read()
+    finally:
+        conn.close()
+    if response.status == 400:
+        event("refused by tornado")
+        return
+    assert response.status == 200, answer
+    seen = json.loads(answer)
+    reserved = [(k, v) for k, v in seen["headers"] if mlflow_proxy.is_reserved_header(k)]
+    assert [k for k, _ in reserved] == ["X-Werkbank-Assertion"]
+    who = mlflow_auth.verify(SIGNING_KEY.encode(), reserved[0][1], "GET", seen["path"], seen["query"])
+    assert who == Identity("bob")
+
+
+@pytest.mark.parametrize(
+    "name", ["X_Werkbank_Admin", "x_werkbank_admin", "X-Werkbank_Admin", "X-WERKBANK-ADMIN"]
+)
+def test_spoofed_admin_headers_do_not_reach_mlflow(client_for, mlflow_behind_proxy, name):
+    """Review finding 1, against the real server: a user who adds an admin claim in any spelling
+    still sees only what is theirs, and is no admin in MLflow's user table."""
+    alice = client_for("alice-token")
+    hidden = alice.create_experiment(f"alice-only-{name}-{os.getpid()}")
+    url = mlflow_behind_proxy.proxy.url + "api/2.0/mlflow/experiments/search"
+    groups = name[: -len("admin")] + "Groups"
+    spoof = {name: "1", groups: "vision"}
+    r = httpx.post(url, headers={**auth("bob-token"), **spoof}, json={"max_results": 1000})
+    assert r.status_code == 200, r.text
+    assert hidden not in [e["experiment_id"] for e in r.json().get("experiments", [])]
+    # An admin-only route of MLflow's auth app.
+    r = httpx.get(
+        mlflow_behind_proxy.proxy.url + "api/2.0/mlflow/users/get", params={"username": "alice"},
+        headers={**auth("bob-token"), **spoof},
+    )  # fmt: skip
+    assert r.status_code == 403, r.text
+
+
+def test_encoded_paths_and_bodies_do_not_bypass_the_rules(client_for, mlflow_behind_proxy):
+    """Review finding 3, against the real server: no run attribution is forged and no other
+    user's experiment name squatted by spelling the endpoint or the body differently."""
+    bob = client_for("bob-token")
+    run = bob.create_run(bob.create_experiment(f"bob-encodings-{os.getpid()}"))
+    run_id = run.info.run_id
+    api = mlflow_behind_proxy.proxy.url + "api/2.0/mlflow/"
+    forged = {"run_id": run_id, "key": "mlflow.user", "value": "alice"}
+    forged_tag = {"key": "mlflow.user", "value": "alice"}
+    for path, body in [
+        ("runs/set%2Dtag", json.dumps(forged).encode()),
+        ("runs/set-tag", json.dumps(forged).encode("utf-16")),
+        ("runs/set-tag", json.dumps(json.dumps(forged)).encode()),
+        ("runs/./set-tag", json.dumps(forged).encode()),
+        ("runs//set-tag", json.dumps(forged).encode()),
+        ("runs/log%2Dbatch", json.dumps({"run_id": run_id, "tags": [forged_tag]}).encode()),
+        ("experiments/cr%65ate", json.dumps({"name": f"alice/default-{os.getpid()}"}).encode()),
+    ]:
+        headers = {**auth("bob-token"), "Content-Type": "application/json"}
+        r = httpx.post(api + path, headers=headers, content=body)
+        assert r.status_code in (400, 403), (path, r.status_code, r.text)
+    assert bob.get_run(run_id).data.tags["mlflow.user"] == "bob"
+    alice = client_for("alice-token")
+    assert alice.get_experiment_by_name(f"alice/default-{os.getpid()}") is None
+
+
+def test_smuggled_requests_never_reach_mlflow(client_for, mlflow_behind_proxy):
+    """Review finding 2, against the real server: bob's bodies that hold requests (every method,
+    both framings) leave the next user's answers right and MLflow untouched."""
+    proxy_port = mlflow_behind_proxy.proxy.port
+    name = f"bob/smuggled-{os.getpid()}"
+    create = json.dumps({"name": name}).encode()
+    smuggled = (
+        f"POST {PREFIX}api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(create)}\r\n\r\n"
+    ).encode() + create
+    alice = client_for("alice-token")
+    mine = alice.create_experiment(f"alice-smuggle-check-{os.getpid()}")
+    for method in ("GET", "DELETE", "POST", "PATCH"):
+        for framing in ("chunked", "content-length"):
+            search = PREFIX + "api/2.0/mlflow/experiments/search"
+            attack = smuggling(method, framing, "bob-token", search, smuggled)
+            answers = raw_exchange(proxy_port, [attack])
+            # GET: refused here (400); the others: whatever MLflow answers searching with them.
+            assert answers[0][:3] in (b"400", b"200", b"403", b"405"), answers
+            assert alice.get_experiment(mine).name == f"alice-smuggle-check-{os.getpid()}"
+    assert client_for("bob-token").get_experiment_by_name(name) is None
