@@ -37,7 +37,10 @@ class PortReportHandler(APIHandler):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise web.HTTPError(400, "port must be a number from 1 to 65535")
         if hasattr(spawner, "report_port"):
-            spawner.report_port(port)
+            try:
+                spawner.report_port(port)
+            except ValueError as e:
+                raise web.HTTPError(400, str(e)) from None
         else:
             spawner.port = port
         self.set_status(201)

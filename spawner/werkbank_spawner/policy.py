@@ -31,6 +31,10 @@ MAX_CPUS = 1024
 MAX_NODES = 4096
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB
 MAX_WALLTIME_MIN = 366 * 24 * 60
+#: The lowest uid a server may run as unless the site says otherwise: Debian's and most
+#: distributions' first regular account; below it are root and the system accounts (daemons,
+#: the hub's own services).
+MIN_UID = 1000
 
 
 class PolicyError(ValueError):

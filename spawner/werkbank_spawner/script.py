@@ -22,16 +22,29 @@ _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.:/%=,+@-]{1,255}\Z")
 USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
 
 
-# Runs in the job before Jupyter: pick a free port, report it to the hub (the route
-# werkbank_spawner.api serves), and print the service URL with that port for Jupyter to bind.
-# Only the standard library, so it starts in tens of milliseconds where batchspawner-singleuser
-# spends about a second importing requests and jupyterhub first. The API token stays in the
-# environment; it never appears on a command line.
+#: Ports a server listens on unless the site says otherwise: below Linux's ephemeral range
+#: (32768-60999, where outgoing connections take theirs) and above the usual services'.
+PORT_RANGE = (20000, 29999)
+#: How the job learns the site's range ("first-last").
+PORT_RANGE_ENV = "WERKBANK_PORT_RANGE"
+
+# Runs in the job before Jupyter: pick a free port in the site's range, report it to the hub
+# (the route werkbank_spawner.api serves), and print the service URL with that port for Jupyter
+# to bind. Only the standard library, so it starts in tens of milliseconds where
+# batchspawner-singleuser spends about a second importing requests and jupyterhub first. The API
+# token stays in the environment; it never appears on a command line.
 PORT_REPORT = """\
-import json, os, socket, urllib.parse, urllib.request
-with socket.socket() as s:
-    s.bind(("", 0))
-    port = s.getsockname()[1]
+import json, os, random, socket, urllib.parse, urllib.request
+low, high = map(int, os.environ["WERKBANK_PORT_RANGE"].split("-"))
+for port in random.sample(range(low, high + 1), min(200, high - low + 1)):
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+            break
+        except OSError:
+            continue
+else:
+    raise SystemExit(f"werkbank: no free port in {low}-{high} on this node")
 request = urllib.request.Request(
     os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner",
     data=json.dumps({"port": port}).encode(),

@@ -38,7 +38,8 @@ import yaml
 from traitlets.config import Config
 
 from .mlflow_auth import KEY_ENV
-from .policy import PolicyError, policy_from_dict
+from .policy import MIN_UID, PolicyError, policy_from_dict
+from .script import PORT_RANGE
 
 #: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
 #: spawner module here would make the site file depend on Slurm tooling being importable.
@@ -176,6 +177,9 @@ def _limits_item(help: str, *, inherited: bool) -> Section:
     )
 
 
+#: JupyterHub's own default for hub.hub_bind_url.
+DEFAULT_HUB_BIND_URL = "http://127.0.0.1:8081"
+
 SCHEMA = Section(
     "werkbank site configuration",
     {
@@ -192,7 +196,7 @@ SCHEMA = Section(
                     (str,),
                     "",
                     "Where the hub API listens for jobs on compute nodes; empty: "
-                    "http://127.0.0.1:8081. On a real cluster: an address compute nodes reach.",
+                    f"{DEFAULT_HUB_BIND_URL}. On a real cluster: an address compute nodes reach.",
                 ),
                 "data_dir": Key(
                     (str,),
@@ -224,8 +228,16 @@ SCHEMA = Section(
                     (str,),
                     "",
                     f"The demo password (at least {SHARED_PASSWORD_MIN_LENGTH} characters); "
-                    "only with type shared-password, which is refused unless hub.bind_url "
-                    "is a loopback address.",
+                    "only with type shared-password, which is refused unless hub.bind_url and "
+                    "hub.hub_bind_url are loopback addresses.",
+                ),
+                "min_uid": Key(
+                    (int,),
+                    MIN_UID,
+                    "Lowest Linux uid a server may run as; root and system accounts below it "
+                    "never start servers, whoever logs in under their name.",
+                    minimum=1,
+                    maximum=2**31 - 1,
                 ),
                 "allowed_users": Key((list,), [], "User names allowed to log in.", items=str),
                 "allow_all": Key(
@@ -288,6 +300,14 @@ SCHEMA = Section(
                     (str,),
                     "",
                     "Trusted shell lines the job runs before Jupyter (e.g. module load cuda).",
+                ),
+                "port_range": Key(
+                    (list,),
+                    list(PORT_RANGE),
+                    "[first, last]: the ports a server may listen on. The job picks a free one "
+                    "in the range; the hub refuses any other, so that no server's route points at "
+                    "another service on a node.",
+                    items=int,
                 ),
             },
         ),
@@ -551,6 +571,7 @@ def validate(site: Mapping) -> dict:
     _check_section(SCHEMA, config, "")
     _check_hub(config["hub"])
     _check_auth(config["auth"], config["hub"])
+    _check_slurm(config["slurm"])
     _check_policy(config)
     _check_tracking(config["tracking"], config["hub"])
     return config
@@ -691,14 +712,17 @@ def _check_auth(auth: dict, hub: dict) -> None:
     kind = auth["type"]
     password = auth["shared_password"]
     if kind == "shared-password":
-        host = urlsplit(hub["bind_url"]).hostname
-        if not _is_loopback(host):
-            raise SiteConfigError(
-                "auth.type",
-                f"shared-password is for demos on this machine only and is refused when "
-                f"hub.bind_url listens on {host or 'every interface'}, which is not a "
-                "loopback address (127.0.0.0/8, ::1, localhost); use pam or oauth",
-            )
+        # The proxy's API is on loopback by construction (apply); the hub's two addresses are
+        # the site's: anyone who reaches either could log in as anybody with one password.
+        for key in ("bind_url", "hub_bind_url"):
+            host = urlsplit(hub[key] or DEFAULT_HUB_BIND_URL).hostname
+            if not _is_loopback(host):
+                raise SiteConfigError(
+                    "auth.type",
+                    f"shared-password is for demos on this machine only and is refused when "
+                    f"hub.{key} listens on {host or 'every interface'}, which is not a "
+                    "loopback address (127.0.0.0/8, ::1, localhost); use pam or oauth",
+                )
         if len(password) < SHARED_PASSWORD_MIN_LENGTH:
             raise SiteConfigError(
                 "auth.shared_password",
@@ -721,6 +745,14 @@ def _check_auth(auth: dict, hub: dict) -> None:
                 _check_url(oauth[key], f"auth.oauth.{key}")
         if not oauth["username_claim"].strip():
             raise SiteConfigError("auth.oauth.username_claim", "must not be empty")
+
+
+def _check_slurm(slurm: dict) -> None:
+    ports = slurm["port_range"]
+    if len(ports) != 2 or not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise SiteConfigError(
+            "slurm.port_range", f"{ports!r}: need [first, last] with 1024 <= first <= last <= 65535"
+        )
 
 
 def _check_policy(config: dict) -> None:
@@ -892,12 +924,14 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
         # (proxy: false) must never see hub tokens.
         c[spawner].mlflow_send_token = mlflow["proxy"]
         c[spawner].start_timeout = slurm["start_timeout"]
+        c[spawner].min_uid = auth["min_uid"]
     slurm_spawner = c.WerkbankSlurmSpawner
     slurm_spawner.slurm_conf = str(base / slurm["conf"]) if slurm["conf"] else ""
     slurm_spawner.slurm_bin_dir = str(base / slurm["bin_dir"])
     slurm_spawner.queue_poll_interval = slurm["poll_interval"]
     slurm_spawner.unreachable_grace = slurm["unreachable_grace"]
     slurm_spawner.job_prologue = slurm["job_prologue"]
+    slurm_spawner.port_range = tuple(slurm["port_range"])
 
     services, roles = [], []
     signing_key = _process_secret("signing") if mlflow_permissions(mlflow) else ""

@@ -28,17 +28,46 @@ from typing import ClassVar
 from batchspawner import SlurmSpawner
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from traitlets import Bool, Dict, Float, List, Unicode, default, observe
+from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default, observe, validate
+from traitlets.config import LoggingConfigurable
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
-from .policy import OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
+from .policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
-from .script import USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
+from .script import PORT_RANGE, PORT_RANGE_ENV, USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
 
 
 class SlurmCommandError(RuntimeError):
     """A Slurm command (or sudo in front of it) failed; ``str()`` is for the user."""
+
+
+def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
+    """The Linux account a server of user ``name`` runs as. Answers 403 for root and for any
+    account with a uid below ``min_uid`` (system accounts, which own daemons and files that a
+    notebook must not touch), and 500 for a name with no account; before anything runs as it."""
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise web.HTTPError(500, f"no Linux account {name!r} on the hub host") from None
+    if account.pw_uid == 0 or account.pw_uid < min_uid:
+        raise web.HTTPError(
+            403,
+            f"servers do not run as {name!r} (uid {account.pw_uid}): root and system accounts below "
+            f"uid {min_uid} (auth.min_uid) cannot start servers; log in with a personal account",
+        )
+    return account
+
+
+class AccountPolicy(LoggingConfigurable):
+    """Whose servers may start at all: the part both werkbank spawners share."""
+
+    min_uid = Integer(
+        MIN_UID,
+        min=1,
+        help="""Lowest uid a server may run as (root never may). Accounts below it are system
+        accounts: a hub user of that name (e.g. an OAuth login called 'daemon') is refused.""",
+    ).tag(config=True)
 
 
 def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
@@ -49,7 +78,7 @@ def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> 
         raise web.HTTPError(400, f"Invalid server options: {e}") from None
 
 
-class WerkbankSlurmSpawner(SlurmSpawner):
+class WerkbankSlurmSpawner(SlurmSpawner, AccountPolicy):
     """Start single-user servers as Slurm jobs chosen from the site's profiles.
 
     Traits inherited from batchspawner that are *not* used: ``batch_script``, ``exec_prefix``,
@@ -128,6 +157,22 @@ class WerkbankSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     job_name = Unicode("werkbank-jupyter", help="Slurm job name of the servers.").tag(config=True)
+
+    port_range = Tuple(
+        Integer(),
+        Integer(),
+        default_value=PORT_RANGE,
+        help="""Ports (first, last) a server may listen on: the job picks a free one in the range
+        and the hub refuses a report outside it, so that no server's route can point at another
+        service on the node (the hub's API, MLflow, a database).""",
+    ).tag(config=True)
+
+    @validate("port_range")
+    def _check_port_range(self, proposal):
+        low, high = proposal["value"]
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"port_range {low}-{high}: need 1024 <= first <= last <= 65535")
+        return proposal["value"]
 
     job_log_dir = Unicode(
         "{homedir}/.werkbank/logs",
@@ -235,6 +280,7 @@ class WerkbankSlurmSpawner(SlurmSpawner):
         env["WERKBANK_POLICY"] = json.dumps(self.policy.view_for(self.user_groups), separators=(",", ":"))
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
+        env[PORT_RANGE_ENV] = "{}-{}".format(*self.port_range)
         return env
 
     # -- state
@@ -293,10 +339,7 @@ class WerkbankSlurmSpawner(SlurmSpawner):
 
     def _job_context(self) -> JobContext:
         name = self._username()
-        try:
-            home = pwd.getpwnam(name).pw_dir
-        except KeyError:
-            raise web.HTTPError(500, f"no Linux account {name!r} on the hub host") from None
+        home = server_account(name, self.min_uid).pw_dir
         return JobContext(
             username=name,
             homedir=home,
@@ -352,7 +395,11 @@ class WerkbankSlurmSpawner(SlurmSpawner):
         return address, self.port
 
     def report_port(self, port: int) -> None:
-        """Called by the API handler when the job says where its server listens."""
+        """Called by the API handler when the job says where its server listens; raises
+        ``ValueError`` for a port outside :attr:`port_range` (the handler answers 400)."""
+        low, high = self.port_range
+        if not low <= port <= high:
+            raise ValueError(f"port {port} is outside the range servers may use ({low}-{high})")
         self.port = port
         event = getattr(self, "_port_reported", None)
         if event is not None:
@@ -504,7 +551,7 @@ def progress_message(job_id: str, info: JobInfo | None, port: int) -> tuple[str,
     return f"Slurm job {job_id}: {info.explain()}", 100
 
 
-class WerkbankLocalSpawner(LocalProcessSpawner):
+class WerkbankLocalSpawner(LocalProcessSpawner, AccountPolicy):
     """Fallback where Slurm is not available (not root, not Debian/Ubuntu): servers run as
     local processes. Clearly labelled as such on the spawn page and in WERKBANK_PROFILE."""
 
@@ -531,6 +578,10 @@ class WerkbankLocalSpawner(LocalProcessSpawner):
 
     def options_from_form(self, formdata):
         return {}
+
+    async def start(self):
+        server_account(self.user.name, self.min_uid)  # before the process is started as them
+        return await super().start()
 
     def make_preexec_fn(self, name):
         """As root: switch to the user (JupyterHub's way). Not root (``make demo`` by a plain

@@ -288,6 +288,16 @@ def test_shared_password_on_ipv6_loopback():
     validate(shared("http://[::1]:8000"))
 
 
+@pytest.mark.parametrize("hub_bind_url", ["http://0.0.0.0:8081", "http://10.0.0.5:8081", "http://:8081"])
+def test_shared_password_is_refused_when_the_hub_api_listens_beyond_loopback(hub_bind_url):
+    """Jobs on compute nodes reach the hub API; so would anyone else there, with one password
+    for every account."""
+    error = error_of(with_value(shared("http://127.0.0.1:8000"), "hub.hub_bind_url", hub_bind_url))
+    assert error.path == "auth.type"
+    assert "hub.hub_bind_url" in error.message and "loopback" in error.message
+    assert validate(with_value(shared("http://127.0.0.1:8000"), "hub.hub_bind_url", "http://127.0.0.1:9081"))
+
+
 def test_short_shared_password_is_refused():
     error = error_of(shared("http://127.0.0.1:8000", password="short"))
     assert error.path == "auth.shared_password"
@@ -490,6 +500,27 @@ def test_apply_without_services():
 def test_apply_validates_first():
     with pytest.raises(SiteConfigError, match=r"^hub\.spawner: "):
         applied(with_value(minimal(), "hub.spawner", "docker"))
+
+
+def test_apply_min_uid_and_port_range():
+    site = with_value(minimal(), "auth.min_uid", 5000)
+    site = with_value(site, "slurm.port_range", [41000, 41999])
+    c = applied(site)
+    assert c.WerkbankSlurmSpawner.min_uid == c.WerkbankLocalSpawner.min_uid == 5000
+    assert c.WerkbankSlurmSpawner.port_range == (41000, 41999)
+    defaults = applied(minimal())
+    assert defaults.WerkbankSlurmSpawner.min_uid == 1000
+    assert defaults.WerkbankSlurmSpawner.port_range == (20000, 29999)
+
+
+@pytest.mark.parametrize("ports", [[80, 9000], [30000, 20000], [20000], [20000, 70000], [1, 2, 3]])
+def test_port_range_is_checked(ports):
+    error = error_of(with_value(minimal(), "slurm.port_range", ports))
+    assert error.path == "slurm.port_range"
+
+
+def test_min_uid_is_checked():
+    assert error_of(with_value(minimal(), "auth.min_uid", 0)).path == "auth.min_uid"
 
 
 def test_apply_local_spawner_pam_and_hub_bind_url():

@@ -1,0 +1,150 @@
+"""What the spawners refuse before anything runs: accounts that must never run a server, and
+ports outside the site's range (pure, and the job's port-report snippet run for real)."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+from tornado import web
+
+from werkbank_spawner.script import PORT_RANGE_ENV, PORT_REPORT
+from werkbank_spawner.spawner import WerkbankLocalSpawner, WerkbankSlurmSpawner, server_account
+
+from .test_policy import SITE
+
+
+def account(name: str, uid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", uid, uid, "", f"/home/{name}", "/bin/bash"))
+
+
+def test_root_never_runs_a_server():
+    with pytest.raises(web.HTTPError) as refused:
+        server_account("root", min_uid=1)
+    assert refused.value.status_code == 403
+    assert "uid 0" in refused.value.log_message
+
+
+def test_system_accounts_below_min_uid_are_refused():
+    daemon = pwd.getpwuid(1).pw_name  # Debian's "daemon"
+    with pytest.raises(web.HTTPError) as refused:
+        server_account(daemon, min_uid=1000)
+    assert refused.value.status_code == 403
+    assert "auth.min_uid" in refused.value.log_message
+
+
+def test_a_missing_account_is_a_clear_error():
+    with pytest.raises(web.HTTPError) as refused:
+        server_account("no-such-account-here", min_uid=1000)
+    assert refused.value.status_code == 500
+
+
+def test_regular_accounts_pass(monkeypatch):
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: account(name, 1234))
+    assert server_account("alice", min_uid=1000).pw_dir == "/home/alice"
+    with pytest.raises(web.HTTPError):
+        server_account("alice", min_uid=2000)
+
+
+def spawner(cls=WerkbankSlurmSpawner, name="daemon", **traits):
+    user = SimpleNamespace(name=name, groups=[], url=f"/user/{name}/")
+    return cls(user=user, policy_config=SITE, **traits)
+
+
+def test_the_slurm_spawner_refuses_before_any_command(monkeypatch):
+    s = spawner()
+    ran = []
+    monkeypatch.setattr(s, "_run", lambda *a, **k: ran.append(a))
+    with pytest.raises(web.HTTPError) as refused:
+        s._job_context()
+    assert refused.value.status_code == 403
+    assert ran == []
+
+
+async def test_the_local_spawner_refuses_before_starting_a_process(monkeypatch):
+    s = spawner(WerkbankLocalSpawner, name="root")
+    monkeypatch.setattr(WerkbankLocalSpawner.__mro__[1], "start", lambda self: pytest.fail("started"))
+    with pytest.raises(web.HTTPError) as refused:
+        await s.start()
+    assert refused.value.status_code == 403
+
+
+def test_reported_ports_must_lie_in_the_range():
+    s = spawner(port_range=(41000, 41010))
+    for port in (40999, 41011, 5000, 8081):
+        with pytest.raises(ValueError, match="outside the range"):
+            s.report_port(port)
+    assert s.port == 0
+    s.report_port(41005)
+    assert s.port == 41005
+
+
+@pytest.mark.parametrize("ports", [(80, 9000), (3000, 2000), (20000, 70000)])
+def test_the_range_itself_is_checked(ports):
+    with pytest.raises(Exception, match="port_range"):
+        spawner(port_range=ports)
+
+
+class _Hub(BaseHTTPRequestHandler):
+    reports: ClassVar[list] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.reports.append((self.path, self.headers["Authorization"], json.loads(body)))
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("ports", [(42100, 42110), (42200, 42200)])
+def test_the_job_picks_and_reports_a_port_in_the_range(ports):
+    """The snippet the batch script runs, for real: it binds a port in the range, reports it
+    with the token from the environment, and prints the service URL with that port."""
+    hub = HTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    _Hub.reports = []
+    try:
+        env = {
+            PORT_RANGE_ENV: f"{ports[0]}-{ports[1]}",
+            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{hub.server_port}/hub/api",
+            "JUPYTERHUB_API_TOKEN": "job-token",
+            "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:0/user/alice/",
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", PORT_REPORT], env=env, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        hub.shutdown()
+    assert out.returncode == 0, out.stderr
+    [(path, authorization, body)] = _Hub.reports
+    assert path == "/hub/api/batchspawner"
+    assert authorization == "token job-token"
+    assert ports[0] <= body["port"] <= ports[1]
+    assert out.stdout.strip() == f"http://0.0.0.0:{body['port']}/user/alice/"
+
+
+def test_the_job_gives_up_when_the_range_is_full():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        port = taken.getsockname()[1]
+        env = {
+            PORT_RANGE_ENV: f"{port}-{port}",
+            "JUPYTERHUB_API_URL": "http://127.0.0.1:9/",
+            "JUPYTERHUB_API_TOKEN": "t",
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", PORT_REPORT], env=env, capture_output=True, text=True, timeout=30
+        )
+    assert out.returncode != 0
+    assert f"no free port in {port}-{port}" in out.stderr
