@@ -935,6 +935,10 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
 
     services, roles = [], []
     signing_key = _process_secret("signing") if mlflow_permissions(mlflow) else ""
+    for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
+        # The hub creates each user's <user>/default (as the user) where MLflow checks who owns what.
+        c[spawner].mlflow_server_url = mlflow["url"] + mlflow_service_prefix(hub) if signing_key else ""
+        c[spawner].mlflow_signing_key = signing_key
     if mlflow["manage"]:
         services.append(
             _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), signing_key=signing_key)

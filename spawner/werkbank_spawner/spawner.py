@@ -33,6 +33,7 @@ from traitlets.config import LoggingConfigurable
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
+from .mlflow_defaults import MlflowSetupError, default_experiment, ensure_default_experiment
 from .policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .script import PORT_RANGE, PORT_RANGE_ENV, USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
@@ -59,35 +60,15 @@ def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
     return account
 
 
-class AccountPolicy(LoggingConfigurable):
-    """Whose servers may start at all: the part both werkbank spawners share."""
+class SessionSetup(LoggingConfigurable):
+    """What both werkbank spawners share around a server's start: whose servers may start at
+    all, and the MLflow tracking the session gets."""
 
     min_uid = Integer(
         MIN_UID,
         min=1,
         help="""Lowest uid a server may run as (root never may). Accounts below it are system
         accounts: a hub user of that name (e.g. an OAuth login called 'daemon') is refused.""",
-    ).tag(config=True)
-
-
-def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
-    """JupyterHub's ``apply_user_options`` hook: validate, or answer 400 with the reason."""
-    try:
-        spawner.job_request = spawner.policy.validate(user_options or {}, spawner.user_groups)
-    except PolicyError as e:
-        raise web.HTTPError(400, f"Invalid server options: {e}") from None
-
-
-class WerkbankSlurmSpawner(SlurmSpawner, AccountPolicy):
-    """Start single-user servers as Slurm jobs chosen from the site's profiles.
-
-    Traits inherited from batchspawner that are *not* used: ``batch_script``, ``exec_prefix``,
-    ``req_*`` and the ``batch_*_cmd`` strings (commands here are argument vectors).
-    """
-
-    policy_config = Dict(
-        help="""Profiles, custom fields and limits, as in the site file's ``profiles``,
-        ``custom_fields`` and ``limits`` keys (see werkbank_spawner.policy).""",
     ).tag(config=True)
 
     mlflow_tracking_uri = Unicode(
@@ -99,6 +80,59 @@ class WerkbankSlurmSpawner(SlurmSpawner, AccountPolicy):
         help="""Give every server MLFLOW_TRACKING_TOKEN=<its JUPYTERHUB_API_TOKEN>, which MLflow's
         client sends as a bearer token: for the hub's authenticating MLflow proxy service. Never
         for an MLflow server outside the hub, which would learn the token.""",
+    ).tag(config=True)
+
+    mlflow_server_url = Unicode(
+        "",
+        help="""The hub-managed MLflow server as the hub reaches it (loopback, with its static
+        prefix): where the hub creates each user's ``<user>/default`` experiment, as the user,
+        before their first session. Empty: the hub creates nothing.""",
+    ).tag(config=True)
+
+    mlflow_signing_key = Unicode(
+        "", help="Key of the assertions the MLflow server trusts (the site sets it at every hub start)."
+    ).tag(config=True)
+
+    #: Users whose default experiment this hub process has seen exist.
+    _default_experiments: ClassVar[set[str]] = set()
+
+    async def prepare_tracking(self) -> None:
+        """Make sure ``<user>/default`` exists before the session logs to it. A failure (MLflow
+        still starting, say) is logged, not raised: the session can work without MLflow, and
+        its first run then creates the experiment through the proxy, under the same rule."""
+        name = self.user.name
+        if not (self.mlflow_server_url and self.mlflow_signing_key) or name in self._default_experiments:
+            return
+        try:
+            created = await ensure_default_experiment(
+                self.mlflow_server_url, self.mlflow_signing_key.encode(), name
+            )
+        except MlflowSetupError as e:
+            self.log.warning("werkbank: %s's default experiment not checked: %s", name, e)
+            return
+        if created:
+            self.log.info("werkbank: created MLflow experiment %s", default_experiment(name))
+        self._default_experiments.add(name)
+
+
+def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
+    """JupyterHub's ``apply_user_options`` hook: validate, or answer 400 with the reason."""
+    try:
+        spawner.job_request = spawner.policy.validate(user_options or {}, spawner.user_groups)
+    except PolicyError as e:
+        raise web.HTTPError(400, f"Invalid server options: {e}") from None
+
+
+class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
+    """Start single-user servers as Slurm jobs chosen from the site's profiles.
+
+    Traits inherited from batchspawner that are *not* used: ``batch_script``, ``exec_prefix``,
+    ``req_*`` and the ``batch_*_cmd`` strings (commands here are argument vectors).
+    """
+
+    policy_config = Dict(
+        help="""Profiles, custom fields and limits, as in the site file's ``profiles``,
+        ``custom_fields`` and ``limits`` keys (see werkbank_spawner.policy).""",
     ).tag(config=True)
 
     slurm_conf = Unicode(
@@ -386,12 +420,15 @@ class WerkbankSlurmSpawner(SlurmSpawner, AccountPolicy):
         self.port = 0
         self.last_end_reason = ""
         self._port_reported = asyncio.Event()
+        # Alongside the job's submission and start, which take longer.
+        tracking = asyncio.ensure_future(self.prepare_tracking())
         await self.submit_batch_script()
         self.queue.watch(self.job_id)
         self.db.commit()
         self.log.info("werkbank: job %s submitted for %s", self.job_id, self.user.name)
         address = await self._wait_until_serving()
         self.log.info("werkbank: job %s serves at %s:%s", self.job_id, address, self.port)
+        await tracking
         return address, self.port
 
     def report_port(self, port: int) -> None:
@@ -551,16 +588,12 @@ def progress_message(job_id: str, info: JobInfo | None, port: int) -> tuple[str,
     return f"Slurm job {job_id}: {info.explain()}", 100
 
 
-class WerkbankLocalSpawner(LocalProcessSpawner, AccountPolicy):
+class WerkbankLocalSpawner(LocalProcessSpawner, SessionSetup):
     """Fallback where Slurm is not available (not root, not Debian/Ubuntu): servers run as
     local processes. Clearly labelled as such on the spawn page and in WERKBANK_PROFILE."""
 
     LABEL = "Local process (no Slurm on this machine; demo fallback, no GPUs, no limits)"
 
-    mlflow_tracking_uri = Unicode("", help="Given to every server as MLFLOW_TRACKING_URI.").tag(config=True)
-    mlflow_send_token = Bool(
-        False, help="Give every server MLFLOW_TRACKING_TOKEN=<its JUPYTERHUB_API_TOKEN> (hub MLflow proxy)."
-    ).tag(config=True)
     policy_config = Dict(help="Ignored here: there is no scheduler to apply it.").tag(config=True)
 
     @default("options_form")
@@ -581,6 +614,7 @@ class WerkbankLocalSpawner(LocalProcessSpawner, AccountPolicy):
 
     async def start(self):
         server_account(self.user.name, self.min_uid)  # before the process is started as them
+        await self.prepare_tracking()
         return await super().start()
 
     def make_preexec_fn(self, name):

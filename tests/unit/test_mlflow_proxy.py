@@ -1223,3 +1223,21 @@ def test_smuggled_requests_never_reach_mlflow(client_for, mlflow_behind_proxy):
             assert answers[0][:3] in (b"400", b"200", b"403", b"405"), answers
             assert alice.get_experiment(mine).name == f"alice-smuggle-check-{os.getpid()}"
     assert client_for("bob-token").get_experiment_by_name(name) is None
+
+
+def test_the_hub_creates_each_users_default_experiment_as_the_user(client_for, mlflow_behind_proxy):
+    from werkbank_spawner.mlflow_defaults import ensure_default_experiment
+
+    server_url = mlflow_behind_proxy.server.url  # with the static prefix
+    key = SIGNING_KEY.encode()
+    user = f"dave-{mlflow_behind_proxy.backend}"  # a user the other tests never create
+    assert asyncio.run(ensure_default_experiment(server_url, key, user)) is True
+    assert asyncio.run(ensure_default_experiment(server_url, key, user)) is False
+    admin = client_for("erin-token")
+    experiment = admin.get_experiment_by_name(f"{user}/default")
+    assert experiment.tags["werkbank.owner"] == user
+    # Nobody else reads it; the name cannot be taken by anyone else either.
+    alice = client_for("alice-token")
+    refused(alice.get_experiment, experiment.experiment_id)
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
+        alice.create_experiment(f"{user}/default")

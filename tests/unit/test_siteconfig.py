@@ -625,6 +625,16 @@ def test_apply_mlflow_behind_the_proxy(database_drivers):
     assert services["mlflow"]["url"] == "http://127.0.0.1:5300"
     assert services["mlflow"]["command"][-3:] == ["--upstream", "http://localhost:5100", "--permissions"]
     assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "https://hub.example.org/services/mlflow"
+    # The hub itself creates <user>/default on the server, with the key MLflow trusts.
+    assert c.WerkbankSlurmSpawner.mlflow_server_url == "http://localhost:5100/services/mlflow"
+    key = c.WerkbankLocalSpawner.mlflow_signing_key
+    assert key == environment["WERKBANK_MLFLOW_SIGNING_KEY"] == c.WerkbankSlurmSpawner.mlflow_signing_key
+    unchecked = applied(with_value(site, "tracking.mlflow.permissions", False))
+    assert (
+        unchecked.WerkbankSlurmSpawner.mlflow_server_url
+        == unchecked.WerkbankSlurmSpawner.mlflow_signing_key
+        == ""
+    )
 
 
 def test_mlflow_proxy_follows_the_hubs_base_url():
