@@ -15,6 +15,11 @@ rebinding guard); the user's Jupyter cookies and token are not passed on; the se
 state-changing cross-origin requests by their ``Origin``; a request from the page's own origin (as
 jupyter_server's ``check_origin`` judges it) is rewritten to the tracking server's origin, any other keeps its
 foreign ``Origin`` and MLflow refuses it.
+
+Cookie-authenticated requests need the server's XSRF token, as every Jupyter API does (jupyter-server-proxy
+leaves that to the proxied app, and MLflow has no such check): all servers on a hub share one origin, so
+without it a page from another user's server could make the owner's browser act in MLflow as the owner. The
+UI's pages, as the hub's MLflow service relays them, load a script that sends it (``werkbank-xsrf.js``).
 """
 
 from __future__ import annotations
@@ -100,6 +105,10 @@ class MlflowProxyHandler(ProxyHandler):
         self.target = target
         self.proxy_base = PROXY_BASE  # Location headers from MLflow are rewritten under it
 
+    def check_xsrf_cookie(self):
+        """Jupyter's own check (JupyterHub's, in a hub's server), which jupyter-server-proxy turns off."""
+        return JupyterHandler.check_xsrf_cookie(self)
+
     def proxy_request_headers(self):
         headers = super().proxy_request_headers()
         for name in ("Cookie", "Authorization"):  # the user's Jupyter credentials stay here
@@ -115,6 +124,8 @@ class MlflowProxyHandler(ProxyHandler):
         return super().proxy(self.target.host, self.target.port, self.target.prefix + "/" + proxied_path)
 
     async def http_get(self, proxied_path):
+        if self.request.headers.get("Sec-Fetch-Mode", "navigate") == "navigate":
+            self.xsrf_token  # noqa: B018  (sets the _xsrf cookie the UI's script sends back)
         return await self.proxy(proxied_path)
 
     async def open(self, proxied_path):

@@ -406,12 +406,6 @@ def is_api_path(path: str, prefix: str) -> bool:
     return rest.startswith(("api/", "ajax-api/", "graphql"))
 
 
-def same_origin(origin: str, host: str) -> bool:
-    """Whether an ``Origin`` header names the host the request was sent to."""
-    parts = urlsplit(origin)
-    return bool(parts.scheme in ("http", "https") and parts.netloc and parts.netloc.lower() == host.lower())
-
-
 # --- the application ------------------------------------------------------------------------
 
 
@@ -448,13 +442,16 @@ class MlflowProxy:
             "cookie_secret": self.cookie_secret,
             "login_url": self.hub_auth.login_url,
             "log_function": _log_request,
-            "xsrf_cookies": False,  # cross-site requests are judged in ProxyHandler.check_xsrf_cookie
+            # Cookie-authenticated requests are checked by JupyterHub's own XSRF check, which
+            # HubOAuth runs before it accepts a cookie (token-authenticated ones need none).
+            "xsrf_cookies": False,
         }
         p = re.escape(self.prefix)
         return web.Application(
             [
                 (p + "oauth_callback", OAuthCallbackHandler, {"proxy": self}),
                 (p + "health", HealthHandler, {"proxy": self}),
+                (p + re.escape(XSRF_SCRIPT), XsrfScriptHandler),
                 (p + ".*", ProxyHandler, {"proxy": self}),
                 (re.escape(self.prefix.rstrip("/")), web.RedirectHandler, {"url": self.prefix}),
             ],
@@ -598,6 +595,67 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
         self.hub_auth = proxy.hub_auth
 
 
+#: Served by the proxy beside MLflow's UI, and loaded by every UI page it relays (see
+#: :func:`with_xsrf_script`): MLflow's UI knows nothing of JupyterHub's XSRF token, which
+#: the proxy (and a session's ``/werkbank/mlflow/`` path) require of cookie-authenticated
+#: requests that are not plain navigations. All the hub's servers share one origin, so without
+#: it any user's page could make a visitor's browser write to MLflow as the visitor.
+XSRF_SCRIPT = "werkbank-xsrf.js"
+XSRF_SCRIPT_SOURCE = b"""\
+// werkbank: send JupyterHub's XSRF token (the _xsrf cookie of this path) with the MLflow UI's
+// own requests; the hub refuses cookie-authenticated requests without it.
+(function () {
+  function token() {
+    var match = document.cookie.match(/(?:^|;\\s*)_xsrf=([^;]*)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+  function sameOrigin(url) {
+    try { return new URL(url, location.href).origin === location.origin; } catch (e) { return false; }
+  }
+  var fetch0 = window.fetch;
+  window.fetch = function (input, init) {
+    var url = input instanceof Request ? input.url : String(input);
+    if (token() && sameOrigin(url)) {
+      init = Object.assign({}, init || {});
+      var headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
+      headers.set("X-XSRFToken", token());
+      init.headers = headers;
+    }
+    return fetch0.call(this, input, init);
+  };
+  var open0 = XMLHttpRequest.prototype.open, send0 = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this.werkbankSameOrigin = sameOrigin(url);
+    return open0.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function () {
+    if (this.werkbankSameOrigin && token()) this.setRequestHeader("X-XSRFToken", token());
+    return send0.apply(this, arguments);
+  };
+})();
+"""
+_HEAD = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
+
+
+def with_xsrf_script(html: bytes) -> bytes:
+    """An HTML page of MLflow's UI with :data:`XSRF_SCRIPT` loaded first in its ``<head>``
+    (relative, like MLflow's own assets: the page works under any path it is served from)."""
+    tag = f'<script src="{XSRF_SCRIPT}"></script>'.encode()
+    match = _HEAD.search(html)
+    if match is None:
+        return tag + html
+    return html[: match.end()] + tag + html[match.end() :]
+
+
+class XsrfScriptHandler(web.RequestHandler):
+    """:data:`XSRF_SCRIPT_SOURCE`, for anyone: it holds nothing secret."""
+
+    def get(self):
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(XSRF_SCRIPT_SOURCE)
+
+
 class HealthHandler(_JsonErrors):
     """``<prefix>health`` without credentials, as MLflow answers it (``OK``), so that monitoring
     and the onboarding notebook can tell "up" from "down" without a token. Says nothing else."""
@@ -636,26 +694,6 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         self.body_read = False
 
     # -- authentication
-
-    def check_xsrf_cookie(self):
-        """Called by HubOAuth before it accepts a *cookie* (never for tokens).
-
-        JupyterHub's own check wants an ``_xsrf`` token in every state-changing request, which
-        MLflow's UI cannot send. Instead: reading is fine from a navigation (or a client that is
-        not a browser); anything else must come from this origin, as the browser attests in
-        ``Sec-Fetch-Site`` (which pages cannot forge) or, from older browsers, ``Origin``.
-        """
-        headers = self.request.headers
-        site = headers.get("Sec-Fetch-Site")
-        mode = headers.get("Sec-Fetch-Mode", "")
-        if self.request.method in ("GET", "HEAD") and (site is None or mode == "navigate"):
-            return
-        if site in ("same-origin", "none"):
-            return
-        origin = headers.get("Origin")
-        if site is None and origin and same_origin(origin, headers.get("Host", "")):
-            return
-        raise web.HTTPError(403, "cross-site request refused")
 
     def compute_etag(self):
         return None  # MLflow's headers are relayed as they are; tornado adds none of its own
@@ -707,6 +745,14 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
             ):
                 self.redirect(self.get_login_url())
                 return None
+            if self.get_cookie(self.hub_auth.cookie_name) and "Authorization" not in self.request.headers:
+                # HubOAuth ignores a login cookie that comes without the XSRF token.
+                raise Rejected(
+                    403,
+                    "PERMISSION_DENIED",
+                    "requests with the hub's login cookie need JupyterHub's XSRF token: send the "
+                    "_xsrf cookie's value as X-XSRFToken (MLflow's UI pages do), or a hub API token",
+                )
             raise Rejected(
                 401,
                 "UNAUTHENTICATED",
@@ -775,6 +821,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         relay = _Relay(self)
         try:
             await self.proxy.mlflow.stream(self.request.method, target, headers, body, relay)
+            relay.end()
         except (UpstreamError, StreamClosedError) as e:
             if not relay.started:
                 if isinstance(e, UpstreamError):
@@ -851,16 +898,35 @@ class _Relay:
         self.handler = handler
         self.started = False
         self.streaming = False
+        self.page: bytearray | None = None  # a UI page, held to add the XSRF script
 
     def start(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         self.started = True
         self.handler.start_answer(code, reason, headers)
         length = headers.get("Content-Length", "")
-        self.streaming = not (length.isdigit() and int(length) <= SMALL_BODY)
+        small = length.isdigit() and int(length) <= SMALL_BODY
+        self.streaming = not small
+        if (
+            small
+            and code == 200
+            and self.handler.request.method == "GET"
+            and headers.get("Content-Type", "").startswith("text/html")
+            and "Content-Encoding" not in headers
+        ):
+            self.page = bytearray()
+            self.handler.clear_header("Content-Length")  # tornado sets the new one
 
     def chunk(self, data: bytes):
+        if self.page is not None:
+            self.page += data
+            return None
         self.handler.write(data)
         return self.handler.flush() if self.streaming else None
+
+    def end(self) -> None:
+        """After MLflow's answer is complete: a held page goes out, with the XSRF script."""
+        if self.page is not None:
+            self.handler.write(with_xsrf_script(bytes(self.page)))
 
 
 # --- command line -------------------------------------------------------------------------

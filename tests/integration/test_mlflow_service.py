@@ -71,14 +71,28 @@ def test_browser_login_reaches_the_ui_and_same_origin_requests(hub):
         # It went through the hub's OAuth (no confirmation page) and set this service's cookie.
         assert any("/hub/api/oauth2/authorize" in str(r.url) for r in page.history)
         assert client.cookies.get("service-mlflow", path="/services/mlflow/")
+        # The page loads the script that sends JupyterHub's XSRF token with the UI's requests.
+        assert '<script src="werkbank-xsrf.js"></script>' in page.text
+        xsrf = client.cookies.get("_xsrf", path="/services/mlflow/")
+        assert xsrf
         search = "/services/mlflow/ajax-api/2.0/mlflow/experiments/search"
         body = {"max_results": 5}
-        r = client.post(
-            search, json=body, headers={"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
-        )
+        cors = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+        r = client.post(search, json=body, headers={**cors, "X-XSRFToken": xsrf})
         assert r.status_code == 200, r.text
+        # Without the token the cookie counts for nothing, from this origin too: every user's
+        # server shares it, and a page from /user/bob/ must not write as alice.
+        r = client.post(search, json=body, headers=cors)
+        assert r.status_code == 403, r.text
+        assert "XSRF" in r.json()["message"]
+        r = client.post(search, json=body, headers={**cors, "X-XSRFToken": xsrf + "x"})
+        assert r.status_code == 403
         # Another site's page cannot use the cookie to change or read anything.
         r = client.post(search, json=body, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"})
+        assert r.status_code in (401, 403)
+        r = client.get(
+            search + "?max_results=5", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}
+        )
         assert r.status_code in (401, 403)
         # Read-only navigation with the cookie is fine.
         r = client.get("/services/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=5")

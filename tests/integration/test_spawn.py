@@ -336,4 +336,17 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     r = httpx.get(f"{ui}/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=bob, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["run"]["info"]["user_id"] == "bob"
+    # In a browser, logged in with cookies: the page loads the XSRF script, and a write without
+    # JupyterHub's XSRF token (what any page on the hub's origin could send as bob) is refused.
+    with closing(login(hub, "bob")) as browser:
+        page = browser.get("/user/bob/werkbank/mlflow/")
+        assert page.status_code == 200, page.text[:300]
+        assert '<script src="werkbank-xsrf.js"></script>' in page.text
+        assert browser.get("/user/bob/werkbank/mlflow/werkbank-xsrf.js").status_code == 200
+        search = "/user/bob/werkbank/mlflow/ajax-api/2.0/mlflow/runs/search"
+        cors = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+        assert browser.post(search, json={}, headers=cors).status_code == 403
+        xsrf = browser.cookies.get("_xsrf", path="/user/bob/")
+        r = browser.post(search, json={}, headers={**cors, "X-XSRFToken": xsrf})
+        assert r.status_code == 200, r.text
     hub.stop_server("bob")

@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import httpx
 import pytest
@@ -37,8 +36,6 @@ from werkbank_spawner.mlflow_auth import Identity, encode, encode_groups, parse_
 from werkbank_spawner.mlflow_proxy import (
     BodyRule,
     Caller,
-    MlflowProxy,
-    ProxyHandler,
     Rejected,
     assertion_header,
     body_rule,
@@ -344,43 +341,13 @@ def test_servers_get_their_own_token_only_for_the_proxy():
 # --- cross-site requests with a cookie (the handler's check, on made-up requests) -------------
 
 
-def cookie_request(method: str, *pairs: tuple[str, str]) -> ProxyHandler:
-    proxy = MlflowProxy(upstream="http://127.0.0.1:1", prefix=PREFIX, hub_auth=mock.Mock())
-    request = httputil.HTTPServerRequest(
-        start_line=httputil.RequestStartLine(method, PREFIX + "ajax-api/2.0/mlflow/runs/search", "HTTP/1.1"),
-        headers=headers(("Host", "hub.example.org"), *pairs),
-        connection=mock.Mock(),
+def test_ui_pages_load_the_xsrf_script_first():
+    page = b'<!doctype html><html><HEAD lang="x"><title>MLflow</title></head><body></body></html>'
+    out = mlflow_proxy.with_xsrf_script(page)
+    assert out.startswith(
+        b'<!doctype html><html><HEAD lang="x"><script src="werkbank-xsrf.js"></script><title>'
     )
-    return ProxyHandler(proxy.app(), request, proxy=proxy)
-
-
-@pytest.mark.parametrize(
-    ("method", "pairs", "allowed"),
-    [
-        ("GET", [], True),  # a client that is not a browser, or an old one, reading
-        ("GET", [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "navigate")], True),  # a link
-        (
-            "GET",
-            [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "cors")],
-            False,
-        ),  # another site's fetch
-        ("POST", [("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Mode", "cors")], True),  # MLflow's UI
-        ("POST", [("Sec-Fetch-Site", "same-site"), ("Sec-Fetch-Mode", "cors")], False),  # a user's server
-        ("POST", [("Sec-Fetch-Site", "cross-site")], False),
-        ("POST", [("Origin", "http://hub.example.org")], True),  # older browsers: Origin
-        ("POST", [("Origin", "http://evil.example")], False),
-        ("POST", [], False),  # a state change with a cookie and no evidence of where it came from
-        ("DELETE", [("Sec-Fetch-Site", "cross-site"), ("Origin", "http://hub.example.org")], False),
-    ],
-)
-def test_cookie_requests_must_come_from_this_origin(method, pairs, allowed):
-    handler = cookie_request(method, *pairs)
-    if allowed:
-        handler.check_xsrf_cookie()
-    else:
-        with pytest.raises(web.HTTPError) as info:
-            handler.check_xsrf_cookie()
-        assert info.value.status_code == 403
+    assert mlflow_proxy.with_xsrf_script(b"<p>no head</p>").startswith(b'<script src="werkbank-xsrf.js">')
 
 
 # --- the running proxy ------------------------------------------------------------------------
@@ -746,6 +713,14 @@ def test_artifacts_and_the_ui_through_the_proxy(mlflow_behind_proxy, client_for,
     ui = httpx.get(mlflow_behind_proxy.proxy.url, headers=auth("alice-token"))
     assert ui.status_code == 200
     assert "<title>MLflow</title>" in ui.text
+    # The page loads the script that sends JupyterHub's XSRF token with the UI's requests ...
+    assert '<head><script src="werkbank-xsrf.js"></script>' in ui.text.replace("\n", "")
+    assert int(ui.headers["Content-Length"]) == len(ui.content)
+    assert "content-security-policy" not in {k.lower() for k in ui.headers}  # that would block it
+    shim = httpx.get(mlflow_behind_proxy.proxy.url + "werkbank-xsrf.js")  # ... served beside it
+    assert shim.status_code == 200
+    assert shim.headers["Content-Type"].startswith("text/javascript")
+    assert "X-XSRFToken" in shim.text
     js = next(part.split('"')[0] for part in ui.text.split('src="')[1:] if part.startswith("static-files/"))
     script = httpx.get(mlflow_behind_proxy.proxy.url + js, headers=auth("alice-token"))
     assert script.status_code == 200
@@ -1241,3 +1216,46 @@ def test_the_hub_creates_each_users_default_experiment_as_the_user(client_for, m
     refused(alice.get_experiment, experiment.experiment_id)
     with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
         alice.create_experiment(f"{user}/default")
+
+
+NODE_HARNESS = r"""
+// A page at /services/mlflow/ with an _xsrf cookie, a fetch and an XMLHttpRequest that record
+// what they are asked to send; then the proxy's script, then the UI's calls.
+const sent = [];
+globalThis.window = globalThis;
+globalThis.location = new URL("http://hub.example.org/services/mlflow/");
+globalThis.document = { cookie: "other=1; _xsrf=2%7Cabc%7Cdef" };
+window.fetch = (input, init) => {
+  sent.push(["fetch", String(input), new Headers(init && init.headers).get("X-XSRFToken")]);
+  return Promise.resolve();
+};
+globalThis.XMLHttpRequest = function () { this.headers = {}; };
+XMLHttpRequest.prototype.open = function (method, url) { this.url = url; };
+XMLHttpRequest.prototype.setRequestHeader = function (k, v) { this.headers[k] = v; };
+XMLHttpRequest.prototype.send = function () {
+  sent.push(["xhr", this.url, this.headers["X-XSRFToken"] || null]);
+};
+require("vm").runInThisContext(require("fs").readFileSync(process.argv[2], "utf8"));
+fetch("ajax-api/2.0/mlflow/runs/search", { method: "POST", headers: { "Content-Type": "application/json" } });
+fetch("https://elsewhere.example/x", { method: "POST" });
+const xhr = new XMLHttpRequest();
+xhr.open("POST", "/services/mlflow/ajax-api/2.0/mlflow/runs/update");
+xhr.send("{}");
+console.log(JSON.stringify(sent));
+"""
+
+
+def test_the_xsrf_script_adds_the_token_to_same_origin_requests_only(tmp_path):
+    """The script MLflow's UI pages load, run by Node.js (which werkbank installs for the hub's
+    proxy) against stand-ins for the browser's fetch and XMLHttpRequest."""
+    (tmp_path / "xsrf.js").write_bytes(mlflow_proxy.XSRF_SCRIPT_SOURCE)
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    out = subprocess.run(
+        ["node", str(tmp_path / "harness.js"), str(tmp_path / "xsrf.js")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        ["fetch", "ajax-api/2.0/mlflow/runs/search", "2|abc|def"],
+        ["fetch", "https://elsewhere.example/x", None],
+        ["xhr", "/services/mlflow/ajax-api/2.0/mlflow/runs/update", "2|abc|def"],
+    ]
