@@ -11,6 +11,10 @@ Nothing the user types reaches a shell: parameters travel in a JSON spec file th
 (:mod:`werkbank_lab.runjob`), ``sbatch`` is called with an argument vector, and the script holds only
 validated resource values and two quoted paths.
 
+A job does not get the session's hub token (broad, and dead once the session stops): where the
+session talks to the hub's MLflow with a token, the job gets one of its own from the hub, scoped to
+MLflow and expiring after the job's walltime plus a day of queueing (:func:`job_environment`).
+
 Book-keeping lives in ``~/.werkbank/jobs/``: ``<job id>.json`` (what was submitted) and
 ``<job id>.status.json`` (written by the job when papermill ends), so ``werkbank jobs`` can say
 how a job ended after Slurm has forgotten it.
@@ -20,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,8 +252,53 @@ def jobs_dir() -> Path:
     return folder
 
 
-def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
-    """Submit ``sub``; return the Slurm job id."""
+#: The session's hub credentials, which a job never gets (sbatch passes on its environment).
+SESSION_TOKENS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "MLFLOW_TRACKING_TOKEN")
+#: How long a job may wait in the queue before its token's walltime starts counting.
+QUEUE_ALLOWANCE_S = 24 * 3600
+
+
+def job_environment(sub: Submission, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``sbatch`` passes to the job: the session's, less its hub tokens; plus
+    ``MLFLOW_TRACKING_TOKEN``, a token of the job's own from the hub, where the session had one.
+    Raises :class:`SubmitError` if the hub does not give one."""
+    environ = dict(os.environ if environ is None else environ)
+    env = {k: v for k, v in environ.items() if k not in SESSION_TOKENS}
+    if environ.get("MLFLOW_TRACKING_TOKEN"):
+        env["MLFLOW_TRACKING_TOKEN"] = request_job_token(
+            environ, sub.request.walltime_min * 60 + QUEUE_ALLOWANCE_S, sub.notebook.name
+        )
+    return env
+
+
+def request_job_token(environ: dict[str, str], expires_in: int, what: str) -> str:
+    """A new hub token for a batch job (werkbank_spawner.api.JobTokenHandler), asked for with the
+    session's own token."""
+    api, token = environ.get("JUPYTERHUB_API_URL", ""), environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not api or not token:
+        raise SubmitError("this session has no hub API token to ask for the job's MLflow token")
+    note = re.sub(r"[^\w .:/@+-]", "_", what)[:120]
+    request = urllib.request.Request(
+        api.rstrip("/") + "/werkbank/job-tokens",
+        data=json.dumps({"expires_in": expires_in, "note": note}).encode(),
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["token"]
+    except urllib.error.HTTPError as e:
+        raise SubmitError(
+            f"the hub gave no token for the job ({e.code}: {e.read()[:200].decode(errors='replace')})"
+        ) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise SubmitError(f"the hub gave no token for the job: {e}") from None
+
+
+def submit(
+    sub: Submission, sbatch: tuple[str, ...] = ("sbatch",), environ: dict[str, str] | None = None
+) -> str:
+    """Submit ``sub``; return the Slurm job id. ``environ``: the session's (default os.environ)."""
     folder = jobs_dir()
     spec_path = folder / f"spec-{sub.spec_id}.json"
     spec = {
@@ -259,6 +311,7 @@ def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
         "submitted": time.time(),
         "output": str(sub.output_for("%j")),  # the job puts its id in place of %j (runjob)
     }
+    env = job_environment(sub, environ)
     spec_path.write_text(json.dumps(spec, indent=1))
     argv = [
         *sbatch,
@@ -267,7 +320,7 @@ def submit(sub: Submission, sbatch: tuple[str, ...] = ("sbatch",)) -> str:
         f"--output={sub.log_pattern}",
     ]
     result = subprocess.run(
-        argv, input=render_batch_script(sub, spec_path), capture_output=True, text=True, check=False
+        argv, input=render_batch_script(sub, spec_path), capture_output=True, text=True, check=False, env=env
     )
     if result.returncode != 0:
         spec_path.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""The hub API endpoint a starting job calls to report the port its server listens on.
+"""The hub API endpoints werkbank adds: where a starting job reports the port its server listens on,
+and where a session gets a token of its own for a batch job (``werkbank submit``).
 
 batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* posted key
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 
 import batchspawner.api  # noqa: F401  (registers the handler we replace below)
 from batchspawner import BatchSpawnerBase
@@ -56,10 +58,59 @@ class PortReportHandler(APIHandler):
         raise web.HTTPError(403, "this token belongs to no starting batch server")
 
 
+JOB_TOKEN_ROUTE = r"/api/werkbank/job-tokens"
+#: What a batch job's token may do: use the hub's MLflow service (and, as every token, identify
+#: its owner). Not the session's own token, which is broader (it may act for the session's
+#: server) and dies with the session while the job may still run.
+JOB_TOKEN_SCOPES = ("access:services!service=mlflow",)
+#: Seconds a job token may live at most: a job may wait in the queue for days before its
+#: walltime starts; the session asks for walltime plus a queue allowance.
+JOB_TOKEN_MAX_SECONDS = 31 * 24 * 3600
+_NOTE = re.compile(r"[\w .:/@+-]{0,120}\Z")
+
+
+class JobTokenHandler(APIHandler):
+    """POST ``{"expires_in": <seconds>, "note": "<what for>"}`` with a server's own API token:
+    a new token of the server's owner, scoped to :data:`JOB_TOKEN_SCOPES`, that expires then."""
+
+    @web.authenticated
+    async def post(self):
+        owner = self._owner_of_server_token()
+        body = self.get_json_body()
+        if not isinstance(body, dict) or not set(body) <= {"expires_in", "note"} or "expires_in" not in body:
+            raise web.HTTPError(400, 'expected {"expires_in": <seconds>, "note": "<text>"}')
+        expires_in, note = body["expires_in"], body.get("note", "")
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int):
+            raise web.HTTPError(400, "expires_in must be a number of seconds")
+        if not 60 <= expires_in <= JOB_TOKEN_MAX_SECONDS:
+            raise web.HTTPError(400, f"expires_in must lie between 60 and {JOB_TOKEN_MAX_SECONDS} seconds")
+        if not isinstance(note, str) or not _NOTE.match(note):
+            raise web.HTTPError(400, "note: at most 120 letters, digits, spaces and .:/@+-_")
+        token = owner.new_api_token(
+            note=f"werkbank job: {note}".strip(), expires_in=expires_in, scopes=list(JOB_TOKEN_SCOPES)
+        )
+        self.log.info("werkbank: job token for %s (%d s): %s", owner.name, expires_in, note)
+        self.set_status(201)
+        self.finish(json.dumps({"token": token, "expires_in": expires_in, "scopes": list(JOB_TOKEN_SCOPES)}))
+
+    def _owner_of_server_token(self):
+        """The user whose running (or starting) server this request's token belongs to: only
+        sessions mint job tokens, never a user's other tokens (which could ask for anything)."""
+        token = self.get_auth_token() or ""
+        user = self.current_user
+        for spawner in getattr(user, "spawners", {}).values():
+            theirs = getattr(spawner, "api_token", None) or ""
+            if theirs and hmac.compare_digest(theirs, token):
+                return user
+        raise web.HTTPError(403, "job tokens are given to a session's own token only")
+
+
 def install_handler() -> None:
-    """Make ``ROUTE`` point at :class:`PortReportHandler` (idempotent)."""
-    default_handlers[:] = [h for h in default_handlers if h[0] != ROUTE]
+    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler`
+    (idempotent)."""
+    default_handlers[:] = [h for h in default_handlers if h[0] not in (ROUTE, JOB_TOKEN_ROUTE)]
     default_handlers.append((ROUTE, PortReportHandler))
+    default_handlers.append((JOB_TOKEN_ROUTE, JobTokenHandler))
 
 
 install_handler()

@@ -198,6 +198,15 @@ SCHEMA = Section(
                     "Where the hub API listens for jobs on compute nodes; empty: "
                     f"{DEFAULT_HUB_BIND_URL}. On a real cluster: an address compute nodes reach.",
                 ),
+                "subdomain_host": Key(
+                    (str,),
+                    "",
+                    "e.g. https://hub.example.org: every user's server (and each hub service) on a "
+                    "subdomain of its own, https://<user>.hub.example.org, so that no user's pages "
+                    "share an origin with another's (JupyterHub's subdomain_host; needs wildcard "
+                    "DNS and a wildcard certificate). Recommended in production: on one origin, a "
+                    "page from any user's server can script the others' and the MLflow UI's.",
+                ),
                 "data_dir": Key(
                     (str,),
                     "/var/lib/werkbank/hub",
@@ -704,6 +713,10 @@ def _check_hub(hub: dict) -> None:
     _check_url(hub["bind_url"], "hub.bind_url")
     if hub["hub_bind_url"]:
         _check_url(hub["hub_bind_url"], "hub.hub_bind_url")
+    if hub["subdomain_host"]:
+        _check_url(hub["subdomain_host"], "hub.subdomain_host")
+        if urlsplit(hub["subdomain_host"]).path not in ("", "/"):
+            raise SiteConfigError("hub.subdomain_host", "a scheme and host (and port) only, no path")
     if not hub["data_dir"].strip():
         raise SiteConfigError("hub.data_dir", "must not be empty")
 
@@ -885,6 +898,8 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     data_dir = _data_dir(site, base)
 
     c.JupyterHub.bind_url = hub["bind_url"]
+    if hub["subdomain_host"]:
+        c.JupyterHub.subdomain_host = hub["subdomain_host"].rstrip("/")
     if hub["hub_bind_url"]:
         c.JupyterHub.hub_bind_url = hub["hub_bind_url"]
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"

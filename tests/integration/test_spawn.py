@@ -265,6 +265,50 @@ def test_scheduler_outage_keeps_the_server(hub):
     hub.stop_server("bob")
 
 
+def test_a_batch_job_gets_a_token_of_its_own_and_the_session_its_default_experiment(hub):
+    """`werkbank submit` never hands the session's token to a job: the hub gives the session a
+    token scoped to MLflow that expires when the job must have ended. And before the session's
+    first run, the hub has made <user>/default, owned by the user."""
+    from werkbank_lab.batch import SubmitError, request_job_token
+
+    hub.spawn("alice", {"profile": "cpu"})
+    hub.wait_ready("alice")
+    env = job_environ(hub.job_id("alice"))
+    hub.wait_for_mlflow()
+    session_token = env["JUPYTERHUB_API_TOKEN"]
+    job_token = request_job_token(env, 2 * 3600, "train.ipynb")
+    assert job_token not in (session_token, env["MLFLOW_TRACKING_TOKEN"])
+    me = httpx.get(
+        f"{hub.url}/hub/api/user", headers={"Authorization": f"token {job_token}"}, timeout=10
+    ).json()
+    assert me["name"] == "alice"
+    assert me["scopes"] == ["access:services!service=mlflow"]
+    tokens = hub.api("GET", "/users/alice/tokens").json()["api_tokens"]
+    [record] = [t for t in tokens if t["note"] == "werkbank job: train.ipynb"]
+    assert record["expires_at"] is not None
+    uri = env["MLFLOW_TRACKING_URI"]
+    bearer = {"Authorization": f"Bearer {job_token}"}
+    by_name = f"{uri}/api/2.0/mlflow/experiments/get-by-name"
+    r = httpx.get(by_name, params={"experiment_name": "alice/default"}, headers=bearer, timeout=10)
+    assert r.status_code == 200, r.text
+    experiment = r.json()["experiment"]
+    assert {"key": "werkbank.owner", "value": "alice"} in experiment["tags"]
+    # The job token can do nothing else on the hub, e.g. not act for alice's server.
+    assert httpx.get(f"{hub.url}/user/alice/api/status", headers=bearer, timeout=10).status_code in (302, 403)
+    # Only a session's own token gets job tokens; the request is checked.
+    with pytest.raises(SubmitError, match="403"):
+        request_job_token({**env, "JUPYTERHUB_API_TOKEN": hub.token_for("alice")}, 3600, "x")
+    with pytest.raises(SubmitError, match="400"):
+        request_job_token(env, 10**9, "x")
+    endpoint = f"{hub.url}/hub/api/werkbank/job-tokens"
+    session = {"Authorization": f"token {session_token}"}
+    r = httpx.post(
+        endpoint, headers=session, json={"expires_in": 3600, "scopes": ["admin:users"]}, timeout=10
+    )
+    assert r.status_code == 400
+    hub.stop_server("alice")
+
+
 def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     """A session's environment alone is enough to log a run to the hub's MLflow, through the
     authenticating proxy with the server's token; the run records the session's user whatever

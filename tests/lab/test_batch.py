@@ -188,3 +188,61 @@ def test_distributed_jobs_are_bounded(tmp_path, options, message):
     with pytest.raises(batch.SubmitError) as refused:
         batch.prepare_distributed(script, policy=policy, **options)
     assert message in str(refused.value)
+
+
+def test_jobs_never_get_the_sessions_tokens(notebook, policy):
+    sub = batch.prepare(notebook, {}, profile="cpu", policy=policy)
+    session = {"PATH": "/usr/bin", "JUPYTERHUB_API_TOKEN": "session", "JPY_API_TOKEN": "session"}
+    env = batch.job_environment(sub, session)
+    assert env == {"PATH": "/usr/bin"}  # no MLflow token in the session: none asked for
+
+
+def test_a_job_gets_a_token_of_its_own_for_mlflow(notebook, policy):
+    """Against a stand-in for the hub's job-token endpoint: what the session asks for, and what
+    the job's environment holds."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(
+                (
+                    self.path,
+                    self.headers["Authorization"],
+                    json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                )
+            )
+            answer = json.dumps({"token": "job-token"}).encode()
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sub = batch.prepare(notebook, {}, profile="cpu", policy=policy)
+        session = {
+            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{server.server_port}/hub/api",
+            "JUPYTERHUB_API_TOKEN": "session-token",
+            "MLFLOW_TRACKING_TOKEN": "session-token",
+            "MLFLOW_TRACKING_URI": "http://hub:5001/services/mlflow",
+        }
+        env = batch.job_environment(sub, session)
+    finally:
+        server.shutdown()
+    expected = {k: v for k, v in session.items() if k != "JUPYTERHUB_API_TOKEN"}
+    assert env == {**expected, "MLFLOW_TRACKING_TOKEN": "job-token"}
+    [(path, authorization, body)] = asked
+    assert (path, authorization) == ("/hub/api/werkbank/job-tokens", "token session-token")
+    assert body == {
+        "expires_in": sub.request.walltime_min * 60 + batch.QUEUE_ALLOWANCE_S,
+        "note": notebook.name,
+    }
+    with pytest.raises(batch.SubmitError, match="no hub API token"):
+        batch.job_environment(sub, {"MLFLOW_TRACKING_TOKEN": "t"})

@@ -502,6 +502,14 @@ def test_apply_validates_first():
         applied(with_value(minimal(), "hub.spawner", "docker"))
 
 
+def test_apply_subdomain_host():
+    c = applied(with_value(minimal(), "hub.subdomain_host", "https://hub.example.org/"))
+    assert c.JupyterHub.subdomain_host == "https://hub.example.org"
+    assert "subdomain_host" not in applied(minimal()).JupyterHub
+    for bad in ("hub.example.org", "https://hub.example.org/x"):
+        assert error_of(with_value(minimal(), "hub.subdomain_host", bad)).path == "hub.subdomain_host"
+
+
 def test_apply_min_uid_and_port_range():
     site = with_value(minimal(), "auth.min_uid", 5000)
     site = with_value(site, "slurm.port_range", [41000, 41999])
