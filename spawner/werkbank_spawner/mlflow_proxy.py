@@ -563,13 +563,12 @@ class _JsonErrors(web.RequestHandler):
             message = getattr(error, "log_message", None) or self._reason
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="werkbank"')
-        headers = self.request.headers
-        has_body = headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in headers
-        if has_body and not self.body_read:
-            # Refused before its body was read: tornado closes the connection after this answer,
-            # but says so only when it knew before the headers went out. Without the header,
-            # configurable-http-proxy reuses the connection for the next request and gets a
-            # "socket hang up" (a 503 for a request that did nothing wrong).
+        if not self.body_read:
+            # Refused in prepare(), before tornado finished reading the request (with a body or
+            # without: a streaming handler's prepare runs as the headers arrive): tornado closes
+            # the connection after this answer, but says so only when it knew before the headers
+            # went out. Without the header, configurable-http-proxy reuses the connection for the
+            # next request and gets a "socket hang up" (a 503 for a request that did nothing wrong).
             self.set_header("Connection", "close")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error_code": code, "message": message}))

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from batchspawner import SlurmSpawner
 from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.utils import exponential_backoff
 from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default, observe, validate
 from traitlets.config import LoggingConfigurable
@@ -96,21 +97,35 @@ class SessionSetup(LoggingConfigurable):
     #: Users whose default experiment this hub process has seen exist.
     _default_experiments: ClassVar[set[str]] = set()
 
-    async def prepare_tracking(self) -> None:
-        """Make sure ``<user>/default`` exists before the session logs to it. A failure (MLflow
-        still starting, say) is logged, not raised: the session can work without MLflow, and
-        its first run then creates the experiment through the proxy, under the same rule."""
+    async def prepare_tracking(self, timeout: float = 60) -> None:
+        """Make sure ``<user>/default`` exists before the session logs to it, trying again with
+        backoff while MLflow does not answer (it starts with the hub) for up to ``timeout``
+        seconds. A failure is logged, not raised: the session can work without MLflow, and its
+        first run then creates the experiment through the proxy, under the same rule."""
         name = self.user.name
         if not (self.mlflow_server_url and self.mlflow_signing_key) or name in self._default_experiments:
             return
+        errors = []
+
+        async def attempt():
+            try:
+                return (
+                    "created"
+                    if await ensure_default_experiment(
+                        self.mlflow_server_url, self.mlflow_signing_key.encode(), name
+                    )
+                    else "exists"
+                )
+            except MlflowSetupError as e:
+                errors.append(e)
+                return None
+
         try:
-            created = await ensure_default_experiment(
-                self.mlflow_server_url, self.mlflow_signing_key.encode(), name
-            )
-        except MlflowSetupError as e:
-            self.log.warning("werkbank: %s's default experiment not checked: %s", name, e)
+            outcome = await exponential_backoff(attempt, "MLflow did not answer", timeout=timeout)
+        except TimeoutError:
+            self.log.warning("werkbank: %s's default experiment not checked: %s", name, errors[-1:])
             return
-        if created:
+        if outcome == "created":
             self.log.info("werkbank: created MLflow experiment %s", default_experiment(name))
         self._default_experiments.add(name)
 
@@ -428,7 +443,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         self.log.info("werkbank: job %s submitted for %s", self.job_id, self.user.name)
         address = await self._wait_until_serving()
         self.log.info("werkbank: job %s serves at %s:%s", self.job_id, address, self.port)
-        await tracking
+        # Usually done long before; if MLflow is still starting, the session need not wait for
+        # it (the check goes on, and the session's first run creates the experiment otherwise).
+        await asyncio.wait({tracking}, timeout=5)
         return address, self.port
 
     def report_port(self, port: int) -> None:

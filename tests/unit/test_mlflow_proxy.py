@@ -1259,3 +1259,14 @@ def test_the_xsrf_script_adds_the_token_to_same_origin_requests_only(tmp_path):
         ["fetch", "https://elsewhere.example/x", None],
         ["xhr", "/services/mlflow/ajax-api/2.0/mlflow/runs/update", "2|abc|def"],
     ]
+
+
+def test_a_refusal_before_the_request_was_read_says_it_closes_the_connection(echo_proxy):
+    """tornado closes the connection after an answer given in prepare(); a proxy in front
+    (configurable-http-proxy) must be told, or it reuses the connection and fails the next
+    request with a 503."""
+    search = f"GET {PREFIX}api/2.0/mlflow/runs/search HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answers = raw_exchange(echo_proxy.port, [search, search])
+    assert len(answers) == 1
+    assert answers[0].startswith(b"401")
+    assert b"Connection: close" in answers[0]
