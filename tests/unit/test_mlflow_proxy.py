@@ -539,7 +539,6 @@ def test_requests_without_valid_credentials_are_refused_and_not_forwarded(echo_p
     # Its body was never read, so the connection closes, and the answer says so: a client (the
     # hub's configurable-http-proxy) must not send the next request on it.
     assert r.headers["Connection"] == "close"
-    assert "Connection" not in httpx.get(echo_proxy.url + "api/2.0/mlflow/experiments/search").headers
     r = httpx.get(echo_proxy.url + "api/2.0/mlflow/experiments/search", headers=auth("forged"))
     assert r.status_code == 401
     r = httpx.get(echo_proxy.url + "api/2.0/mlflow/experiments/search", headers=auth("carol-token"))
