@@ -14,6 +14,7 @@ Both work headless (papermill): widgets without a front end simply hold their st
 from __future__ import annotations
 
 import html
+import math
 import os
 import shutil
 import subprocess
@@ -91,7 +92,9 @@ class TrainingPanel:
         self.step = 0
         self.started = time.monotonic()
         self.renders = 0
-        self._last_render = 0.0
+        # Never rendered: the first value is drawn at once (time.monotonic() may be small, e.g.
+        # shortly after a machine booted, so 0.0 would be 'recently').
+        self._last_render = -math.inf
         self.bar = widgets.IntProgress(value=0, min=0, max=total_steps or 1, description=title)
         self.status = widgets.HTML()
         self.chart = widgets.HTML()
@@ -114,7 +117,7 @@ class TrainingPanel:
         return elapsed / self.step * max(0, self.total_steps - self.step)
 
     def render(self, now: float | None = None) -> None:
-        self._last_render = now or time.monotonic()
+        self._last_render = time.monotonic() if now is None else now
         self.renders += 1
         if self.total_steps:
             self.bar.value = min(self.step, self.total_steps)
