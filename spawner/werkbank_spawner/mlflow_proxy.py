@@ -742,6 +742,8 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
                 and "Authorization" not in self.request.headers
                 and not is_api_path(path, self.proxy.prefix)
             ):
+                # Answered in prepare(), like a refusal: tornado closes the connection (_JsonErrors).
+                self.set_header("Connection", "close")
                 self.redirect(self.get_login_url())
                 return None
             if self.get_cookie(self.hub_auth.cookie_name) and "Authorization" not in self.request.headers:

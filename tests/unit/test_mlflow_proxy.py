@@ -1269,3 +1269,9 @@ def test_a_refusal_before_the_request_was_read_says_it_closes_the_connection(ech
     assert len(answers) == 1
     assert answers[0].startswith(b"401")
     assert b"Connection: close" in answers[0]
+    # The same for a browser sent to log in (a redirect, also answered in prepare()).
+    page = f"GET {PREFIX} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answers = raw_exchange(echo_proxy.port, [page, page])
+    assert len(answers) == 1
+    assert answers[0].startswith(b"302")
+    assert b"Connection: close" in answers[0]
