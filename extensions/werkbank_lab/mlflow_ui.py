@@ -120,6 +120,12 @@ class MlflowProxyHandler(ProxyHandler):
             headers["Authorization"] = self.target.authorization
         return headers
 
+    def proxy_request_options(self):
+        # MLflow's UI deletes registered models, versions and tags with DELETE and a JSON body;
+        # tornado's client refuses a body on DELETE unless told (and then frames it with its
+        # Content-Length).
+        return {**super().proxy_request_options(), "allow_nonstandard_methods": True}
+
     def proxy(self, proxied_path):
         return super().proxy(self.target.host, self.target.port, self.target.prefix + "/" + proxied_path)
 

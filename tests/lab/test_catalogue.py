@@ -387,6 +387,37 @@ def test_mlflow_ui_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop,
     assert entry["new_browser_tab"] is False  # a JupyterLab tab: same origin, so MLflow allows the frame
 
 
+def test_mlflow_deletes_with_a_body_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop):
+    """MLflow's UI deletes registered models, versions and tags with DELETE and a JSON body, which
+    tornado's client refuses to send unless told (a 500 in the session's UI before)."""
+    api = ("werkbank", "mlflow", "ajax-api/2.0/mlflow/registered-models")
+    name = f"deleted-through-the-session-{os.getpid()}"
+    json_type = {"Content-Type": "application/json"}
+    created = fetch(
+        jp_asyncio_loop,
+        jp_fetch,
+        *api,
+        "create",
+        method="POST",
+        body=json.dumps({"name": name}),
+        headers=json_type,
+    )
+    assert created.code == 200, created.body
+    deleted = fetch(
+        jp_asyncio_loop,
+        jp_fetch,
+        *api,
+        "delete",
+        method="DELETE",
+        body=json.dumps({"name": name}),
+        headers=json_type,
+        allow_nonstandard_methods=True,
+    )
+    assert deleted.code == 200, deleted.body
+    gone = fetch(jp_asyncio_loop, jp_fetch, *api, "get", params={"name": name})
+    assert gone.code == 404
+
+
 def test_mlflow_takes_the_pages_own_posts_and_refuses_other_sites(
     mlflow_config, jp_fetch, jp_asyncio_loop, jp_http_port
 ):
