@@ -7,7 +7,11 @@
 # purpose: Slurm jobs run as the users, who must be able to read and execute it.
 # Safe to run again: each step is skipped when already done for the same requirements.
 #
-# Usage: deploy/install.sh [--dev]    (--dev adds the test and lint tools)
+# The hub imports werkbank's packages as root, so by default they are installed into the
+# root-owned environment (not editable): nothing the hub runs comes from a folder another
+# account could write to. --dev installs them editable from this checkout instead.
+#
+# Usage: deploy/install.sh [--dev]    (--dev: editable packages, test and lint tools)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,6 +56,16 @@ if ! command -v configurable-http-proxy >/dev/null 2>&1 \
     npm install -g --no-fund --no-audit "configurable-http-proxy@$CHP_VERSION" >/dev/null
 fi
 
+# ------------------------------------------------------------------ MLflow's service account
+# The hub runs the MLflow server and its proxy as this account, never as root
+# (tracking.mlflow.service_user in the site file; the hub gives it MLflow's folder).
+MLFLOW_ACCOUNT=${WERKBANK_MLFLOW_ACCOUNT:-werkbank-mlflow}
+if ! getent passwd "$MLFLOW_ACCOUNT" >/dev/null; then
+    say "useradd --system $MLFLOW_ACCOUNT"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin "$MLFLOW_ACCOUNT"
+fi
+
 # ------------------------------------------------------------------ python environment
 umask 022
 mkdir -p "$PREFIX"
@@ -75,23 +89,54 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         || { echo "install: the Python environment is incomplete" >&2; exit 1; }
     echo "$want" >"$stamp"
 fi
-# The project's packages are installed editable from *this* checkout; a checkout elsewhere
-# (or a deleted CI clone) must not stay the one that is imported. A changed package definition
-# (entry points, data files such as the server extension's config) also needs a reinstall.
+# The project's packages: editable from this checkout with --dev, otherwise built from it
+# into the environment. Reinstalled when the mode, the checkout or (for an install that is not
+# editable) any file of the package changed; a checkout elsewhere (or a deleted CI clone) must
+# not stay the one that is imported.
 for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
     dir=${pkg%%:*} module=${pkg##*:}
-    where=$("$VENV/bin/python" -c "import $module, os; print(os.path.dirname(os.path.dirname($module.__file__)))" 2>/dev/null || true)
+    where=$(cd / && "$VENV/bin/python" -c "import $module, os; print(os.path.dirname($module.__file__))" 2>/dev/null || true)
     pkg_stamp=$VENV/.werkbank-$dir.sha256
-    defs=("$REPO/$dir/pyproject.toml")
-    if [ -f "$REPO/$dir/setup.py" ]; then defs+=("$REPO/$dir/setup.py"); fi
-    pkg_want=$( (echo "$REPO/$dir"; cat "${defs[@]}") | sha256sum | cut -d' ' -f1)
-    if [ "$where" != "$REPO/$dir" ] || [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
-        say "pip install -e $REPO/$dir"
-        "$VENV/bin/pip" install -q --no-deps -e "$REPO/$dir" 2>&1 \
+    if [ "$DEV" = yes ]; then
+        # Editable: the package definition (entry points, data files such as the server
+        # extension's config) is what a reinstall picks up; the code is read from the checkout.
+        defs=("$REPO/$dir/pyproject.toml")
+        if [ -f "$REPO/$dir/setup.py" ]; then defs+=("$REPO/$dir/setup.py"); fi
+        pkg_want=$( (echo "editable $REPO/$dir"; cat "${defs[@]}") | sha256sum | cut -d' ' -f1)
+        installed_from="$REPO/$dir/"
+        args=(-e "$REPO/$dir")
+    else
+        pkg_want=$( (echo "built $REPO/$dir"; cd "$REPO/$dir" \
+            && find . -type f -not -path '*/build/*' -not -path '*.egg-info/*' \
+                -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum) \
+            | sha256sum | cut -d' ' -f1)
+        installed_from="$VENV/"
+        args=("$REPO/$dir")
+    fi
+    if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ] || [ "${where#"$installed_from"}" = "$where" ]; then
+        say "pip install ${args[*]}"
+        "$VENV/bin/pip" install -q --no-deps --force-reinstall "${args[@]}" 2>&1 \
             | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
-        "$VENV/bin/python" -c "import $module" \
+        # A build leaves build/ and *.egg-info in the checkout; they are not the package.
+        [ "$DEV" = yes ] || rm -rf "$REPO/$dir/build" "$REPO/$dir"/*.egg-info
+        where=$(cd / && "$VENV/bin/python" -c "import $module, os; print(os.path.dirname($module.__file__))") \
             || { echo "install: $module does not import" >&2; exit 1; }
+        if [ "${where#"$installed_from"}" = "$where" ]; then
+            echo "install: $module is imported from $where, not from $installed_from" >&2
+            exit 1
+        fi
         echo "$pkg_want" >"$pkg_stamp"
     fi
 done
+# The lifecycle templates, where an installed (not editable) werkbank-lab finds them
+# (werkbank_lab.catalogue.default_templates_dir): root-owned, like the packages.
+if [ "$DEV" = no ]; then
+    share=$VENV/share/werkbank
+    mkdir -p "$share"
+    rm -rf "$share/notebooks.new"
+    cp -r "$REPO/notebooks" "$share/notebooks.new"
+    find "$share/notebooks.new" -name '.ipynb_checkpoints' -prune -exec rm -rf {} +
+    rm -rf "$share/notebooks"
+    mv "$share/notebooks.new" "$share/notebooks"
+fi
 say "ok ($VENV, configurable-http-proxy $(configurable-http-proxy --version))"

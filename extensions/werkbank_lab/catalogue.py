@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,11 +279,15 @@ class Catalogue:
 
 def default_templates_dir() -> str:
     """``$WERKBANK_TEMPLATES_DIR``, else the checkout's ``notebooks/`` when werkbank-lab is installed editable
-    from a werkbank checkout, else "" (no templates; an installed wheel must be told where they are)."""
+    from a werkbank checkout, else ``<environment>/share/werkbank/notebooks`` where ``deploy/install.sh`` puts
+    them beside an installed package, else "" (no templates)."""
     configured = os.environ.get("WERKBANK_TEMPLATES_DIR", "")
     if configured:
         return configured
-    checkout = Path(__file__).resolve().parents[2] / "notebooks"
-    if (checkout / CATALOGUE_FILE).is_file():
-        return str(checkout)
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "notebooks",
+        Path(sys.prefix) / "share" / "werkbank" / "notebooks",
+    ):
+        if (candidate / CATALOGUE_FILE).is_file():
+            return str(candidate)
     return ""

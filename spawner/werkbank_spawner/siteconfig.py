@@ -25,6 +25,7 @@ import importlib.util
 import ipaddress
 import math
 import os
+import pwd
 import re
 import secrets
 import sys
@@ -447,6 +448,16 @@ SCHEMA = Section(
                             minimum=1,
                             maximum=64,
                         ),
+                        "service_user": Key(
+                            (str,),
+                            "werkbank-mlflow",
+                            "System account the managed MLflow server and the proxy service run as "
+                            "when the hub runs as root; never root, for both parse every user's "
+                            "requests. deploy/install.sh creates it. The hub gives it MLflow's folder "
+                            "(<hub.data_dir>/../mlflow) at every start; stores configured elsewhere "
+                            "(artifacts_destination, a SQLite backend_store_uri) must be writable by "
+                            "it. A hub running as an ordinary account runs both as itself.",
+                        ),
                     },
                 ),
             },
@@ -795,6 +806,8 @@ def _check_tracking(tracking: dict, hub: dict) -> None:
     _check_url(mlflow["url"], "tracking.mlflow.url")
     if not mlflow["host"].strip():
         raise SiteConfigError("tracking.mlflow.host", "must not be empty")
+    if not mlflow["service_user"].strip():
+        raise SiteConfigError("tracking.mlflow.service_user", "must not be empty (MLflow never runs as root)")
     if mlflow["manage"] and mlflow["backend_store_uri"]:
         _check_database_driver(mlflow["backend_store_uri"], "tracking.mlflow.backend_store_uri")
     if mlflow_permissions(mlflow) and mlflow["auth_database_uri"]:
@@ -950,16 +963,16 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
 
     services, roles = [], []
     signing_key = _process_secret("signing") if mlflow_permissions(mlflow) else ""
+    account = mlflow_service_account(mlflow, min_uid=auth["min_uid"])
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         # The hub creates each user's <user>/default (as the user) where MLflow checks who owns what.
         c[spawner].mlflow_server_url = mlflow["url"] + mlflow_service_prefix(hub) if signing_key else ""
         c[spawner].mlflow_signing_key = signing_key
     if mlflow["manage"]:
-        services.append(
-            _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), signing_key=signing_key)
-        )
+        server = _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), signing_key=signing_key)
+        services.append(_as_account(server, account))
     if mlflow["proxy"]:
-        services.append(_mlflow_proxy_service(site, signing_key=signing_key))
+        services.append(_as_account(_mlflow_proxy_service(site, signing_key=signing_key), account))
         # Browsers (the user's own OAuth token for the service) and the tokens of the users'
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
@@ -982,6 +995,46 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
         roles.append({"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]})
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def mlflow_service_account(mlflow: Mapping, *, min_uid: int) -> pwd.struct_passwd | None:
+    """The account the managed MLflow server and the proxy service run as
+    (``tracking.mlflow.service_user``), or None when the hub does not run as root: JupyterHub
+    then cannot switch accounts, and both run as the hub's own (ordinary) account.
+
+    Raises :class:`SiteConfigError` (path ``tracking.mlflow.service_user``) for an account that
+    does not exist, is root, or may start servers (uid >= ``min_uid``): MLflow's data would
+    belong to somebody who can log in."""
+    if not _running_as_root() or not (mlflow["manage"] or mlflow["proxy"]):
+        return None
+    name = mlflow["service_user"]
+    key = "tracking.mlflow.service_user"
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise SiteConfigError(
+            key,
+            f"no account {name!r} on this machine; deploy/install.sh creates it "
+            f"(useradd --system --no-create-home --shell /usr/sbin/nologin {name})",
+        ) from None
+    if account.pw_uid == 0:
+        raise SiteConfigError(key, f"{name!r} is root (uid 0): MLflow and its proxy never run as root")
+    if account.pw_uid >= min_uid:
+        raise SiteConfigError(
+            key,
+            f"{name!r} (uid {account.pw_uid}) is an account that may start servers (uid >= auth.min_uid "
+            f"{min_uid}); use a system account of its own, which owns MLflow's data and nothing else",
+        )
+    return account
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _as_account(service: dict, account: pwd.struct_passwd | None) -> dict:
+    """``service`` run as ``account`` (JupyterHub switches to it when the hub is root)."""
+    return {**service, "user": account.pw_name} if account else service
 
 
 def _port_of(url: str) -> int:
@@ -1016,15 +1069,36 @@ def prepare_state(site: Mapping, *, config_dir: str | os.PathLike) -> None:
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
     mlflow = site["tracking"]["mlflow"]
+    account = mlflow_service_account(mlflow, min_uid=site["auth"]["min_uid"]) if mlflow["manage"] else None
+    if account:
+        _give_folder(_mlflow_dir(_data_dir(site, config_dir)), account)
     if mlflow_permissions(mlflow):  # which implies manage: the hub runs the server
         path = _mlflow_auth_config_path(_data_dir(site, config_dir))
         try:
             # Private: the database URI may hold a password.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                if account:
+                    os.fchown(f.fileno(), account.pw_uid, account.pw_gid)
                 f.write(mlflow_auth_ini(mlflow_auth_database(site, config_dir=config_dir)))
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror}") from None
+
+
+def _give_folder(folder: Path, account: pwd.struct_passwd) -> None:
+    """Make ``account`` the owner of ``folder`` and, if it was not already, of everything in it
+    (a site whose MLflow ran as root before), without following symbolic links."""
+    if folder.lstat().st_uid == account.pw_uid:
+        return
+    try:
+        for parent, dirs, files in os.walk(folder):
+            for name in (*dirs, *files):
+                os.chown(os.path.join(parent, name), account.pw_uid, account.pw_gid, follow_symlinks=False)
+        os.chown(folder, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    except OSError as e:
+        raise SiteConfigError(
+            "hub.data_dir", f"cannot give {folder} to {account.pw_name}: {e.strerror}"
+        ) from None
 
 
 def mlflow_permissions(mlflow: Mapping) -> bool:
@@ -1156,6 +1230,9 @@ def _mlflow_proxy_service(site: Mapping, *, signing_key: str) -> dict:
         "oauth_no_confirm": True,
         "display": True,
         "environment": {KEY_ENV: signing_key} if signing_key else {},
+        # `python -m` puts the working directory first on sys.path: never the hub's (it may be
+        # a folder somebody else can write to).
+        "cwd": "/",
     }
 
 
@@ -1196,6 +1273,8 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, signing_key
             *prefix_args,
             *auth_args,
         ],
+        # uvicorn puts its working directory first on sys.path: MLflow's own folder, not the hub's.
+        "cwd": str(state),
         # MLflow's job runner (GenAI evaluation jobs) starts about a dozen worker processes of
         # ~100 MB each that werkbank does not use yet.
         "environment": {

@@ -10,11 +10,13 @@ A service that does not come up fails the tests with its log; it never skips the
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,8 +282,11 @@ def make_hub(
     if shutil.which("configurable-http-proxy") is None:
         pytest.fail("configurable-http-proxy is not installed (deploy/install.sh installs it)")
     os.chmod(workdir, 0o755)
-    data_dir = workdir / "data"
-    (data_dir / "mlflow").mkdir(parents=True)
+    # The hub runs MLflow as its service account, which must reach MLflow's folder: outside
+    # pytest's tmp folders (private to root), like the folders a site gives the hub.
+    data_dir = Path(tempfile.mkdtemp(prefix="werkbank-hub-data-"))
+    os.chmod(data_dir, 0o755)
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", workdir / "jupyterhub_config.py")
     (workdir / "jupyterhub_config.d").mkdir()
     (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)

@@ -305,3 +305,23 @@ def test_a_card_says_phase_name_and_runtime(tmp_path):
     notebook(tmp_path / "04-fine-tuning" / "fine_tuning.ipynb", "# Fine-tuning\n\nLoRA.")
     catalogue_file(tmp_path, "templates:\n  04-fine-tuning: {runtime_minutes: 20}\n")
     assert template_title(Catalogue(tmp_path).get("04-fine-tuning")) == "04 Fine tuning · about 20 min"
+
+
+def test_templates_are_found_in_the_checkout_or_where_install_sh_puts_them(tmp_path, monkeypatch):
+    from werkbank_lab import catalogue
+
+    monkeypatch.delenv("WERKBANK_TEMPLATES_DIR", raising=False)
+    monkeypatch.setattr(catalogue.sys, "prefix", str(tmp_path / "venv"))
+    if (Path(catalogue.__file__).resolve().parents[2] / "notebooks").is_dir():  # editable install
+        assert catalogue.default_templates_dir() == str(NOTEBOOKS)
+    # An installed package: deploy/install.sh copies the templates into the environment.
+    monkeypatch.setattr(
+        catalogue, "__file__", str(tmp_path / "site-packages" / "werkbank_lab" / "catalogue.py")
+    )
+    assert catalogue.default_templates_dir() == ""
+    installed = tmp_path / "venv" / "share" / "werkbank" / "notebooks"
+    installed.mkdir(parents=True)
+    catalogue_file(installed, "")
+    assert catalogue.default_templates_dir() == str(installed)
+    monkeypatch.setenv("WERKBANK_TEMPLATES_DIR", "/site/templates")
+    assert catalogue.default_templates_dir() == "/site/templates"

@@ -6,6 +6,7 @@ import configparser
 import copy
 import json
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -45,6 +46,30 @@ def with_value(site: dict, path: str, value: object) -> dict:
             node = node[part]
     node[parts[-1]] = value
     return site
+
+
+MLFLOW_ACCOUNT = pwd.struct_passwd(
+    ("werkbank-mlflow", "x", 990, 990, "", "/nonexistent", "/usr/sbin/nologin")
+)
+
+
+@pytest.fixture(autouse=True)
+def accounts(monkeypatch) -> dict[str, pwd.struct_passwd | None]:
+    """As a hub running as root on a machine with MLflow's service account (uid 990), whoever
+    runs the tests; tests add or replace accounts in the returned mapping."""
+    monkeypatch.setattr(siteconfig, "_running_as_root", lambda: True)
+    known = {"werkbank-mlflow": MLFLOW_ACCOUNT}
+    real = pwd.getpwnam
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name not in known:
+            return real(name)
+        if known[name] is None:  # a test removed it
+            raise KeyError(name)
+        return known[name]
+
+    monkeypatch.setattr(siteconfig.pwd, "getpwnam", getpwnam)
+    return known
 
 
 def error_of(site: object) -> SiteConfigError:
@@ -435,6 +460,11 @@ def test_apply_demo_site(tmp_path):
     # Served under the proxy service's path, so that the proxy forwards paths unchanged.
     assert mlflow[mlflow.index("--static-prefix") + 1] == "/services/mlflow"
     assert mlflow[mlflow.index("--app-name") + 1] == "basic-auth"
+    # Both parse every user's requests: they run as MLflow's own account, never as root, and
+    # not from the hub's working directory (first on sys.path for `python -m` and uvicorn).
+    assert services["mlflow-server"]["user"] == services["mlflow"]["user"] == "werkbank-mlflow"
+    assert services["mlflow-server"]["cwd"] == "/var/lib/werkbank/mlflow"
+    assert services["mlflow"]["cwd"] == "/"
     assert services["idle-culler"]["command"] == [
         sys.executable,
         "-m",
@@ -785,6 +815,64 @@ def test_mlflow_without_permission_checks(tmp_path, key, value):
         assert "WERKBANK_MLFLOW_SIGNING_KEY" not in service.get("environment", {})
     siteconfig.prepare_state(site, config_dir="/")
     assert not (tmp_path / "mlflow" / "auth.ini").exists()
+
+
+@pytest.mark.parametrize(
+    ("account", "words"),
+    [
+        (None, "no account 'werkbank-mlflow' on this machine; deploy/install.sh creates it"),
+        (pwd.struct_passwd(("werkbank-mlflow", "x", 0, 0, "", "/root", "/bin/sh")), "is root (uid 0)"),
+        (
+            pwd.struct_passwd(("werkbank-mlflow", "x", 1000, 1000, "", "/home/x", "/bin/sh")),
+            "may start servers",
+        ),
+    ],
+)
+def test_mlflow_never_runs_as_root_or_as_a_user(accounts, account, words):
+    accounts["werkbank-mlflow"] = account
+    with pytest.raises(SiteConfigError, match=r"^tracking\.mlflow\.service_user: ") as info:
+        applied(minimal())
+    assert words in str(info.value)
+    assert error_of(with_value(minimal(), "tracking.mlflow.service_user", " ")).path == (
+        "tracking.mlflow.service_user"
+    )
+
+
+def test_another_service_account(accounts):
+    accounts["mlflow"] = pwd.struct_passwd(("mlflow", "x", 123, 123, "", "/", "/bin/false"))
+    services = applied(with_value(minimal(), "tracking.mlflow.service_user", "mlflow")).JupyterHub.services
+    assert {s["name"]: s.get("user") for s in services} == {
+        "mlflow-server": "mlflow",
+        "mlflow": "mlflow",
+        "idle-culler": None,
+    }
+
+
+def test_a_hub_that_is_not_root_runs_mlflow_as_itself(monkeypatch, accounts, tmp_path):
+    monkeypatch.setattr(siteconfig, "_running_as_root", lambda: False)
+    accounts["werkbank-mlflow"] = None  # not needed: JupyterHub could not switch to it anyway
+    assert not any("user" in s for s in applied(minimal()).JupyterHub.services)
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    siteconfig.prepare_state(site, config_dir="/")
+    assert (tmp_path / "mlflow").stat().st_uid == os.geteuid()
+
+
+def test_prepare_state_gives_mlflows_folder_to_its_account(tmp_path):
+    # A site whose MLflow ran as root before: its stores become the account's, links are
+    # not followed out of the folder.
+    outside = tmp_path / "outside"
+    outside.write_text("")
+    (tmp_path / "mlflow" / "artifacts" / "1").mkdir(parents=True)
+    (tmp_path / "mlflow" / "mlflow.db").write_text("")
+    (tmp_path / "mlflow" / "link").symlink_to(outside)
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    siteconfig.prepare_state(site, config_dir="/")
+    mine = MLFLOW_ACCOUNT.pw_uid
+    for path in ("mlflow", "mlflow/artifacts", "mlflow/artifacts/1", "mlflow/mlflow.db", "mlflow/auth.ini"):
+        assert (tmp_path / path).stat().st_uid == mine, path
+    assert (tmp_path / "mlflow" / "link").lstat().st_uid == mine
+    assert outside.stat().st_uid == os.geteuid()
+    assert (tmp_path / "hub").stat().st_uid == os.geteuid()  # the hub's own state stays the hub's
 
 
 def test_prepare_state_reports_what_it_cannot_create(tmp_path):
