@@ -4,15 +4,19 @@ server that only listens on loopback, both started and restarted by the real Jup
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import time
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from .conftest import MLFLOW_PORT, MLFLOW_PROXY_PORT, SERVICE_TOKEN, Hub, run, wait_for
+from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
 from .test_spawn import login
 
 pytestmark = pytest.mark.integration
@@ -60,6 +64,52 @@ def test_mlflow_and_the_proxy_listen_on_loopback_only(hub):
     for port in (MLFLOW_PORT, MLFLOW_PROXY_PORT):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((address, port), timeout=5).close()
+
+
+def uids(pid: int) -> set[int]:
+    """Real, effective, saved and filesystem uid of a process."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("Uid:"):
+            return {int(uid) for uid in line.split()[1:]}
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def test_mlflow_and_the_proxy_run_as_their_service_account_never_root(hub):
+    hub.wait_for_mlflow()
+    account = pwd.getpwnam("werkbank-mlflow")
+    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
+    (proxy,) = service_pids(f"werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:{MLFLOW_PORT}")
+    # The server and every worker it started (its process group), and the proxy.
+    group = [int(pid) for pid in run("pgrep", "-g", str(server)).stdout.split()]
+    assert len(group) >= 2
+    for pid in [*group, proxy]:
+        assert uids(pid) == {account.pw_uid}, pid
+    # What MLflow keeps is the account's, the permission file readable by it alone.
+    site = yaml.safe_load(Path(hub.env["WERKBANK_SITE_CONFIG"]).read_text())
+    folder = Path(site["hub"]["data_dir"]).parent / "mlflow"
+    assert folder.stat().st_uid == account.pw_uid
+    assert folder.stat().st_mode & 0o777 == 0o700
+    ini = (folder / "auth.ini").stat()
+    assert (ini.st_uid, ini.st_mode & 0o777) == (account.pw_uid, 0o600)
+    assert (folder / "mlflow.db").stat().st_uid == account.pw_uid
+
+
+def test_another_users_data_is_out_of_reach_on_every_path(hub):
+    """Alice's experiment, run, metric, artifact and registered model: bob can neither read nor
+    change them on the jobs' port or through the hub's proxy (his session's path: test_spawn),
+    nobody can without a token, and MLflow itself answers nobody who lacks the proxy's
+    signed assertion, whatever they claim."""
+    hub.wait_for_mlflow()
+    alice = hub.token_for("alice")
+    data = create_own_data(hub.mlflow_job_url, alice, "alice")
+    bob = {"Authorization": f"Bearer {hub.token_for('bob')}"}
+    for base in (hub.mlflow_job_url, hub.mlflow_url):
+        assert_out_of_reach(data, base, bob)
+        assert_out_of_reach(data, base, {}, expected=401)
+    direct = f"http://127.0.0.1:{MLFLOW_PORT}/services/mlflow"
+    claims = {"X_Werkbank_User": "bob", "X_Werkbank_Admin": "1", "Authorization": "Basic Ym9iOmJvYg=="}
+    assert_out_of_reach(data, direct, claims, expected=401)
+    assert_unchanged(data, hub.mlflow_job_url, alice)
 
 
 def test_browser_login_reaches_the_ui_and_same_origin_requests(hub):

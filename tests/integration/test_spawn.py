@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from .conftest import DEPLOY, Hub, job_field, run, squeue, wait_for
+from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
 
 pytestmark = pytest.mark.integration
 
@@ -382,6 +383,10 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     r = httpx.get(f"{ui}/ajax-api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=bob, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["run"]["info"]["user_id"] == "bob"
+    # Through his session, bob reaches only what he may reach anywhere: none of alice's data.
+    alices = create_own_data(uri, hub.token_for("alice"), "alice")
+    assert_out_of_reach(alices, ui, bob)
+    assert_unchanged(alices, uri, hub.token_for("alice"))
     # In a browser, logged in with cookies: the page loads the XSRF script, and a write without
     # JupyterHub's XSRF token (what any page on the hub's origin could send as bob) is refused.
     with closing(login(hub, "bob")) as browser:
