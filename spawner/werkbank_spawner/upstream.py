@@ -203,10 +203,15 @@ class Upstream:
         has_length = any(name.lower() == "content-length" for name, _ in headers)
         if streamed and method not in _CHUNKED_METHODS and not has_length:
             raise ValueError(f"a streamed {method} body needs a Content-Length: it would go out unframed")
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.wait_timeout)
-        except TimeoutError:
-            raise UpstreamError("timeout", f"all connections to {self.netloc} stayed busy") from None
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.wait_timeout)
+            except TimeoutError:
+                raise UpstreamError("timeout", f"all connections to {self.netloc} stayed busy") from None
+        else:
+            # A free slot is taken at once; wait_for would wrap the acquire in a task of its own
+            # (Python 3.11), a few event-loop turns on every request.
+            await self._slots.acquire()
         try:
             await self._exchange(method, target, headers, body, sink)
         finally:

@@ -232,3 +232,26 @@ async def test_a_server_that_does_not_answer_in_time_is_a_timeout():
         await upstream.fetch("GET", "/")
     assert e.value.reason == "timeout"
     server.close()
+
+
+async def test_when_every_connection_is_busy_a_request_waits_then_times_out(server):
+    async def handle(reader, writer):
+        await asyncio.sleep(5)  # holds the only connection
+        writer.close()
+
+    slow = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream = Upstream(
+        f"http://127.0.0.1:{slow.sockets[0].getsockname()[1]}", max_connections=1, wait_timeout=0.3
+    )
+    first = asyncio.ensure_future(upstream.fetch("GET", "/"))
+    await asyncio.sleep(0.1)
+    with pytest.raises(UpstreamError) as e:
+        await upstream.fetch("GET", "/")
+    assert e.value.reason == "timeout"
+    assert "stayed busy" in str(e.value)
+    first.cancel()
+    slow.close()
+    # A slot that frees up is taken by the next request, without waiting.
+    upstream = Upstream(server, max_connections=1, wait_timeout=0.3)
+    answers = await asyncio.gather(*(upstream.fetch("GET", "/echo") for _ in range(3)))
+    assert [a.code for a in answers] == [200, 200, 200]
