@@ -7,6 +7,30 @@ import pytest
 from tests.mlflow_server import MlflowServer
 from tests.postgres import Postgres
 
+#: Figures tests measured on the way, printed at the end of the run (see ``report_figure``).
+_FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def report_figure():
+    """``report_figure(name, text)``: a time or rate a test measured, printed in the run's summary.
+
+    Tests assert behaviour, never speed: on a loaded 2-core machine a timed assertion fails for
+    reasons that are not the code's. Targets live in ``benchmarks/``; this only shows the figures.
+    """
+
+    def record(name: str, text: str) -> None:
+        _FIGURES.append((name, text))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures measured by the tests (reported, not asserted)")
+        for name, text in _FIGURES:
+            terminalreporter.write_line(f"{name}: {text}")
+
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):

