@@ -20,7 +20,7 @@ from pathlib import Path
 
 # Imported here, not lazily through spawner_class: the module replaces batchspawner's
 # port-report API route, and must do so before the hub builds its handler list.
-import werkbank_spawner.spawner  # noqa: F401
+import werkbank_spawner.spawner
 from werkbank_spawner import siteconfig
 
 c = get_config()  # noqa: F821 (provided by JupyterHub's config loader)
@@ -44,3 +44,10 @@ except siteconfig.SiteConfigError as error:
 for extra in sorted((HERE / "jupyterhub_config.d").glob("*.py")):
     namespace = {**globals(), "__file__": str(extra), "__name__": "__config__"}
     exec(compile(extra.read_text(encoding="utf-8"), str(extra), "exec"), namespace)
+
+# batchspawner's own settings (req_*, batch_script, exec_prefix, ...) would do nothing here: an
+# admin following batchspawner's documentation is told so, instead of seeing no effect.
+ignored = werkbank_spawner.spawner.ignored_settings(c)
+if ignored and c.JupyterHub.spawner_class == siteconfig.SPAWNER_CLASSES["slurm"]:
+    print(f"FATAL: {werkbank_spawner.spawner.ignored_settings_message(ignored)}", file=sys.stderr)
+    sys.exit(1)

@@ -26,11 +26,11 @@ import time
 from typing import ClassVar
 
 from batchspawner import SlurmSpawner
-from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.spawner import LocalProcessSpawner, Spawner
 from jupyterhub.utils import exponential_backoff
 from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default, observe, validate
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
@@ -138,11 +138,42 @@ def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> 
         raise web.HTTPError(400, f"Invalid server options: {e}") from None
 
 
+#: batchspawner's configurable traits, which WerkbankSlurmSpawner inherits but never reads: its
+#: script comes from the site's profiles (:mod:`werkbank_spawner.script`), its commands are
+#: argument vectors (``sbatch_cmd``, ...), its queue is :mod:`werkbank_spawner.queue`. Setting one
+#: would do nothing, so :func:`ignored_settings` finds them and the hub refuses to start.
+IGNORED_BATCHSPAWNER_TRAITS = tuple(
+    sorted(set(SlurmSpawner.class_traits(config=True)) - set(Spawner.class_traits(config=True)))
+)
+
+
+def ignored_settings(config: Config) -> list[str]:
+    """The ``c.<Class>.<trait>`` settings in ``config`` that WerkbankSlurmSpawner would ignore:
+    batchspawner's traits (:data:`IGNORED_BATCHSPAWNER_TRAITS`) on any class it inherits from."""
+    found = []
+    for klass in WerkbankSlurmSpawner.mro():
+        section = config.get(klass.__name__)
+        if isinstance(section, dict):
+            found += [f"c.{klass.__name__}.{name}" for name in IGNORED_BATCHSPAWNER_TRAITS if name in section]
+    return found
+
+
+def ignored_settings_message(found: list[str]) -> str:
+    return (
+        f"{', '.join(found)}: batchspawner settings that werkbank's Slurm spawner does not use (it "
+        "builds the job from the site file's profiles and runs Slurm's commands as argument "
+        "vectors); remove them and describe the job in the site file (profiles, limits, "
+        "slurm.job_prologue)"
+    )
+
+
 class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     """Start single-user servers as Slurm jobs chosen from the site's profiles.
 
-    Traits inherited from batchspawner that are *not* used: ``batch_script``, ``exec_prefix``,
-    ``req_*`` and the ``batch_*_cmd`` strings (commands here are argument vectors).
+    Traits inherited from batchspawner that are *not* used (``batch_script``, ``exec_prefix``,
+    ``req_*``, the ``batch_*_cmd`` strings, ``state_*``: :data:`IGNORED_BATCHSPAWNER_TRAITS`) are
+    refused when set, at hub start (``hub_config/jupyterhub_config.py``) and at every
+    :meth:`start`.
     """
 
     policy_config = Dict(
@@ -369,7 +400,7 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             proc.kill()
             await proc.wait()
             raise SlurmCommandError(
-                f"{os.path.basename(argv[0])} did not answer in {timeout:.0f} s"
+                f"{os.path.basename(argv[0])} did not answer in {timeout:g} s"
             ) from None
         if proc.returncode != 0:
             message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
@@ -432,6 +463,8 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
 
     async def start(self):
         """Submit the job and return ``(address, port)`` once the server reports its port."""
+        if found := ignored_settings(self.config):
+            raise web.HTTPError(500, ignored_settings_message(found))
         self.port = 0
         self.last_end_reason = ""
         self._port_reported = asyncio.Event()
@@ -454,10 +487,12 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         low, high = self.port_range
         if not low <= port <= high:
             raise ValueError(f"port {port} is outside the range servers may use ({low}-{high})")
-        self.port = port
         event = getattr(self, "_port_reported", None)
-        if event is not None:
-            event.set()
+        if event is None or event.is_set():
+            # A running server keeps the port its route was made for.
+            raise ValueError("this server is not starting: its port was reported already")
+        self.port = port
+        event.set()
 
     async def _wait_until_serving(self) -> str:
         """Wait for the port report and until the server accepts connections; return the

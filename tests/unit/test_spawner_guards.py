@@ -3,6 +3,7 @@ ports outside the site's range (pure, and the job's port-report snippet run for 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pwd
 import subprocess
@@ -14,9 +15,16 @@ from typing import ClassVar
 
 import pytest
 from tornado import web
+from traitlets.config import Config
 
 from werkbank_spawner.script import PORT_RANGE_ENV, PORT_REPORT
-from werkbank_spawner.spawner import WerkbankLocalSpawner, WerkbankSlurmSpawner, server_account
+from werkbank_spawner.spawner import (
+    IGNORED_BATCHSPAWNER_TRAITS,
+    WerkbankLocalSpawner,
+    WerkbankSlurmSpawner,
+    ignored_settings,
+    server_account,
+)
 
 from .test_policy import SITE
 
@@ -76,14 +84,55 @@ async def test_the_local_spawner_refuses_before_starting_a_process(monkeypatch):
     assert refused.value.status_code == 403
 
 
-def test_reported_ports_must_lie_in_the_range():
+async def test_reported_ports_must_lie_in_the_range_and_come_once_while_starting():
     s = spawner(port_range=(41000, 41010))
+    with pytest.raises(ValueError, match="not starting"):
+        s.report_port(41005)  # no start() under way
+    s._port_reported = asyncio.Event()  # as start() makes it
     for port in (40999, 41011, 5000, 8081):
         with pytest.raises(ValueError, match="outside the range"):
             s.report_port(port)
     assert s.port == 0
     s.report_port(41005)
+    assert s.port == 41005 and s._port_reported.is_set()
+    # A running server keeps the port its route was made for.
+    with pytest.raises(ValueError, match="reported already"):
+        s.report_port(41006)
     assert s.port == 41005
+
+
+def test_batchspawners_unused_settings_are_found_on_every_class_they_could_be_set_on():
+    assert {"batch_script", "exec_prefix", "req_partition", "batch_submit_cmd", "state_pending_re"} <= set(
+        IGNORED_BATCHSPAWNER_TRAITS
+    )
+    # Traits werkbank does use (JupyterHub's Spawner's, its own) are not in the list.
+    assert not {"cmd", "start_timeout", "port", "sbatch_cmd", "poll_interval"} & set(
+        IGNORED_BATCHSPAWNER_TRAITS
+    )
+    c = Config()
+    c.SlurmSpawner.req_partition = "gpu"
+    c.BatchSpawnerBase.exec_prefix = "sudo -E -u {username}"
+    c.WerkbankSlurmSpawner.batch_script = "#!/bin/sh"
+    c.WerkbankSlurmSpawner.start_timeout = 60  # used: not reported
+    c.Spawner.cmd = ["jupyterhub-singleuser"]
+    assert sorted(ignored_settings(c)) == [
+        "c.BatchSpawnerBase.exec_prefix",
+        "c.SlurmSpawner.req_partition",
+        "c.WerkbankSlurmSpawner.batch_script",
+    ]
+    assert ignored_settings(Config()) == []
+
+
+async def test_the_slurm_spawner_refuses_to_start_with_batchspawners_settings(monkeypatch):
+    c = Config()
+    c.SlurmSpawner.req_queue = "gpu"
+    s = WerkbankSlurmSpawner(user=SimpleNamespace(name="alice", groups=[]), policy_config=SITE, config=c)
+    monkeypatch.setattr(s, "_run", lambda *a, **k: pytest.fail("ran a command"))
+    with pytest.raises(web.HTTPError) as refused:
+        await s.start()
+    assert refused.value.status_code == 500
+    assert "c.SlurmSpawner.req_queue" in refused.value.log_message
+    assert "site file" in refused.value.log_message
 
 
 @pytest.mark.parametrize("ports", [(80, 9000), (3000, 2000), (20000, 70000)])
