@@ -1,5 +1,6 @@
 """``werkbank submit``/``jobs``/``cancel`` as a user in a session would run them: real ``sbatch`` jobs
-on the test cluster, running as that user, papermill inside, the MLflow run tagged with the job id."""
+on the test cluster, running as that user, papermill inside, logging through the hub's MLflow
+service with a token of the job's own (as in production), the MLflow run tagged with the job id."""
 
 from __future__ import annotations
 
@@ -20,18 +21,41 @@ from mlflow import MlflowClient
 from werkbank_spawner.policy import policy_from_dict
 from werkbank_spawner.siteconfig import policy_config
 
-from .conftest import REPO, run, squeue, wait_for
+from .conftest import REPO, Hub, job_field, run, squeue, wait_for
+from .test_spawn import job_environ
 
 pytestmark = pytest.mark.integration
 WERKBANK = str(Path(sys.executable).parent / "werkbank")
 SITE = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
 # What the spawner puts in a session of a user in no group.
 POLICY_JSON = json.dumps(policy_from_dict(policy_config(SITE)).view_for(()))
+#: What `werkbank` reads in a session: the policy, the hub's MLflow service as jobs reach it with
+#: the session's token, and the hub API with the server's token (for a job token of its own).
+SESSION_VARIABLES = (
+    "WERKBANK_POLICY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_EXPERIMENT_NAME",
+    "JUPYTERHUB_API_URL",
+    "JUPYTERHUB_API_TOKEN",
+)
 
 
-@pytest.fixture
-def session_env(mlflow_server) -> dict[str, str]:
-    return {"WERKBANK_POLICY": POLICY_JSON, "MLFLOW_TRACKING_URI": mlflow_server.url}
+@pytest.fixture(scope="module")
+def session_env(hub) -> dict[str, str]:
+    """The environment of alice's real session (a server the hub started as a Slurm job)."""
+    assert hub.spawn("alice", {"profile": "cpu"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    env = job_environ(hub.job_id("alice"))
+    assert json.loads(env["WERKBANK_POLICY"]) == json.loads(POLICY_JSON)
+    yield {name: env[name] for name in SESSION_VARIABLES}
+    hub.stop_server("alice")
+
+
+def mlflow_as(hub: Hub, user: str, monkeypatch) -> MlflowClient:
+    """MLflow's client as ``user``, through the hub's MLflow service (what jobs reach)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", hub.token_for(user))
+    return MlflowClient(hub.mlflow_job_url)
 
 
 def as_user(user: str, env: dict[str, str], *argv: str):
@@ -69,7 +93,7 @@ def status_of(user: str, job_id: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(slurm, session_env, mlflow_server):
+def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(hub, session_env, monkeypatch):
     folder = user_folder("alice", "submit-test")
     notebook = put("alice", REPO / "notebooks" / "01-onboarding" / "onboarding.ipynb", folder)
     experiment = f"submit-{uuid.uuid4().hex[:8]}"
@@ -80,7 +104,9 @@ def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(slurm, sessio
     )  # fmt: skip
     job_id = submitted_job_id(result)
     assert "CPU" in result.stdout and f"onboarding-{job_id}.ipynb" in result.stdout
-    assert squeue("--jobs", job_id, "--format=%u|%j").strip() in {"alice|werkbank-batch", ""}
+    # scontrol still knows a job that has ended (for MinJobAge, 300 s): it ran as alice.
+    assert job_field(job_id, "UserId").startswith("alice(")
+    assert job_field(job_id, "JobName") == "werkbank-batch"
 
     status = wait_for(lambda: status_of("alice", job_id), 240, f"job {job_id} to finish")
     log = folder / f"onboarding-{job_id}.log"
@@ -92,8 +118,9 @@ def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(slurm, sessio
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert "matmul_size = 128" in injected.source
 
-    client = MlflowClient(mlflow_server.url)
+    client = mlflow_as(hub, "alice", monkeypatch)
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert mlflow_run.info.user_id == "alice"  # recorded by the hub's gateway
     assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
     assert mlflow_run.data.tags["werkbank.user"] == "alice"
     assert mlflow_run.data.params["cwd"] == str(folder)
@@ -104,7 +131,7 @@ def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(slurm, sessio
     )
 
 
-def test_a_bad_choice_is_refused_before_sbatch(slurm, session_env):
+def test_a_bad_choice_is_refused_before_sbatch(session_env):
     folder = user_folder("alice", "submit-refused")
     notebook = put("alice", REPO / "notebooks" / "01-onboarding" / "onboarding.ipynb", folder)
     # Job ids, all states: an earlier test's job may end meanwhile, but no new one may appear.
@@ -128,7 +155,7 @@ def test_a_bad_choice_is_refused_before_sbatch(slurm, session_env):
     assert sorted(jobs_dir.glob("spec-*.json")) == specs_before
 
 
-def test_cancel_ends_the_job_and_only_its_owner_may(slurm, session_env, tmp_path):
+def test_cancel_ends_the_job_and_only_its_owner_may(session_env, tmp_path):
     nb = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell("seconds: int = 1")
     parameters.metadata["tags"] = ["parameters"]
@@ -143,7 +170,8 @@ def test_cancel_ends_the_job_and_only_its_owner_may(slurm, session_env, tmp_path
     )
     wait_for(lambda: squeue("--jobs", job_id, "--format=%T").strip() == "RUNNING", 60, "the job to run")
 
-    refused = as_user("bob", session_env, WERKBANK, "cancel", job_id)
+    # (bob from his own session: not alice's tokens)
+    refused = as_user("bob", {"WERKBANK_POLICY": POLICY_JSON}, WERKBANK, "cancel", job_id)
     assert refused.returncode == 2 and f"scancel {job_id}" in refused.stderr
     assert squeue("--jobs", job_id, "--format=%T").strip() == "RUNNING"
 
@@ -167,9 +195,7 @@ def ddp_script() -> str:
     return cell.split("\n", 1)[1]
 
 
-def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(
-    slurm, session_env, mlflow_server, tmp_path
-):
+def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(hub, session_env, monkeypatch, tmp_path):
     source = tmp_path / "train_ddp.py"
     source.write_text(ddp_script())
     folder = user_folder("alice", "submit-ddp")
@@ -192,8 +218,9 @@ def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(
     assert status["state"] == "COMPLETED", (status, log.read_text() if log.exists() else "no log")
     assert "test accuracy" in log.read_text()
 
-    client = MlflowClient(mlflow_server.url)
+    client = mlflow_as(hub, "alice", monkeypatch)
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert mlflow_run.info.user_id == "alice"
     assert mlflow_run.data.params["world_size"] == "2"
     assert mlflow_run.data.params["backend"] == "gloo"
     assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
