@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .slurm import SlurmCommandError, run
+
 log = logging.getLogger(__name__)
 
 # Slurm's long state names (squeue %T), sorted into what they mean for a Jupyter server.
@@ -183,27 +185,15 @@ class SlurmQueue:
         self.calls += 1
         now = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise
-        except (OSError, TimeoutError) as e:
-            self._mark_unreachable(ids, now, f"squeue failed: {e!r}")
+            completed = await run(argv, env=self.env, timeout=self.timeout)
+        except SlurmCommandError as e:
+            self._mark_unreachable(ids, now, str(e))
             return
-        stderr = err.decode(errors="replace").strip()
-        if proc.returncode != 0 and _INVALID_JOB not in stderr:
-            self._mark_unreachable(ids, now, stderr or f"squeue exited {proc.returncode}")
+        stderr = completed.stderr.strip()
+        if completed.returncode != 0 and _INVALID_JOB not in stderr:
+            self._mark_unreachable(ids, now, stderr or f"squeue exited {completed.returncode}")
             return
-        seen = parse_squeue(out.decode(errors="replace"), now, self._info)
+        seen = parse_squeue(completed.stdout, now, self._info)
         for job_id in ids:
             if job_id not in self._watched:
                 continue  # unwatched while squeue ran
@@ -230,9 +220,17 @@ class NodeAddresses:
     """Slurm node name → ``NodeAddr`` (what the hub must connect to), from one ``sinfo`` call,
     cached; re-read when an unknown node shows up (at most every ``min_age`` seconds)."""
 
-    def __init__(self, sinfo: list[str], *, env: Mapping[str, str] | None = None, min_age: float = 5.0):
+    def __init__(
+        self,
+        sinfo: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        min_age: float = 5.0,
+        timeout: float = 10.0,
+    ):
         self.sinfo = list(sinfo)
         self.env = dict(env) if env is not None else None
+        self.timeout = timeout
         self.min_age = min_age
         self.calls = 0
         self._addresses: dict[str, str] = {}
@@ -249,21 +247,19 @@ class NodeAddresses:
     async def _read(self) -> None:
         self.calls += 1
         self._read_at = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *self.sinfo,
-            "--noheader",
-            "--Node",
-            "--format=%N|%o",
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
-            log.warning("werkbank: sinfo failed: %s", err.decode(errors="replace").strip())
+        # Bounded: every spawn waits for this lock, and a hung sinfo must not hold them all.
+        try:
+            out = (
+                await run(
+                    [*self.sinfo, "--noheader", "--Node", "--format=%N|%o"],
+                    env=self.env,
+                    timeout=self.timeout,
+                )
+            ).check()
+        except SlurmCommandError as e:
+            log.warning("werkbank: sinfo failed: %s", e)
             return
-        for line in out.decode(errors="replace").splitlines():
+        for line in out.splitlines():
             name, _, addr = line.strip().partition("|")
             if name and addr:
                 self._addresses[name] = addr

@@ -38,10 +38,7 @@ from .mlflow_defaults import MlflowSetupError, default_experiment, ensure_defaul
 from .policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .script import PORT_RANGE, PORT_RANGE_ENV, USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
-
-
-class SlurmCommandError(RuntimeError):
-    """A Slurm command (or sudo in front of it) failed; ``str()`` is for the user."""
+from .slurm import SlurmCommandError, run
 
 
 def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
@@ -385,27 +382,10 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     async def _run(self, argv: list[str], *, stdin: str | None = None, env=None, timeout=60.0) -> str:
         """Run an argument vector (no shell); return stdout or raise SlurmCommandError."""
         self.log.debug("werkbank: running %s", argv)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env=env if env is not None else self._slurm_env(),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        completed = await run(
+            argv, env=env if env is not None else self._slurm_env(), stdin=stdin, timeout=timeout
         )
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), timeout
-            )
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise SlurmCommandError(
-                f"{os.path.basename(argv[0])} did not answer in {timeout:g} s"
-            ) from None
-        if proc.returncode != 0:
-            message = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-            raise SlurmCommandError(message)
-        return out.decode(errors="replace")
+        return completed.check()
 
     def _as_user(self, argv: list[str]) -> list[str]:
         name = self._username()

@@ -8,10 +8,11 @@ fast and deterministically.
 import asyncio
 import stat
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from werkbank_spawner.queue import JobInfo, JobState, SlurmQueue, parse_squeue
+from werkbank_spawner.queue import JobInfo, JobState, NodeAddresses, SlurmQueue, parse_squeue
 from werkbank_spawner.spawner import first_node, progress_message
 
 
@@ -135,3 +136,17 @@ async def test_unreachable_is_not_gone_and_gone_is_remembered(fake_squeue):
     assert queue.get("3").slurm_state == "CANCELLED"
     queue.unwatch("3")
     queue.unwatch("4")
+
+
+async def test_a_hung_sinfo_does_not_hold_up_spawns(tmp_path):
+    """Every spawn asks for its node's address under one lock: sinfo is given up after its
+    timeout, and the node's name stands in for its address."""
+    hung = tmp_path / "sinfo"
+    hung.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 600\n")
+    hung.chmod(0o755)
+    addresses = NodeAddresses([str(hung)], timeout=0.3, min_age=0)
+    both = asyncio.gather(addresses.address("node1"), addresses.address("node2"))
+    assert await asyncio.wait_for(both, 60) == ["node1", "node2"]
+    assert addresses.calls == 2
+    for pid in (tmp_path / "pids").read_text().split():  # each sinfo was killed, not waited for
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from werkbank_spawner.spawner import SlurmCommandError, WerkbankSlurmSpawner
+from werkbank_spawner.slurm import SlurmCommandError
+from werkbank_spawner.spawner import WerkbankSlurmSpawner
 
 from .test_policy import SITE
 
@@ -53,6 +54,8 @@ async def test_a_failing_command_is_an_error_with_its_message(tmp_path):
     silent = command(tmp_path, "scancel", "exit 3\n")
     with pytest.raises(SlurmCommandError, match=r"^exit status 3$"):
         await s._run([silent])
+    with pytest.raises(SlurmCommandError, match=r"^sbatch could not be run: No such file or directory$"):
+        await s._run([str(tmp_path / "missing" / "sbatch")])
 
 
 async def test_the_server_is_kept_while_slurm_is_unreachable_then_dropped_with_the_reason(tmp_path, caplog):
