@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
+import yaml
 from tornado import web
 from traitlets.config import Config
 
@@ -27,6 +28,7 @@ from werkbank_spawner.spawner import (
 )
 
 from .test_policy import SITE
+from .test_siteconfig import HUB_CONFIG, minimal, run_hub_config, with_value, write
 
 
 def account(name: str, uid: int) -> pwd.struct_passwd:
@@ -197,3 +199,20 @@ def test_the_job_gives_up_when_the_range_is_full():
         )
     assert out.returncode != 0
     assert f"no free port in {port}-{port}" in out.stderr
+
+
+def test_the_hub_does_not_start_with_batchspawners_settings(tmp_path):
+    """An admin following batchspawner's documentation in jupyterhub_config.d/ is told at once."""
+    config_dir = tmp_path / "hub_config"
+    (config_dir / "jupyterhub_config.d").mkdir(parents=True)
+    (config_dir / "jupyterhub_config.py").write_text(HUB_CONFIG.read_text())
+    (config_dir / "jupyterhub_config.d" / "50-batchspawner.py").write_text(
+        'c.SlurmSpawner.req_partition = "gpu"\nc.BatchSpawnerBase.batch_script = "#!/bin/sh"\n'
+    )
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    result = run_hub_config(config_dir / "jupyterhub_config.py", write(tmp_path, yaml.safe_dump(site)))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        "FATAL: c.SlurmSpawner.req_partition, c.BatchSpawnerBase.batch_script: batchspawner settings "
+    )
+    assert "site file" in result.stderr
