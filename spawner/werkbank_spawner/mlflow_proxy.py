@@ -394,10 +394,8 @@ def _protected(key: str) -> Rejected:
     return Rejected(403, "PERMISSION_DENIED", f"the tag {key} is set by werkbank and cannot be changed")
 
 
-def _too_large() -> Rejected:
-    return Rejected(
-        413, "REQUEST_LIMIT_EXCEEDED", f"bodies of this request are limited to {REWRITE_LIMIT} bytes"
-    )
+def _too_large(limit: int) -> Rejected:
+    return Rejected(413, "REQUEST_LIMIT_EXCEEDED", f"bodies of this request are limited to {limit} bytes")
 
 
 def is_api_path(path: str, prefix: str) -> bool:
@@ -687,7 +685,8 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         self.caller: Caller | None = None
         self._rule: BodyRule | None = None
         self._buffer: bytearray | None = None  # a body read whole for its rule
-        self._too_large = False
+        self._limit = proxy.max_body_size  # the most body bytes this request may send
+        self._received = 0
         self._queue: asyncio.Queue | None = None  # a body streamed to MLflow as it comes
         self._upstream: asyncio.Future | None = None
         self.body_read = False
@@ -720,9 +719,16 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         # Uploads (POST/PUT/PATCH, large or of unknown length) stream to MLflow, framed as they
         # came; every other body is read whole, so that it goes out with its Content-Length.
         streamed = request.method in STREAMED_METHODS and (chunked or length > SMALL_BODY)
-        if self._rule is not None or (not streamed and (chunked or length)):
-            if length > REWRITE_LIMIT:
-                raise _too_large()
+        buffered = self._rule is not None or (not streamed and (chunked or length))
+        if buffered:
+            self._limit = min(REWRITE_LIMIT, self.proxy.max_body_size)
+        if length > self._limit:
+            raise _too_large(self._limit)  # before MLflow hears of it
+        if chunked:
+            # tornado refuses a chunked body past its limit with a bare 400; data_received counts
+            # instead, and answers as MLflow would.
+            request.connection.set_max_body_size(sys.maxsize)
+        if buffered:
             self._buffer = bytearray()
         elif streamed:
             # Start the upstream request now and feed it the body as it arrives.
@@ -775,12 +781,16 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
     # -- the body
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._buffer is not None:
-            if len(self._buffer) + len(chunk) > REWRITE_LIMIT:
-                self._too_large = True
-                self._buffer = bytearray()
-            if not self._too_large:
-                self._buffer += chunk
+        self._received += len(chunk)
+        if self._received > self._limit and (self._upstream is None or not self._upstream.done()):
+            # A chunked body past its limit: refused now, MLflow's request (an upload on its way)
+            # ended unfinished; tornado closes the connection after the answer, the rest unread.
+            if self._upstream is not None:
+                self._upstream.cancel()
+            self._buffer = None
+            self.send_error(413, exc_info=(Rejected, _too_large(self._limit), None))
+        elif self._buffer is not None:
+            self._buffer += chunk
         elif self._queue is not None:
             await self._feed(chunk)
 
@@ -801,6 +811,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
     def on_connection_close(self):
         if self._upstream is not None and not self._upstream.done():
             self._upstream.cancel()  # the client went away mid-upload
+        super().on_connection_close()  # ends the wait for the body (else the handler is never freed)
 
     # -- forwarding
 
@@ -836,8 +847,6 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
         self.body_read = True
         if self._finished:
             return
-        if self._too_large:
-            raise _too_large()
         if self._rule is not None:
             body = bytes(self._buffer)
             rewrite = rewrite_body(self._rule, body, self.caller, projects=self.proxy.permissions)

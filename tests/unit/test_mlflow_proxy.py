@@ -13,11 +13,15 @@ import asyncio
 import hashlib
 import json
 import os
+import re
+import secrets
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
+from email.message import Message
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -367,22 +371,31 @@ class StubHub(web.RequestHandler):
         self.finish(USERS[token])
 
 
+#: The echo returns bodies up to this size as they came (the rewritten JSON of runs/create).
+ECHO_BODY = 64 * 1024
+
+
 @web.stream_request_body
 class Echo(web.RequestHandler):
-    """An upstream that answers what it received: method, path, headers, body length and hash."""
+    """An upstream that answers what it received: method, path, headers, body length and hash,
+    and a small body itself. Records the path of every request whose headers arrived
+    (``requests``) and of every request it answered, its body read to the end (``answered``)."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")
 
     def prepare(self):
         self.request.connection.set_max_body_size(10 * 1024**3)
-        self.length, self.hash = 0, hashlib.sha256()
+        self.length, self.hash, self.body = 0, hashlib.sha256(), bytearray()
         self.application.settings["requests"].append(self.request.path)
 
     def data_received(self, chunk):
         self.length += len(chunk)
         self.hash.update(chunk)
+        if self.length <= ECHO_BODY:
+            self.body += chunk
 
     def _answer(self, *args):
+        self.application.settings["answered"].append(self.request.path)
         self.set_header("Access-Control-Allow-Origin", "*")
         self.finish(
             {
@@ -392,6 +405,7 @@ class Echo(web.RequestHandler):
                 "headers": [[k, v] for k, v in self.request.headers.get_all()],
                 "length": self.length,
                 "sha256": self.hash.hexdigest(),
+                "body": self.body.decode(errors="replace") if self.length <= ECHO_BODY else None,
             }
         )
 
@@ -405,6 +419,7 @@ class Background:
         self.hub_port, self.echo_port = free_port(), free_port()
         self.tokens_seen: list[str] = []
         self.echo_requests: list[str] = []
+        self.echo_answered: list[str] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
         self._thread.start()
@@ -414,7 +429,7 @@ class Background:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         hub = web.Application([(r"/hub/api/user", StubHub)], seen=self.tokens_seen)
-        echo = web.Application([(r"/.*", Echo)], requests=self.echo_requests)
+        echo = web.Application([(r"/.*", Echo)], requests=self.echo_requests, answered=self.echo_answered)
         servers = [hub.listen(self.hub_port, "127.0.0.1"), echo.listen(self.echo_port, "127.0.0.1")]
         self._ready.set()
         await self._stop.wait()
@@ -429,7 +444,15 @@ class Background:
 class ProxyProcess:
     """``python -m werkbank_spawner.mlflow_proxy`` with the environment the hub gives a service."""
 
-    def __init__(self, upstream: str, hub_port: int, log_path: Path, *, permissions: bool = False):
+    def __init__(
+        self,
+        upstream: str,
+        hub_port: int,
+        log_path: Path,
+        *,
+        permissions: bool = False,
+        max_body_size: int | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{PREFIX}"
         self.log_path = log_path
@@ -448,6 +471,8 @@ class ProxyProcess:
         env["WERKBANK_MLFLOW_SIGNING_KEY"] = SIGNING_KEY  # the echo shows what the proxy signs
         if permissions:
             argv.append("--permissions")
+        if max_body_size is not None:
+            argv += ["--max-body-size", str(max_body_size)]
         with open(log_path, "a") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -593,16 +618,214 @@ def test_what_mlflow_receives(echo_proxy, background, scheme):
     assert background.tokens_seen[-1] != SERVICE_TOKEN  # the hub was asked about alice's token
 
 
-def test_runs_are_created_for_the_authenticated_user_whatever_the_client_claims(echo_proxy):
+@pytest.fixture
+def fresh_token(monkeypatch):
+    """``fresh_token(name)``: a new token of a new hub user ``name``. The proxy has never seen it, so
+    what it says of the token comes from the hub now, not from its cache of earlier answers (a
+    minute long; the tokens in ``USERS`` are shared by every test of the module)."""
+
+    def make(name: str) -> str:
+        token = f"fresh-{secrets.token_hex(8)}"
+        model = {"name": name, "kind": "user", "admin": False, "groups": [], "scopes": SCOPES}
+        monkeypatch.setitem(USERS, token, model)
+        return token
+
+    return make
+
+
+ALICE_TAG = {"key": "mlflow.user", "value": "alice"}
+#: What clients send to runs/create, claiming someone else (alice) as the run's user or not.
+RUN_CLAIMS = {
+    "nothing": json.dumps({"experiment_id": "0", "start_time": 1}),
+    "user_id": json.dumps({"experiment_id": "0", "user_id": "alice", "run_name": "r"}),
+    "tag": json.dumps({"experiment_id": "0", "tags": [ALICE_TAG]}),
+    "both": json.dumps(
+        {
+            "experiment_id": "0",
+            "user_id": "alice",
+            "tags": [
+                {"key": "mlflow.source.name", "value": "x.py"},
+                ALICE_TAG,
+                {"key": "note", "value": "mlflow.user"},
+            ],
+        }
+    ),
+    "tag twice": json.dumps(
+        {"experiment_id": "0", "tags": [ALICE_TAG, {"key": "mlflow.user", "value": "erin"}]}
+    ),
+    # The key as JSON may spell it, which the proxy's rule reads as MLflow does.
+    "escaped tag key": '{"experiment_id": "0", "user_id": "alice", '
+    '"tags": [{"key": "mlflow\\u002euser", "value": "alice"}]}',
+    "empty and null": json.dumps({"experiment_id": "0", "user_id": "", "tags": None}),
+}
+
+
+@pytest.mark.parametrize("claims", RUN_CLAIMS)
+@pytest.mark.parametrize(
+    "path",
+    [
+        "api/2.0/mlflow/runs/create",
+        "ajax-api/2.0/mlflow/runs/create",  # the UI's
+        "api/2.0/mlflow/runs/create-promptlab-run",
+    ],
+)
+def test_runs_are_created_for_the_authenticated_user_whatever_the_client_claims(
+    echo_proxy, background, fresh_token, path, claims
+):
+    """MLflow receives ``user_id`` and the tag ``mlflow.user`` (once) equal to the user the hub
+    says the token is, whatever the body claimed; the rest of the body as sent."""
+    user = f"user-{secrets.token_hex(4)}"
+    token = fresh_token(user)
     r = httpx.post(
-        echo_proxy.url + "api/2.0/mlflow/runs/create",
-        headers=auth("bob-token"),
-        json={"experiment_id": "0", "user_id": "alice", "tags": [{"key": "mlflow.user", "value": "alice"}]},
+        echo_proxy.url + path,
+        headers={**auth(token), "Content-Type": "application/json"},
+        content=RUN_CLAIMS[claims],
     )
     assert r.status_code == 200, r.text
+    assert token in background.tokens_seen  # the hub was asked: no earlier answer was reused
     seen = r.json()
+    assert seen["path"] == PREFIX + path
     names = {k.lower(): v for k, v in seen["headers"]}
-    assert int(names["content-length"]) == seen["length"]
+    assert int(names["content-length"]) == seen["length"] == len(seen["body"].encode())
+    assert mlflow_auth.verify(
+        SIGNING_KEY.encode(), names["x-werkbank-assertion"], "POST", seen["path"], ""
+    ) == Identity(user, False, ())
+    received = json.loads(seen["body"])
+    assert received["user_id"] == user
+    tags = received["tags"]
+    assert [tag["value"] for tag in tags if tag["key"] == "mlflow.user"] == [user]
+    sent = json.loads(RUN_CLAIMS[claims])
+    others = [tag for tag in sent.get("tags") or [] if tag["key"] != "mlflow.user"]
+    assert sorted(map(json.dumps, (tag for tag in tags if tag["key"] != "mlflow.user"))) == sorted(
+        map(json.dumps, others)
+    )
+    rest = {key: value for key, value in sent.items() if key not in ("user_id", "tags")}
+    assert {key: value for key, value in received.items() if key not in ("user_id", "tags")} == rest
+
+
+SMALL_MAX_BODY = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def small_proxy(background, tmp_path_factory):
+    """The proxy in front of the echo, with ``--max-body-size`` 1 MiB."""
+    proxy = ProxyProcess(
+        f"http://127.0.0.1:{background.echo_port}",
+        background.hub_port,
+        tmp_path_factory.mktemp("p") / "log",
+        max_body_size=SMALL_MAX_BODY,
+    )
+    yield proxy
+    proxy.stop()
+
+
+def pieces(total: int, size: int = 256 * 1024):
+    """``total`` bytes of body, in pieces of ``size``."""
+    for start in range(0, total, size):
+        yield b"a" * min(size, total - start)
+
+
+def refused_exchange(port: int, head: bytes, body: Iterable[bytes]) -> tuple[int, Message, bytes]:
+    """Send a request's head and as much of ``body`` as the server takes (it may answer and close
+    before the end); the answer's status, headers and body."""
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for data in body:
+                sock.sendall(data)
+        except OSError:
+            pass  # answered and closed: the answer is waiting to be read
+        response = http.client.HTTPResponse(sock, method=head.split(b" ", 1)[0].decode())
+        response.begin()
+        return response.status, response.headers, response.read()
+
+
+UPLOAD = "api/2.0/mlflow-artifacts/artifacts/0/run/artifacts/big.bin"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("proxy", "method", "path", "limit"),
+    [
+        # A rule's body, read whole to be checked: REWRITE_LIMIT (the default max body size is larger),
+        ("echo_proxy", "POST", "api/2.0/mlflow/runs/log-batch", mlflow_proxy.REWRITE_LIMIT),
+        # ... or the max body size where that is smaller.
+        ("small_proxy", "POST", "api/2.0/mlflow/runs/log-batch", SMALL_MAX_BODY),
+        # An upload, streamed to MLflow: --max-body-size.
+        ("small_proxy", "PUT", UPLOAD, SMALL_MAX_BODY),
+    ],
+    ids=["log-batch", "log-batch-small-max", "upload"],
+)
+def test_bodies_past_the_limit_are_refused_with_413(request, background, proxy, method, path, limit, framing):
+    """A body of the limit's size goes through; one byte more is answered 413 with MLflow's JSON
+    error, and MLflow gets no request of it: none at all when the proxy reads the body first or
+    knows its length (Content-Length), none that completes for a chunked upload on its way."""
+    proxy = request.getfixturevalue(proxy)
+    url = proxy.url + path
+    ok = httpx.request(
+        method,
+        url,
+        headers=auth("alice-token"),
+        content=b"a" * limit if framing == "content-length" else pieces(limit),
+        timeout=60,
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["length"] == limit  # all of it reached MLflow
+
+    requests_before, answered_before = len(background.echo_requests), len(background.echo_answered)
+    head = f"{method} {PREFIX}{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice-token\r\n"
+    if framing == "content-length":
+        # Refused on the head alone, before any of the body is sent.
+        head += f"Content-Length: {limit + 1}\r\n\r\n"
+        body = []
+    else:
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+        body = [b"%x\r\n%s\r\n" % (len(data), data) for data in pieces(limit + 1)] + [b"0\r\n\r\n"]
+    status, headers, content = refused_exchange(proxy.port, head.encode(), body)
+    assert status == 413, (status, content)
+    assert headers["Content-Type"] == "application/json"
+    error = json.loads(content)
+    assert error["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert set(error) == {"error_code", "message"} and str(limit) in error["message"]
+    assert headers["Connection"] == "close"  # the rest of the body is not read
+    time.sleep(0.3)  # time for anything forwarded after all to arrive
+    assert background.echo_answered[answered_before:] == []
+    if not (framing == "chunked" and path == UPLOAD):
+        assert background.echo_requests[requests_before:] == []
+    # The proxy serves on.
+    after = httpx.post(proxy.url + "api/2.0/mlflow/runs/search", headers=auth("alice-token"), json={})
+    assert after.status_code == 200
+
+
+def test_uploads_refused_or_abandoned_midway_leave_no_request_behind(background, tmp_path):
+    """A chunked upload refused past the limit, and one whose client goes away, end their requests in
+    the proxy: tornado's wait for the rest of the body ends when the connection closes. An abandoned
+    request still waiting (a handler never freed) is logged as a 500 when the proxy stops."""
+    proxy = ProxyProcess(
+        f"http://127.0.0.1:{background.echo_port}",
+        background.hub_port,
+        tmp_path / "log",
+        max_body_size=SMALL_MAX_BODY,
+    )
+    head = (
+        f"PUT {PREFIX}{UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice-token\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    try:
+        body = [b"%x\r\n%s\r\n" % (len(data), data) for data in pieces(SMALL_MAX_BODY + 1)]
+        status, _, content = refused_exchange(proxy.port, head, body)
+        assert status == 413, content
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(head + body[0])  # on its way to MLflow, then the client is gone
+            time.sleep(0.3)
+        time.sleep(0.3)
+    finally:
+        proxy.stop()
+    log = proxy.log()
+    assert f"413 PUT {PREFIX}{UPLOAD} (alice" in log, log
+    assert not re.findall(r"mlflow_proxy\] 5\d\d .*", log), log
 
 
 def test_large_bodies_stream_through_without_being_held(echo_proxy):
