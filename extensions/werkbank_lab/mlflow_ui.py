@@ -10,7 +10,8 @@ Two ways, chosen once at start (``mlflow_route``):
   ``https://`` tracking URI that browsers reach directly): ``/werkbank/mlflow/`` redirects there.
 
 Headers on the proxied request: ``Host`` becomes the tracking server's (MLflow refuses unknown hosts, a DNS
-rebinding guard); the user's Jupyter cookies and token are not passed on; the session's MLflow credentials
+rebinding guard); the user's Jupyter cookies and token are not passed on (nor a ``?token=`` in the URL, which
+Jupyter accepts too); the session's MLflow credentials
 (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) are added. MLflow refuses
 state-changing cross-origin requests by their ``Origin``; a request from the page's own origin (as
 jupyter_server's ``check_origin`` judges it) is rewritten to the tracking server's origin, any other keeps its
@@ -27,7 +28,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import ProxyHandler
@@ -119,6 +120,16 @@ class MlflowProxyHandler(ProxyHandler):
         if self.target.authorization:
             headers["Authorization"] = self.target.authorization
         return headers
+
+    def get_client_uri(self, protocol, host, port, proxied_path):
+        """The tracking server's URI, less a Jupyter ``token`` in the query: a ``?token=`` logs the user in
+        here, and MLflow must not get it (nor write it to its access log)."""
+        uri = super().get_client_uri(protocol, host, port, proxied_path)
+        query = self.request.query
+        if not query:
+            return uri
+        kept = [part for part in query.split("&") if part and unquote_plus(part.partition("=")[0]) != "token"]
+        return uri.removesuffix("?" + query) + ("?" + "&".join(kept) if kept else "")
 
     def proxy_request_options(self):
         # MLflow's UI deletes registered models, versions and tags with DELETE and a JSON body;

@@ -27,7 +27,9 @@ import pytest
 from pytest_jupyter.jupyter_core import *  # noqa: F403
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from pytest_jupyter.pytest_tornasync import *  # noqa: F403
-from tornado.httpclient import HTTPClientError
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpserver import HTTPServer
 from traitlets.config import Config
 
 from tests.mlflow_server import free_port
@@ -440,6 +442,117 @@ def test_mlflow_takes_the_pages_own_posts_and_refuses_other_sites(
     other = {**logged_in, **json_type, "Origin": "https://evil.example", "X-XSRFToken": xsrf}
     refused = fetch(jp_asyncio_loop, jp_fetch, *search, headers=other, **request)
     assert refused.code in (403, 404)
+
+
+class HeaderEcho(web.RequestHandler):
+    """A tracking server that answers what it received: method, path, query and headers."""
+
+    SUPPORTED_METHODS = ("GET", "POST", "DELETE", "PUT", "PATCH")
+
+    def _answer(self, *args):
+        self.finish(
+            {
+                "method": self.request.method,
+                "path": self.request.path,
+                "query": self.request.query,
+                "headers": [[name, value] for name, value in self.request.headers.get_all()],
+            }
+        )
+
+    get = post = delete = put = patch = _answer
+
+
+SESSION_TOKEN = "session-mlflow-token"
+
+
+@pytest.fixture
+def echo_tracking_server(request, jp_asyncio_loop, werkbank_config, monkeypatch):
+    """:class:`HeaderEcho` on loopback as the session's tracking server (under a path, as the hub's
+    service is), and ``MLFLOW_TRACKING_TOKEN`` set as the spawner sets it (the parameter; "": unset),
+    before the server starts (the extension reads both once, when it loads). Yields the echo's port."""
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    if request.param:
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", request.param)
+    port = free_port()
+    server = HTTPServer(web.Application([(r"/.*", HeaderEcho)]))
+    server.listen(port, "127.0.0.1")
+    werkbank_config["mlflow_tracking_uri"] = f"http://127.0.0.1:{port}/services/mlflow"
+    yield port
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    "echo_tracking_server", [SESSION_TOKEN, ""], indirect=True, ids=["token", "no-token"]
+)
+def test_the_session_proxy_sends_mlflow_its_token_not_the_users_jupyter_credentials(
+    echo_tracking_server, jp_fetch, jp_asyncio_loop, jp_auth_header, jp_http_port, jp_base_url
+):
+    """MLflow gets the session's ``MLFLOW_TRACKING_TOKEN`` as a bearer token (no Authorization at all
+    without one), and none of the Jupyter credentials the browser or client sent: not the token (in the
+    Authorization header, or in the URL, as Jupyter takes it too), not a cookie (the login cookie, the
+    XSRF cookie, the hub's)."""
+    session_token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    jupyter_token = jp_auth_header["Authorization"].partition(" ")[2]
+    assert jupyter_token and jupyter_token != SESSION_TOKEN
+    logged_in = browser(jp_asyncio_loop, jp_fetch)  # the server's own login cookie (username-...)
+    login_cookie = logged_in["Cookie"]
+    xsrf = "2|a1b2c3d4|0123456789abcdef0123456789abcdef|1700000000"
+    hub_cookies = "jupyterhub-session-id=hub-session; jupyterhub-user-a%40b=hub-user"
+    cookies = f"{login_cookie}; _xsrf={xsrf}; {hub_cookies}"
+    api = ("werkbank", "mlflow", "api/2.0/mlflow/experiments/search")
+    requests = {
+        # A client with the Jupyter token (jp_fetch's Authorization: token ...) and a browser's cookies.
+        "token": fetch(
+            jp_asyncio_loop, jp_fetch, *api, params={"max_results": "5"}, headers={"Cookie": cookies}
+        ),
+        # A browser: the login cookie, the XSRF token as its script sends it, no Authorization.
+        "cookie": fetch(
+            jp_asyncio_loop,
+            jp_fetch,
+            *api,
+            method="POST",
+            body=json.dumps({"max_results": 5}),
+            headers={**logged_in, "Cookie": cookies, "X-XSRFToken": xsrf, "Content-Type": "application/json"},
+        ),
+        # A link with the token in the URL, which logs the user in.
+        "url": fetch(
+            jp_asyncio_loop,
+            jp_fetch,
+            *api,
+            params={"max_results": "5", "token": jupyter_token, "page_token": "p"},
+            headers={"Authorization": ""},
+        ),
+        # The same, its name spelled with an escape (Jupyter decodes it).
+        "escaped url": jp_asyncio_loop.run_until_complete(
+            AsyncHTTPClient().fetch(
+                f"http://127.0.0.1:{jp_http_port}{jp_base_url}werkbank/mlflow/api/2.0/mlflow/experiments/search"
+                f"?%74oken={jupyter_token}&max_results=5",
+                raise_error=False,
+            )
+        ),
+    }
+    secrets = [jupyter_token, login_cookie.partition("=")[2], "hub-session", "hub-user"]
+    for how, response in requests.items():
+        assert response.code == 200, (how, response.body)
+        seen = body(response)
+        # It reached the echo, under the tracking URI's path.
+        assert seen["path"] == "/services/mlflow/api/2.0/mlflow/experiments/search", how
+        received = {}
+        for name, value in seen["headers"]:
+            received.setdefault(name.lower(), []).append(value)
+        assert "cookie" not in received, (how, received)
+        if session_token:
+            assert received["authorization"] == [f"Bearer {session_token}"], how
+        else:
+            assert "authorization" not in received, (how, received)
+        for secret in secrets:
+            assert secret not in seen["query"], (how, secret)
+            assert not [v for values in received.values() for v in values if secret in v], (how, secret)
+        assert received["host"] == [f"127.0.0.1:{echo_tracking_server}"], how
+    assert body(requests["token"])["query"] == "max_results=5"
+    assert body(requests["url"])["query"] == "max_results=5&page_token=p"  # the rest of the query, as it came
+    assert body(requests["escaped url"])["query"] == "max_results=5"
 
 
 @pytest.mark.parametrize("werkbank_config", [{"mlflow_ui_url": "/services/mlflow/"}])
