@@ -2,9 +2,10 @@
 
 import re
 import shlex
+from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from werkbank_spawner.policy import JobRequest, PolicyError, policy_from_dict
@@ -141,26 +142,81 @@ SAFE_LINE = re.compile(r"#SBATCH --[a-z-]+=[A-Za-z0-9_.:/%=,+@-]+\Z")
 POLICY = policy_from_dict(SITE)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(KEYS, HOSTILE, max_size=5))
-def test_no_hostile_input_reaches_the_script(options):
-    try:
-        request = POLICY.validate(options)
-    except PolicyError:
-        return  # rejected with a message: fine
-    script = render_script(request, CTX, CMD)
-    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert all(SAFE_LINE.match(line) for line in header), header
-    d = directives(script)
-    # Whatever was accepted stays inside the default limits and allow-lists.
-    assert d["partition"] in ("cpu", "gpu")
-    assert d.get("account", "demo") == "demo"
-    assert int(d.get("gres", "gpu:0").split(":")[1]) <= 2
-    assert 1 <= int(d["cpus-per-task"]) <= 16
-    assert int(d["mem"].rstrip("M")) <= 64 * 1024
-    # Only the lines we render: header, fixed preamble and the one command line.
-    assert script.count("\n#SBATCH") == len(header)
-    assert "\n" not in script.rstrip("\n").splitlines()[-1]
+def padded(values):
+    """``values``, as given or as strings with the spaces a form adds."""
+    return st.one_of(
+        st.sampled_from(values),
+        st.builds(
+            lambda v, left, right: f"{left}{v}{right}",
+            st.sampled_from(values),
+            *[st.sampled_from(["", " ", "\t"])] * 2,
+        ),
+    )
+
+
+#: Values each option may take for a user without groups (SITE's default limits): every
+#: combination of them is accepted.
+VALID = {
+    "profile": st.sampled_from(["cpu", "gpu1", "fullnode", None, ""]),
+    "gpus": padded([0, 1, 2, "0", "2"]),
+    "cpus": padded([1, 4, 16, "1", "16"]),
+    "memory": padded(["512M", "2G", "16G", "64G", "65536", 1024, "2GB", "1gib"]),
+    "walltime": padded(["04:00:00", "8h", "90m", "1:30", "480", 60, "00:00:01"]),
+    "partition": st.sampled_from(["cpu", "gpu"]),  # names are not stripped: " cpu" is refused
+    "account": st.sampled_from(["demo", "", None]),
+}
+#: Near-valid options: valid values for some keys, and a hostile value for at most one key
+#: (a dictionary of hostile values only is nearly always refused at its first key).
+MIXED = st.builds(
+    lambda valid, hostile: {**valid, **hostile},
+    st.fixed_dictionaries({}, optional=VALID),
+    st.dictionaries(st.sampled_from(list(VALID)), HOSTILE, max_size=1),
+)
+OPTIONS = st.one_of(MIXED, st.dictionaries(KEYS, HOSTILE, max_size=5))
+
+
+def test_no_hostile_input_reaches_the_script():
+    # How many examples reached which end; checked after the run, so that a strategy that
+    # degenerates (everything refused before the asserts on the script) fails the test.
+    seen = Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(OPTIONS)
+    def check(options):
+        seen["examples"] += 1
+        try:
+            request = POLICY.validate(options)
+        except PolicyError as e:
+            event(f"refused: {e.field}")
+            seen["refused"] += 1
+            return  # rejected with a message: fine
+        set_values = {k: v for k, v in options.items() if v not in ("", None)}
+        event(f"accepted with {len(set_values)} value(s) set")
+        seen["accepted"] += 1
+        seen["accepted with a custom value"] += bool(set(set_values) - {"profile"})
+        script = render_script(request, CTX, CMD)
+        header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+        assert all(SAFE_LINE.match(line) for line in header), header
+        d = directives(script)
+        # Whatever was accepted stays inside the default limits and allow-lists.
+        assert d["partition"] in ("cpu", "gpu")
+        assert d.get("account", "demo") == "demo"
+        assert int(d.get("gres", "gpu:0").split(":")[1]) <= 2
+        assert 1 <= int(d["cpus-per-task"]) <= 16
+        assert int(d["mem"].rstrip("M")) <= 64 * 1024
+        # Only the lines we render: header, fixed preamble and the one command line.
+        assert script.count("\n#SBATCH") == len(header)
+        assert "\n" not in script.rstrip("\n").splitlines()[-1]
+
+    check()
+    print(dict(seen))
+    # Both ends are exercised in earnest: a fifth or more of the examples reach the asserts on
+    # the rendered script (about a third do), most of them with custom values; a quarter or more
+    # are refused. (Hostile dictionaries alone: about 1 in 25 accepted, none with a custom value.)
+    assert seen["examples"] >= 100, seen
+    assert seen["accepted"] >= seen["examples"] / 5, seen
+    assert seen["accepted with a custom value"] >= seen["accepted"] / 2, seen
+    assert seen["refused"] >= seen["examples"] / 4, seen
 
 
 def test_rendered_script_is_valid_bash_and_python(tmp_path):

@@ -276,7 +276,13 @@ def test_profile_partition_allowed_by_a_group_only_is_fine():
     site = minimal()
     site["profiles"].append({"name": "gpu", "partition": "gpu", "groups": ["gpu-users"]})
     site["limits"]["groups"] = {"gpu-users": {"partitions": ["cpu", "gpu"], "gpus": 1}}
-    validate(site)
+    valid = validate(site)
+    assert [(p["name"], p["partition"]) for p in valid["profiles"]] == [("cpu", "cpu"), ("gpu", "gpu")]
+    # Usable by the group it is offered to, which may use the partition; offered to nobody else.
+    policy = policy_from_dict(siteconfig.policy_config(valid))
+    request = policy.validate({"profile": "gpu"}, ["gpu-users"])
+    assert (request.profile, request.partition, request.gpus) == ("gpu", "gpu", 0)
+    assert [p.name for p in policy.profiles_for([])] == ["cpu"]
 
 
 def test_a_group_with_no_keys_inherits_everything():
@@ -310,7 +316,12 @@ def test_shared_password_is_allowed_on_loopback(bind_url):
 
 
 def test_shared_password_on_ipv6_loopback():
-    validate(shared("http://[::1]:8000"))
+    site = validate(shared("http://[::1]:8000"))
+    assert (site["auth"]["type"], site["hub"]["bind_url"]) == ("shared-password", "http://[::1]:8000")
+    # Whereas IPv6's every-interface address is refused like 0.0.0.0.
+    error = error_of(shared("http://[::]:8000"))
+    assert error.path == "auth.type"
+    assert "listens on ::, which is not a loopback address" in error.message
 
 
 @pytest.mark.parametrize("hub_bind_url", ["http://0.0.0.0:8081", "http://10.0.0.5:8081", "http://:8081"])
