@@ -246,3 +246,106 @@ def test_a_job_gets_a_token_of_its_own_for_mlflow(notebook, policy):
     }
     with pytest.raises(batch.SubmitError, match="no hub API token"):
         batch.job_environment(sub, {"MLFLOW_TRACKING_TOKEN": "t"})
+
+
+# --- the job itself (runjob): how a failing notebook or script ends -----------------------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A home of the test's own: ``~/.werkbank/jobs`` (spec, record and status files) goes there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def submitted(sub: batch.Submission, tmp_path: Path, job_id: str) -> Path:
+    """``werkbank submit`` with a stand-in ``sbatch`` that answers ``job_id``; the spec file's path."""
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\ncat > {tmp_path}/job-script\necho {job_id}\n")
+    sbatch.chmod(0o755)
+    assert batch.submit(sub, sbatch=(str(sbatch),), environ={"PATH": os.environ["PATH"]}) == job_id
+    [spec] = batch.jobs_dir().glob("spec-*.json")
+    return spec
+
+
+def run_job(spec: Path, job_id: str, cwd: Path) -> subprocess.CompletedProcess:
+    """What the job script runs on the node, with the environment Slurm gives it."""
+    env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "node1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "werkbank_lab.runjob", str(spec)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def status_of(job_id: str) -> dict:
+    return json.loads((batch.jobs_dir() / f"{job_id}.status.json").read_text())
+
+
+def test_a_notebook_that_raises_ends_failed_with_its_cell_and_exception(notebook, policy, home, tmp_path):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell('raise ValueError(f"diverged after {epochs} epochs")'))
+    nb.cells.append(nbformat.v4.new_code_cell('print("never reached")'))
+    nbformat.write(nb, notebook)
+    sub = batch.prepare(notebook, {"epochs": "7"}, profile="cpu", policy=policy)
+    spec = submitted(sub, tmp_path, "4242")
+
+    result = run_job(spec, "4242", notebook.parent)
+
+    assert result.returncode == 1, result.stderr[-2000:]
+    output = notebook.with_name("my notebook-4242.ipynb")
+    status = status_of("4242")
+    assert (status["job_id"], status["state"], status["output"]) == ("4242", "FAILED", str(output))
+    # The error names the cell that raised (its number in the executed notebook) and the exception,
+    # with the job's parameter (epochs=7, not the notebook's 3) in its message.
+    executed = nbformat.read(output, as_version=4)
+    [failed] = [
+        c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
+    assert status["error"] == f"cell {failed.execution_count}: ValueError: diverged after 7 epochs"
+    assert f"the notebook failed in cell {failed.execution_count}: ValueError" in result.stdout
+    assert executed.cells[-1].get("execution_count") is None  # stopped at the error
+    # And `werkbank jobs` says so once Slurm has forgotten the job (an empty squeue).
+    [view] = batch.list_jobs(squeue=("true",))
+    assert (view.job_id, view.state, view.detail) == ("4242", "FAILED", status["error"])
+
+
+def test_a_notebook_that_cannot_run_ends_failed_with_the_reason(notebook, policy, home, tmp_path):
+    """Not an error in a cell: the kernel the notebook asks for does not exist."""
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "gone", "language": "python"}
+    nbformat.write(nb, notebook)
+    spec = submitted(batch.prepare(notebook, {}, profile="cpu", policy=policy), tmp_path, "77")
+
+    result = run_job(spec, "77", notebook.parent)
+
+    assert result.returncode != 0
+    status = status_of("77")
+    assert status["state"] == "FAILED"
+    assert status["error"].startswith("NoSuchKernel: ") and "no-such-kernel" in status["error"], status
+    assert "NoSuchKernel" in result.stderr  # re-raised for the job's log
+
+
+def test_a_training_script_that_raises_ends_failed(tmp_path, home):
+    """The torchrun path (one node, one process; no Slurm): the script's exception fails the job."""
+    script = tmp_path / "train.py"
+    script.write_text('import sys\nprint("epoch 1", sys.argv[1:])\nraise RuntimeError("loss is nan")\n')
+    policy = policy_from_dict(SITE)
+    sub = batch.prepare_distributed(script, ["--epochs", "2"], nodes="1", profile="cpu", policy=policy)
+    spec = submitted(sub, tmp_path, "99")
+
+    result = run_job(spec, "99", tmp_path)
+
+    assert result.returncode != 0
+    status = status_of("99")
+    assert (status["state"], status["output"]) == ("FAILED", str(tmp_path / "train-99.log"))
+    assert status["error"] == f"torchrun exit status {result.returncode}"
+    # runjob records only torchrun's exit status; the exception is in the job's log (here: its output).
+    assert "RuntimeError: loss is nan" in result.stdout + result.stderr
+    assert "epoch 1 ['--epochs', '2']" in result.stdout

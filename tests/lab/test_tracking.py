@@ -1,17 +1,24 @@
 """werkbank_lab.tracking against real MLflow servers: batching, and nothing lost in an outage."""
 
+import json
 import logging
+import math
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.mlflow_server import MlflowServer
+from tests.mlflow_server import MlflowServer, free_port
 from werkbank_lab.tracking import (
+    MAX_BATCH,
     MetricLogger,
     configure,
     experiment_name,
     model_name,
+    replay_spool,
     session_tags,
     user_folder,
 )
@@ -28,32 +35,123 @@ def history(url: str, run_id: str, key: str) -> list:
     return MlflowClient(url).get_metric_history(run_id, key)
 
 
-def test_ten_thousand_metrics_in_a_few_requests(mlflow_server, tmp_path):
+class SlowServer:
+    """A proxy in front of a real MLflow server that holds every request until ``answer`` is set:
+    an MLflow server that is slow to answer. Counts what arrived and what was answered."""
+
+    def __init__(self, upstream: str):
+        self.answer = threading.Event()
+        self.first_arrived = threading.Event()
+        self.lock = threading.Lock()
+        self.arrived = 0
+        self.answered = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as httpx uses it
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with proxy.lock:
+                    proxy.arrived += 1
+                proxy.first_arrived.set()
+                proxy.answer.wait(300)
+                r = httpx.post(
+                    upstream + self.path,
+                    content=body,
+                    headers={"Content-Type": self.headers["Content-Type"]},
+                    timeout=60,
+                )
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+                with proxy.lock:
+                    proxy.answered += 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.answer.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_server(mlflow_server):
+    server = SlowServer(mlflow_server.url)
+    yield server
+    server.close()
+
+
+def test_ten_thousand_metrics_in_a_few_requests_and_logging_never_waits(
+    mlflow_server, slow_server, tmp_path, report_figure
+):
     run_id = new_run(mlflow_server.url)
-    started = time.perf_counter()
-    with MetricLogger(run_id, tracking_uri=mlflow_server.url, spool_dir=tmp_path) as logger:
-        for step in range(5000):
-            logger.log_metrics({"loss": 1 / (step + 1), "accuracy": step / 5000}, step=step)
-        logging_time = time.perf_counter() - started
-    assert logger.sent == 10_000
-    assert logger.requests <= 30  # batches of up to 1,000, not one request per value
-    assert logging_time < 1.0  # queueing 10,000 values is memory work, not network work
+    logger = MetricLogger(
+        run_id, tracking_uri=slow_server.url, spool_dir=tmp_path, flush_interval=0.05, timeout=300
+    )
+    took = []
+
+    def train():
+        logger.log("started", 1.0)
+        if slow_server.first_arrived.wait(60):  # the logger's thread now waits for an answer
+            started = time.perf_counter()
+            for step in range(5000):
+                logger.log_metrics({"loss": 1 / (step + 1), "accuracy": step / 5000}, step=step)
+            took.append(time.perf_counter() - started)
+
+    try:
+        training = threading.Thread(target=train, daemon=True)
+        training.start()
+        training.join(120)  # generous: it is memory work; a logger that waited would wait 300 s
+        # All 10,001 values were queued while the server had not answered a single request, and
+        # the logger sent nothing more meanwhile (one request in flight at a time).
+        assert not training.is_alive(), "log() waits for the server"
+        assert slow_server.first_arrived.is_set() and took
+        assert (slow_server.arrived, slow_server.answered) == (1, 0)
+        report_figure("MetricLogger.log", f"10,000 values queued in {took[0]:.3f} s (server not answering)")
+        print(f"10,000 values queued in {took[0]:.3f} s while the server was not answering")
+    finally:
+        slow_server.answer.set()
+        delivered = logger.close(120)
+    assert delivered
+    assert logger.sent == 10_001
+    # What waited went in batches of MAX_BATCH: the first request, then 10 for the 10,000 values.
+    assert logger.requests == slow_server.arrived == 1 + math.ceil(10_000 / MAX_BATCH)
     losses = history(mlflow_server.url, run_id, "loss")
     assert len(losses) == 5000
     assert sorted(m.step for m in losses) == list(range(5000))
+    assert len(history(mlflow_server.url, run_id, "accuracy")) == 5000
     assert not list(tmp_path.iterdir())  # nothing left in the spool
 
 
-def test_a_training_loop_costs_about_one_request_per_flush_interval(mlflow_server, tmp_path):
+def test_a_training_loop_costs_at_most_one_request_per_flush_interval(mlflow_server, tmp_path, report_figure):
     run_id = new_run(mlflow_server.url)
+    flush_interval = 0.5
+    started = time.monotonic()
     with MetricLogger(
-        run_id, tracking_uri=mlflow_server.url, spool_dir=tmp_path, flush_interval=0.5
+        run_id, tracking_uri=mlflow_server.url, spool_dir=tmp_path, flush_interval=flush_interval
     ) as logger:
         for step in range(100):  # ~1.2 s of "training", one value every ~12 ms
             logger.log("loss", step, step=step)
             time.sleep(0.012)
+    elapsed = time.monotonic() - started
+    report_figure("MetricLogger requests", f"{logger.requests} for 100 values over {elapsed:.2f} s")
+    print(f"{logger.requests} requests for 100 values over {elapsed:.2f} s")
     assert logger.sent == 100
-    assert logger.requests <= 5  # not one request per step
+    assert sorted(m.step for m in history(mlflow_server.url, run_id, "loss")) == list(range(100))
+    # The thread sends what collected once per flush interval, plus once for close(): however
+    # slow the machine makes the loop, never one request per step.
+    assert logger.requests <= elapsed / flush_interval + 1
+    assert logger.requests < logger.sent  # fewer requests than values
 
 
 @pytest.fixture
@@ -121,6 +219,37 @@ def test_close_delivers_what_waited_for_a_retry_and_says_so(own_server, tmp_path
     logger.log("loss", 2.0, step=1)
     assert logger.close(60)  # the next retry was an hour away; closing delivered anyway
     assert sorted(m.step for m in history(server.url, run_id, "loss")) == [0, 1]
+
+
+def test_replay_spool_sends_what_an_earlier_logger_left(mlflow_server, tmp_path):
+    """Metrics spooled during an outage that outlasted the logger are sent by replay_spool()
+    once MLflow answers again, with their original steps, values and timestamps."""
+    run_id = new_run(mlflow_server.url)
+    away = f"http://127.0.0.1:{free_port()}"  # nothing listens there: MLflow is away
+    spool = tmp_path / "spool"
+    spool_file = spool / f"{run_id}.jsonl"
+    logger = MetricLogger(run_id, tracking_uri=away, spool_dir=spool, flush_interval=0.05, timeout=2)
+    for step in range(2500):  # more than two log-batch requests' worth
+        logger.log("loss", step / 10, step=step)
+    assert not logger.close(60)  # not delivered: kept in the spool
+    spooled = spool_file.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in spooled] == list(range(2500))
+
+    # Still away: nothing is lost or reordered.
+    assert not replay_spool(run_id, tracking_uri=away, spool_dir=spool, timeout=2)
+    assert spool_file.read_text().splitlines() == spooled
+    assert history(mlflow_server.url, run_id, "loss") == []
+
+    # Back: everything is delivered and the spool is gone.
+    assert replay_spool(run_id, tracking_uri=mlflow_server.url, spool_dir=spool)
+    assert not spool_file.exists()
+    delivered = sorted((m.step, m.value, m.timestamp) for m in history(mlflow_server.url, run_id, "loss"))
+    expected = sorted((m["step"], m["value"], m["timestamp"]) for m in map(json.loads, spooled))
+    assert delivered == expected
+    assert len(delivered) == 2500
+    # Nothing left to send: a second replay is a no-op that reports success.
+    assert replay_spool(run_id, tracking_uri=mlflow_server.url, spool_dir=spool)
+    assert len(history(mlflow_server.url, run_id, "loss")) == 2500
 
 
 def test_configure_needs_a_tracking_uri(monkeypatch):
