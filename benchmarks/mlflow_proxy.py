@@ -44,8 +44,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from werkbank_spawner.mlflow_auth import Identity
-from werkbank_spawner.mlflow_proxy import assertion_header
+from werkbank_spawner.tracking.auth import Identity
+from werkbank_spawner.tracking.proxy import assertion_header
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 import yaml
 from traitlets.config import Config
 
-from .mlflow_auth import KEY_ENV
 from .policy import MIN_UID, PolicyError, policy_from_dict
 from .script import PORT_RANGE
+from .tracking.auth import KEY_ENV
 
 #: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
 #: spawner module here would make the site file depend on Slurm tooling being importable.
@@ -1116,14 +1116,14 @@ def mlflow_auth_database(site: Mapping, *, config_dir: str | os.PathLike) -> str
 def mlflow_auth_ini(database: str) -> str:
     """The ini file of MLflow's basic-auth app (``MLFLOW_AUTH_CONFIG_PATH``): nobody may do
     anything by default (creators get MANAGE on what they create), users are who the proxy says
-    (:mod:`werkbank_spawner.mlflow_auth`), and the bootstrap admin is the proxy itself."""
+    (:mod:`werkbank_spawner.tracking.auth`), and the bootstrap admin is the proxy itself."""
     return (
         "# Written by the hub at every start from the site file (werkbank_spawner.siteconfig).\n"
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = {database.replace('%', '%%')}\n"
         f"admin_username = service:{MLFLOW_SERVICE}\n"
-        "authorization_function = werkbank_spawner.mlflow_auth:authenticate\n"
+        "authorization_function = werkbank_spawner.tracking.auth:authenticate\n"
         "grant_default_workspace_access = false\n"
     )
 
@@ -1209,7 +1209,7 @@ def mlflow_tracking_uri(site: Mapping) -> str:
 
 
 def _mlflow_proxy_service(site: Mapping, *, signing_key: str) -> dict:
-    """The authenticating proxy (:mod:`werkbank_spawner.mlflow_proxy`) as a managed service
+    """The authenticating proxy (:mod:`werkbank_spawner.tracking.proxy`) as a managed service
     with a ``url`` (where it listens, :func:`mlflow_proxy_url`): the hub's proxy routes
     ``/services/mlflow/`` to it, the hub gives it its OAuth client and API token in the
     environment, and restarts it if it exits."""
@@ -1220,7 +1220,7 @@ def _mlflow_proxy_service(site: Mapping, *, signing_key: str) -> dict:
         "command": [
             sys.executable,
             "-m",
-            "werkbank_spawner.mlflow_proxy",
+            "werkbank_spawner.tracking.proxy",
             "--upstream",
             mlflow["url"],
             *(["--permissions"] if signing_key else []),
@@ -1240,7 +1240,7 @@ def _mlflow_service(mlflow: Mapping, data_dir: Path, *, prefix: str, signing_key
     """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
     proxy service's path, so that the proxy forwards requests unchanged; with a
     ``signing_key`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
-    asking (:mod:`werkbank_spawner.mlflow_auth`)."""
+    asking (:mod:`werkbank_spawner.tracking.auth`)."""
     state = _mlflow_dir(data_dir)
     backend = mlflow["backend_store_uri"] or f"sqlite:///{state / 'mlflow.db'}"
     artifacts = mlflow["artifacts_destination"] or str(state / "artifacts")

@@ -34,11 +34,11 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
-from .mlflow_defaults import MlflowSetupError, default_experiment, ensure_default_experiment
 from .policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .script import PORT_RANGE, PORT_RANGE_ENV, USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
 from .slurm import SlurmCommandError, run
+from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
 
 
 def server_account(name: str, min_uid: int) -> pwd.struct_passwd:

@@ -78,7 +78,7 @@ def test_mlflow_and_the_proxy_run_as_their_service_account_never_root(hub):
     hub.wait_for_mlflow()
     account = pwd.getpwnam("werkbank-mlflow")
     (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
-    (proxy,) = service_pids(f"werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:{MLFLOW_PORT}")
+    (proxy,) = service_pids(f"werkbank_spawner.tracking.proxy --upstream http://127.0.0.1:{MLFLOW_PORT}")
     # The server and every worker it started (its process group), and the proxy.
     group = [int(pid) for pid in run("pgrep", "-g", str(server)).stdout.split()]
     assert len(group) >= 2
@@ -215,7 +215,7 @@ def test_users_see_their_own_and_their_groups_experiments(hub):
         hub.api("DELETE", f"/groups/{group}")
 
 
-PROXY_PATTERN = f"werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:{MLFLOW_PORT}"
+PROXY_PATTERN = f"werkbank_spawner.tracking.proxy --upstream http://127.0.0.1:{MLFLOW_PORT}"
 
 
 def service_pids(pattern: str) -> list[int]:

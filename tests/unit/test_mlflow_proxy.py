@@ -1,7 +1,7 @@
-"""The authenticating MLflow proxy (werkbank_spawner.mlflow_proxy).
+"""The authenticating MLflow proxy (werkbank_spawner.tracking.proxy).
 
 Pure parts (headers, paths, body rules) directly; the running proxy as the hub runs it (a
-``python -m werkbank_spawner.mlflow_proxy`` process) in front of a real ``mlflow server`` and of
+``python -m werkbank_spawner.tracking.proxy`` process) in front of a real ``mlflow server`` and of
 an echo server that shows what the upstream receives. The hub is a stub answering
 ``/hub/api/user`` for a few tokens, as JupyterHub does; browsers' OAuth logins and the real hub
 are covered by tests/integration/test_mlflow_service.py.
@@ -35,9 +35,11 @@ from mlflow.exceptions import MlflowException
 from tornado import httputil, web
 
 from tests.mlflow_server import MlflowServer, free_port
-from werkbank_spawner import mlflow_auth, mlflow_proxy
-from werkbank_spawner.mlflow_auth import Identity, encode, encode_groups, parse_groups
-from werkbank_spawner.mlflow_proxy import (
+from werkbank_spawner.spawner import mlflow_env
+from werkbank_spawner.tracking import auth as mlflow_auth
+from werkbank_spawner.tracking import proxy as mlflow_proxy
+from werkbank_spawner.tracking.auth import Identity, encode, encode_groups, parse_groups
+from werkbank_spawner.tracking.proxy import (
     BodyRule,
     Caller,
     Rejected,
@@ -50,7 +52,6 @@ from werkbank_spawner.mlflow_proxy import (
     rewrite_body,
     upstream_path,
 )
-from werkbank_spawner.spawner import mlflow_env
 
 PREFIX = "/services/mlflow/"
 SCOPES = ["access:services!service=mlflow"]
@@ -442,7 +443,7 @@ class Background:
 
 
 class ProxyProcess:
-    """``python -m werkbank_spawner.mlflow_proxy`` with the environment the hub gives a service."""
+    """``python -m werkbank_spawner.tracking.proxy`` with the environment the hub gives a service."""
 
     def __init__(
         self,
@@ -467,7 +468,7 @@ class ProxyProcess:
             JUPYTERHUB_OAUTH_CALLBACK_URL=PREFIX + "oauth_callback",
             JUPYTERHUB_OAUTH_ACCESS_SCOPES=json.dumps(["access:services", "access:services!service=mlflow"]),
         )
-        argv = [sys.executable, "-m", "werkbank_spawner.mlflow_proxy", "--upstream", upstream]
+        argv = [sys.executable, "-m", "werkbank_spawner.tracking.proxy", "--upstream", upstream]
         env["WERKBANK_MLFLOW_SIGNING_KEY"] = SIGNING_KEY  # the echo shows what the proxy signs
         if permissions:
             argv.append("--permissions")
@@ -1300,7 +1301,7 @@ def test_no_body_is_smuggled_into_a_pooled_connection(echo_proxy, background, me
 
 
 def test_a_streamed_body_of_an_unchunked_method_is_never_sent_unframed():
-    from werkbank_spawner.upstream import Upstream
+    from werkbank_spawner.tracking.upstream import Upstream
 
     async def body():
         yield b"GET /smuggled HTTP/1.1\r\n\r\n"
@@ -1423,7 +1424,7 @@ def test_smuggled_requests_never_reach_mlflow(client_for, mlflow_behind_proxy):
 
 
 def test_the_hub_creates_each_users_default_experiment_as_the_user(client_for, mlflow_behind_proxy):
-    from werkbank_spawner.mlflow_defaults import ensure_default_experiment
+    from werkbank_spawner.tracking.experiments import ensure_default_experiment
 
     server_url = mlflow_behind_proxy.server.url  # with the static prefix
     key = SIGNING_KEY.encode()

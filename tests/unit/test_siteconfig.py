@@ -439,7 +439,7 @@ def test_apply_demo_site(tmp_path):
     assert proxy["command"] == [
         sys.executable,
         "-m",
-        "werkbank_spawner.mlflow_proxy",
+        "werkbank_spawner.tracking.proxy",
         "--upstream",
         "http://127.0.0.1:5000",
         "--permissions",
@@ -807,7 +807,7 @@ def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
         "default_permission": "NO_PERMISSIONS",
         "database_uri": "postgresql://mlflow:p%40ss@db/auth",  # % survives ini interpolation
         "admin_username": "service:mlflow",
-        "authorization_function": "werkbank_spawner.mlflow_auth:authenticate",
+        "authorization_function": "werkbank_spawner.tracking.auth:authenticate",
         "grant_default_workspace_access": "false",
     }
     siteconfig.prepare_state(with_value(site, "tracking.mlflow.auth_database_uri", ""), config_dir="/")

@@ -1,4 +1,4 @@
-"""The MLflow proxy's kept-alive connections (werkbank_spawner.upstream), against real servers
+"""The MLflow proxy's kept-alive connections (werkbank_spawner.tracking.upstream), against real servers
 on loopback: a tornado application, and raw sockets for servers that misbehave."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 
 from tests.mlflow_server import free_port
-from werkbank_spawner.upstream import Upstream, UpstreamError
+from werkbank_spawner.tracking.upstream import Upstream, UpstreamError
 
 
 class Echo(web.RequestHandler):

@@ -4,7 +4,7 @@ werkbank's MLflow server runs MLflow's basic-auth app (``mlflow server --app-nam
 which checks every request against per-experiment and per-model permissions, filters searches,
 and gives the creator of an experiment or registered model MANAGE on it. Its question "who is
 this?" is answered here instead of by a password: by an assertion that only werkbank's proxy
-(:mod:`werkbank_spawner.mlflow_proxy`) can make, because it is signed (HMAC-SHA256) with a key
+(:mod:`werkbank_spawner.tracking.proxy`) can make, because it is signed (HMAC-SHA256) with a key
 that the hub makes anew at every start and gives only to the two services' environments::
 
     X-Werkbank-Assertion: v1;<unix time>;<user>;<admin 0|1>;<groups>;<signature>
@@ -22,7 +22,7 @@ proxy grants EDIT on the experiments of that project (``<group>/...``).
 
 Configured in the auth app's ini file (``MLFLOW_AUTH_CONFIG_PATH``), which the hub writes::
 
-    authorization_function = werkbank_spawner.mlflow_auth:authenticate
+    authorization_function = werkbank_spawner.tracking.auth:authenticate
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ creating the experiment at the user's first spawn, *as the user*, leaves nothing
 gives its creator MANAGE on it, and the hub records the owner tag the proxy would have set.
 
 The hub reaches the MLflow server directly on loopback, with an assertion signed for each request
-(:mod:`werkbank_spawner.mlflow_auth`), as the proxy does.
+(:mod:`werkbank_spawner.tracking.auth`), as the proxy does.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from urllib.parse import quote, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from .mlflow_auth import ASSERTION_HEADER, Identity, sign
+from .auth import ASSERTION_HEADER, Identity, sign
 
-#: The tag the proxy sets on experiments: who created it (mlflow_proxy.EXPERIMENT_OWNER_TAG).
+#: The tag the proxy sets on experiments: who created it (proxy.EXPERIMENT_OWNER_TAG).
 OWNER_TAG = "werkbank.owner"
 
 

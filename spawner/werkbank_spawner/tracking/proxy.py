@@ -19,7 +19,7 @@ ways. Before forwarding, the proxy
   must never see a hub token) and ``Origin`` (cross-site requests are judged here);
 - removes any header the client sent whose name, lowercased and with ``_`` read as ``-``,
   starts with ``x-werkbank`` (the WSGI layer in MLflow reads both spellings as one), and adds who
-  is asking, for MLflow's permission checks (:mod:`werkbank_spawner.mlflow_auth`) to trust: an
+  is asking, for MLflow's permission checks (:mod:`werkbank_spawner.tracking.auth`) to trust: an
   assertion of user, admin flag and groups, signed over this request's method, decoded path and
   query with the key the hub gave both services;
 - frames every body it forwards: with ``Content-Length``, or chunked for a streamed upload
@@ -47,7 +47,7 @@ experiment when it is created (or renamed into the group's namespace).
 
 Run by the hub (``werkbank_spawner.siteconfig``)::
 
-    python -m werkbank_spawner.mlflow_proxy --upstream http://127.0.0.1:5000 --permissions
+    python -m werkbank_spawner.tracking.proxy --upstream http://127.0.0.1:5000 --permissions
 
 It listens where ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``;
 the hub gives it its OAuth client and API token in the environment, and the key it signs
@@ -73,13 +73,13 @@ from tornado import httputil, web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
-from .mlflow_auth import ASSERTION_HEADER, KEY_ENV, ROLE_PREFIX, ROLE_WORKSPACE, Identity, sign
+from .auth import ASSERTION_HEADER, KEY_ENV, ROLE_PREFIX, ROLE_WORKSPACE, Identity, sign
 from .upstream import Body, Upstream, UpstreamError
 
 log = logging.getLogger("werkbank.mlflow_proxy")
 
 # The header that tells MLflow who is asking is defined where it is verified,
-# werkbank_spawner.mlflow_auth. Clients cannot set it: every header whose name could be read as
+# werkbank_spawner.tracking.auth. Clients cannot set it: every header whose name could be read as
 # ``X-Werkbank-*`` is removed first, and without the key no assertion verifies anyway.
 #: What a header name must not start with, once lowercased and with "_" read as "-".
 RESERVED_HEADER_PREFIX = "x-werkbank"
@@ -900,7 +900,7 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
 
 
 class _Relay:
-    """MLflow's answer on its way to the client (a :class:`~werkbank_spawner.upstream.Sink`):
+    """MLflow's answer on its way to the client (a :class:`~werkbank_spawner.tracking.upstream.Sink`):
     a small body goes out in one write with the headers when the handler finishes; a large
     one (an artifact download) chunk by chunk, MLflow slowed down to the client's pace."""
 
@@ -982,14 +982,14 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m werkbank_spawner.mlflow_proxy",
+        prog="python -m werkbank_spawner.tracking.proxy",
         description="Authenticating proxy in front of MLflow, run by JupyterHub as a managed service.",
     )
     parser.add_argument("--upstream", required=True, help="the MLflow server, e.g. http://127.0.0.1:5000")
     parser.add_argument(
         "--permissions",
         action="store_true",
-        help="MLflow runs its basic-auth app with werkbank_spawner.mlflow_auth: enforce the project "
+        help="MLflow runs its basic-auth app with werkbank_spawner.tracking.auth: enforce the project "
         f"rule on experiment names and share project experiments with their group (needs {KEY_ENV})",
     )
     parser.add_argument(
