@@ -8,7 +8,7 @@ import re
 import socket
 import subprocess
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import httpx
 import pytest
@@ -218,13 +218,21 @@ def progress_messages(hub: Hub, user: str, until: str, timeout: float = 30) -> l
     return messages
 
 
-def test_pending_job_shows_reason_then_starts(hub):
-    # Hold both GPUs with a job of root's so the user's GPU job has to wait.
+@contextmanager
+def both_gpus_held():
+    """Both GPUs held by a job of root's while the block runs, so that a user's GPU job waits."""
     blocker = run(
         "sbatch", "--parsable", "--partition=gpu", "--gres=gpu:2", "--output=/dev/null", "--wrap=sleep 300"
     ).stdout.strip()
     try:
         wait_for(lambda: "RUNNING" in squeue("--jobs", blocker, "--format=%T"), 20, "the blocker job to run")
+        yield
+    finally:
+        run("scancel", blocker, check=False)
+
+
+def test_pending_job_shows_reason_then_starts(hub):
+    with both_gpus_held():
         assert hub.spawn("alice", {"profile": "gpu1", "walltime": "1h"}).status_code in (201, 202)
         messages = progress_messages(hub, "alice", r"pending \(reason: \w+\)")
         pending = [m for m in messages if "pending" in m]
@@ -232,26 +240,18 @@ def test_pending_job_shows_reason_then_starts(hub):
         job_id = hub.job_id("alice")
         assert f"Slurm job {job_id} is pending (reason: " in pending[-1]
         assert re.search(r"reason: (Resources|Priority)", pending[-1])
-    finally:
-        run("scancel", blocker, check=False)
     hub.wait_ready("alice")
     messages = progress_messages(hub, "alice", "running")
     hub.stop_server("alice")
 
 
 def test_a_job_that_ends_before_jupyter_starts_fails_the_spawn_with_the_reason(hub):
-    blocker = run(
-        "sbatch", "--parsable", "--partition=gpu", "--gres=gpu:2", "--output=/dev/null", "--wrap=sleep 300"
-    ).stdout.strip()
-    try:
-        wait_for(lambda: "RUNNING" in squeue("--jobs", blocker, "--format=%T"), 20, "the blocker job to run")
+    with both_gpus_held():
         assert hub.spawn("bob", {"profile": "gpu1", "walltime": "1h"}).status_code in (201, 202)
         progress_messages(hub, "bob", r"pending \(reason: \w+\)")
         job_id = hub.job_id("bob")
         run("scancel", job_id)  # the job ends while it waits: no Jupyter ever starts
         messages = progress_messages(hub, "bob", "Spawn failed")
-    finally:
-        run("scancel", blocker, check=False)
     assert "The Slurm job stopped before Jupyter started" in messages[-1], messages
     assert f"job {job_id} ended: CANCELLED" in messages[-1]
     assert f"jupyter-{job_id}.log" in messages[-1]  # where its output is
