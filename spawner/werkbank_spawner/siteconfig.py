@@ -904,12 +904,25 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     fine. Relative paths in it are taken relative to ``config_dir`` (the site file's folder).
     Only *sets* traits, to values that share nothing with ``site``; applying the same site
     twice gives the same ``c``. Raises :class:`SiteConfigError` like :func:`validate`.
+
+    One ``update_*`` function per area (the-littlest-jupyterhub's configurer does the same),
+    each given the validated site.
     """
     site = validate(site)
     base = Path(config_dir)
-    hub, auth, slurm = site["hub"], site["auth"], site["slurm"]
-    data_dir = _data_dir(site, base)
+    update_hub(c, site, base)
+    update_auth(c, site)
+    update_spawners(c, site, base)
+    services, roles = update_tracking(c, site, base)
+    culler, culler_roles = culler_service(site)
+    c.JupyterHub.services = [*services, *culler]
+    c.JupyterHub.load_roles = [*roles, *culler_roles]
 
+
+def update_hub(c: Config, site: Mapping, base: Path) -> None:
+    """Where the hub listens and keeps its state; which spawner it uses."""
+    hub = site["hub"]
+    data_dir = _data_dir(site, base)
     c.JupyterHub.bind_url = hub["bind_url"]
     if hub["subdomain_host"]:
         c.JupyterHub.subdomain_host = hub["subdomain_host"].rstrip("/")
@@ -926,8 +939,12 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     c.JupyterHub.cleanup_servers = hub["spawner"] != "slurm"
     c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub["spawner"]]
 
+
+def update_auth(c: Config, site: Mapping) -> None:
+    """Who may log in, and how; the hub's admins."""
+    auth = site["auth"]
     c.JupyterHub.authenticator_class = AUTHENTICATOR_CLASSES[auth["type"]]
-    c.Authenticator.admin_users = set(hub["admin_users"])
+    c.Authenticator.admin_users = set(site["hub"]["admin_users"])
     c.Authenticator.allowed_users = set(auth["allowed_users"])
     c.Authenticator.allow_all = auth["allow_all"]
     if auth["type"] == "shared-password":
@@ -942,9 +959,12 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
         if oauth["callback_url"]:
             generic.oauth_callback_url = oauth["callback_url"]
 
+
+def update_spawners(c: Config, site: Mapping, base: Path) -> None:
+    """Both spawners' policy, limits and tracking environment; the Slurm spawner's commands."""
+    auth, slurm, mlflow = site["auth"], site["slurm"], site["tracking"]["mlflow"]
     # The hub-side poll only reads the shared squeue cache, so it can be frequent.
     c.Spawner.poll_interval = 5
-    mlflow = site["tracking"]["mlflow"]
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         c[spawner].policy_config = policy_config(site)
         c[spawner].mlflow_tracking_uri = mlflow_tracking_uri(site)
@@ -961,14 +981,20 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
     slurm_spawner.job_prologue = slurm["job_prologue"]
     slurm_spawner.port_range = tuple(slurm["port_range"])
 
+
+def update_tracking(c: Config, site: Mapping, base: Path) -> tuple[list[dict], list[dict]]:
+    """MLflow: the spawners' key for each user's default experiment, the scope users get for
+    the proxy service; returns the managed services (server, proxy) and the roles they need."""
+    hub, mlflow = site["hub"], site["tracking"]["mlflow"]
     services, roles = [], []
     signing_key = _process_secret("signing") if mlflow_permissions(mlflow) else ""
-    account = mlflow_service_account(mlflow, min_uid=auth["min_uid"])
+    account = mlflow_service_account(mlflow, min_uid=site["auth"]["min_uid"])
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         # The hub creates each user's <user>/default (as the user) where MLflow checks who owns what.
         c[spawner].mlflow_server_url = mlflow["url"] + mlflow_service_prefix(hub) if signing_key else ""
         c[spawner].mlflow_signing_key = signing_key
     if mlflow["manage"]:
+        data_dir = _data_dir(site, base)
         server = _mlflow_service(mlflow, data_dir, prefix=mlflow_service_prefix(hub), signing_key=signing_key)
         services.append(_as_account(server, account))
     if mlflow["proxy"]:
@@ -978,23 +1004,23 @@ def apply(c: Config, site: Mapping, *, config_dir: str | os.PathLike) -> None:
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
         roles.append({"name": "server", "scopes": [*DEFAULT_SERVER_SCOPES, MLFLOW_ACCESS_SCOPE]})
     c.JupyterHub.extra_user_scopes = {MLFLOW_ACCESS_SCOPE} if mlflow["proxy"] else set()
+    return services, roles
+
+
+def culler_service(site: Mapping) -> tuple[list[dict], list[dict]]:
+    """The idle culler as a managed service with the least scopes it needs (none if disabled)."""
     culling = site["culling"]
-    if culling["enabled"]:
-        services.append(
-            {
-                "name": "idle-culler",
-                "command": [
-                    sys.executable,
-                    "-m",
-                    "jupyterhub_idle_culler",
-                    f"--timeout={culling['timeout']}",
-                    f"--cull-every={culling['every']}",
-                ],
-            }
-        )
-        roles.append({"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]})
-    c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
+    if not culling["enabled"]:
+        return [], []
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={culling['timeout']}",
+        f"--cull-every={culling['every']}",
+    ]
+    role = {"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]}
+    return [{"name": "idle-culler", "command": command}], [role]
 
 
 def mlflow_service_account(mlflow: Mapping, *, min_uid: int) -> pwd.struct_passwd | None:
