@@ -33,9 +33,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,9 @@ from werkbank_spawner.tracking.auth import Identity
 from werkbank_spawner.tracking.proxy import assertion_header
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/services.py: how the tests and the benchmarks start services
+from tests.services import Process, answers  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 HUB_PORT, HUB_API_PORT, MLFLOW_PORT, PROXY_PORT = 18600, 18681, 15600, 15601
 PREFIX = "/services/mlflow"
@@ -95,21 +96,7 @@ c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
 """
 
 
-def wait(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"JupyterHub exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
-
-
-def start_hub(work: Path, permissions: bool) -> subprocess.Popen:
+def start_hub(work: Path, permissions: bool) -> Process:
     (work / "mlflow").mkdir(parents=True)
     (work / "jupyterhub_config.d").mkdir()
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", work / "jupyterhub_config.py")
@@ -117,21 +104,11 @@ def start_hub(work: Path, permissions: bool) -> subprocess.Popen:
     (work / "site.yaml").write_text(yaml.safe_dump(site(work, permissions)))
     env = dict(os.environ, WERKBANK_SITE_CONFIG=str(work / "site.yaml"))
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    log = work / "jupyterhub.log"
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "jupyterhub"), "-f", str(work / "jupyterhub_config.py")],
-        cwd=work,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    hub = f"http://127.0.0.1:{HUB_PORT}"
-    wait(lambda: httpx.get(f"{hub}/hub/health", timeout=2).status_code == 200, 90, "the hub", proc, log)
-    wait(
-        lambda: httpx.get(f"{TARGETS['hub']}/health", timeout=2).status_code == 200, 180, "MLflow", proc, log
-    )
-    return proc
+    argv = [str(VENV_BIN / "jupyterhub"), "-f", str(work / "jupyterhub_config.py")]
+    hub = Process("JupyterHub", argv, log_path=work / "jupyterhub.log", env=env, cwd=work).start()
+    hub.wait_until(lambda: answers(f"http://127.0.0.1:{HUB_PORT}/hub/health"), 90, "the hub")
+    hub.wait_until(lambda: answers(f"{TARGETS['hub']}/health"), 180, "MLflow through the hub")
+    return hub
 
 
 def user_token() -> str:
@@ -288,11 +265,7 @@ def main(argv=None) -> int:
             )
         print(json.dumps(summary))
     finally:
-        os.killpg(hub.pid, signal.SIGTERM)
-        try:
-            hub.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(hub.pid, signal.SIGKILL)
+        hub.stop(30, group=True)
         if args.keep:
             print(f"work directory: {work}")
         else:

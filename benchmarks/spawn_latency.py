@@ -24,13 +24,11 @@ own blocker job, also when it fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import pwd
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,9 @@ import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/services.py: how the tests and the benchmarks start services
+from tests import services  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 SINGLEUSER = str(VENV_BIN / "jupyterhub-singleuser")
 BATCHSPAWNER_SINGLEUSER = str(VENV_BIN / "batchspawner-singleuser")
@@ -88,15 +89,12 @@ def run(*argv, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy; raise BenchError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` every ``interval`` seconds (fixed: the figures are read off these
+    polls) until it returns something truthy; raise BenchError after ``timeout``."""
+    try:
+        return services.wait_for(predicate, timeout, what, interval=interval, max_interval=interval)
+    except services.ServiceError as e:
+        raise BenchError(str(e)) from None
 
 
 def say(text: str = "") -> None:
@@ -267,7 +265,7 @@ class Hub:
     workdir: Path
     port: int
     env: dict
-    proc: subprocess.Popen | None = None
+    process: services.Process | None = None
     user_tokens: dict = field(default_factory=dict)
 
     @property
@@ -279,39 +277,21 @@ class Hub:
         return self.workdir / "jupyterhub.log"
 
     def start(self, timeout: float = 120) -> None:
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "jupyterhub"), "-f", str(self.workdir / "jupyterhub_config.py")],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+        argv = [str(VENV_BIN / "jupyterhub"), "-f", str(self.workdir / "jupyterhub_config.py")]
+        self.process = services.Process(
+            f"{self.name} hub", argv, log_path=self.log_path, env=self.env, cwd=self.workdir
+        ).start()
+        try:
+            self.process.wait_until(
+                lambda: services.answers(f"{self.url}/hub/health"), timeout, "/hub/health"
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} hub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/hub/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise BenchError(f"{self.name} hub did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        except services.ServiceError as e:
+            raise BenchError(str(e)) from None
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        # The proxy is in the hub's session: make sure it is gone too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # SIGTERM to the hub, then whatever is left of its session (the proxy) is killed.
+        if self.process is not None:
+            self.process.stop(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -830,7 +810,7 @@ def cleanup(hubs: dict[str, Hub], users: list[str], blocker: str | None) -> None
     if blocker:
         run("scancel", blocker, check=False)
     for hub in hubs.values():
-        if hub.proc is None or hub.proc.poll() is not None:
+        if hub.process is None or hub.process.exited():
             continue
         try:
             hub.stop_servers(users, 90)

@@ -6,6 +6,7 @@ import pytest
 
 from tests.mlflow_server import MlflowServer
 from tests.postgres import Postgres
+from tests.services import ServiceError
 
 #: Figures tests measured on the way, printed at the end of the run (see ``report_figure``).
 _FIGURES: list[tuple[str, str]] = []
@@ -41,7 +42,7 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
     try:
         server.start(timeout=120)
-    except RuntimeError as e:
+    except ServiceError as e:
         server.stop()
         pytest.fail(str(e))
     yield server

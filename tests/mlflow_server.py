@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from tests.services import Process, answers
 from werkbank_spawner import siteconfig
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
@@ -48,7 +45,7 @@ class MlflowServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.root / "mlflow.log"
-        self.proc: subprocess.Popen | None = None
+        self.process: Process | None = None
 
     def start(self, timeout: float = 120) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -68,35 +65,17 @@ class MlflowServer:
         # The server's job runner (GenAI evaluation jobs) starts about a dozen worker processes
         # nothing here uses; on a 2-core machine they slow everything down.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
+        self.process = Process("mlflow server", argv, log_path=self.log_path, env=env, preexec_fn=pin).start()
+        self.process.wait_until(lambda: answers(f"{self.url}/health"), timeout, "/health to answer")
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.process.proc if self.process else None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.process:
+            self.process.stop(20, group=True)  # the server and its uvicorn worker
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.process.log_tail(lines) if self.process else "(not started)"

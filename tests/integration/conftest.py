@@ -13,17 +13,19 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+
+# wait_for: the suite's one wait (backoff; the failure names what was awaited). Re-exported here
+# for the integration tests, which import their helpers from this module.
+from tests.services import Process, answers, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -40,18 +42,6 @@ SERVICE_TOKEN = "werkbank-tests-" + os.urandom(16).hex()
 
 def run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- Slurm
@@ -144,40 +134,19 @@ class Hub:
     env: dict
     url: str = f"http://127.0.0.1:{HUB_PORT}"
     mlflow_port: int = MLFLOW_PORT
-    proc: subprocess.Popen | None = None
+    process: Process | None = None
     user_tokens: dict = field(default_factory=dict)
     log_path: Path = None
 
     def start(self):
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(self.workdir / "jupyterhub_config.py")],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"JupyterHub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/hub/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"JupyterHub did not answer within 90 s:\n{self.log_tail()}")
+        argv = [str(VENV_BIN / "jupyterhub"), "-f", str(self.workdir / "jupyterhub_config.py")]
+        self.process = Process("JupyterHub", argv, log_path=self.log_path, env=self.env, cwd=self.workdir)
+        self.process.start()
+        self.process.wait_until(lambda: answers(f"{self.url}/hub/health"), 90, "/hub/health to answer")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.process:
+            self.process.stop(30)  # SIGTERM: JupyterHub stops its proxy and services itself
 
     def restart(self):
         self.stop()
@@ -224,10 +193,7 @@ class Hub:
             server = self.server(user)
             return server if server and server.get("ready") else None
 
-        try:
-            return wait_for(ready, timeout, f"{user}'s server to be ready")
-        except AssertionError:
-            raise AssertionError(f"{user}'s server not ready:\n{self.log_tail()}") from None
+        return self.process.wait_until(ready, timeout, f"{user}'s server to be ready")
 
     def stop_server(self, user: str, timeout: float = 60):
         r = self.api("DELETE", f"/users/{user}/server")
@@ -249,16 +215,8 @@ class Hub:
         """Until MLflow answers through the proxy (it takes 10-40 s to start, and starts again
         with every hub restart)."""
 
-        def up():
-            try:
-                return httpx.get(f"{self.mlflow_url}/health", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        try:
-            wait_for(up, timeout, "MLflow behind the hub's proxy", interval=1)
-        except AssertionError:
-            raise AssertionError(f"MLflow did not come up:\n{self.log_tail()}") from None
+        up = f"{self.mlflow_url}/health"
+        self.process.wait_until(lambda: answers(up, timeout=5), timeout, "MLflow behind the hub's proxy")
 
     def job_id(self, user: str) -> str:
         r = self.api("GET", f"/users/{user}?include_stopped_servers=1")

@@ -35,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from tornado import httputil, web
 
 from tests.mlflow_server import MlflowServer, free_port
+from tests.services import Process, ServiceError
 from werkbank_spawner.spawner import mlflow_env
 from werkbank_spawner.tracking import auth as mlflow_auth
 from werkbank_spawner.tracking import proxy as mlflow_proxy
@@ -474,22 +475,13 @@ class ProxyProcess:
             argv.append("--permissions")
         if max_body_size is not None:
             argv += ["--max-body-size", str(max_body_size)]
-        with open(log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the proxy exited:\n{self.log()}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"the proxy did not listen within 30 s:\n{self.log()}")
+        self.process = Process("the proxy", argv, log_path=log_path, env=env).start()
+        self.proc = self.process.proc
+        self.process.wait_until(
+            lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True,
+            30,
+            "the proxy to listen",
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -501,8 +493,7 @@ class ProxyProcess:
         raise AssertionError("no VmHWM")
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.process.stop(10)
 
 
 @pytest.fixture(scope="module")
@@ -541,7 +532,7 @@ def mlflow_behind_proxy(request, background, tmp_path_factory):
         mp.setenv("MLFLOW_STATIC_PREFIX", PREFIX.rstrip("/"))  # `mlflow server --static-prefix`
         try:
             server.start(timeout=180)
-        except RuntimeError as e:
+        except ServiceError as e:
             server.stop()
             pytest.fail(str(e))
     proxy = ProxyProcess(
