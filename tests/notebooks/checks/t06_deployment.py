@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import onnxruntime
 import pandas as pd
+import pytest
 import torch
 
 from tests.notebooks.checks.t05_validation import PIXELS, held_out_split
@@ -73,12 +74,23 @@ def check(execution: Execution) -> None:
         assert np.abs(logits - expected).max() <= tolerance, export
         assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all(), export
 
-    # The service was measured: latencies ordered and positive, throughput positive.
-    assert metrics["startup_seconds"] > 0 and metrics["served_max_abs_diff"] <= tolerance
-    for mode in ("single", "batch"):
-        p50, p95, p99 = (metrics[f"{mode}_latency_{p}_ms"] for p in ("p50", "p95", "p99"))
-        assert 0 < p50 <= p95 <= p99, (mode, p50, p95, p99)
-        assert metrics[f"{mode}_requests_per_second"] > 0 and metrics[f"{mode}_rows_per_second"] > 0
+    # The service answers what the model computes. What the run records of its measurement is
+    # what the notebook measured and showed (its logged table, row by row), and batching paid
+    # off as the notebook teaches: more images per second than single-image requests.
+    assert metrics["served_max_abs_diff"] <= tolerance
+    with tempfile.TemporaryDirectory() as scratch:
+        table = pd.read_csv(
+            client.download_artifacts(run.info.run_id, "tables/serving.csv", scratch), index_col=0
+        )
+    single, batch = table.to_dict("index").values()
+    sizes = (1, parameters["request_batch_size"])
+    assert (single["images per request"], batch["images per request"]) == sizes, table
+    for prefix, row in (("single", single), ("batch", batch)):
+        for key in ("p50", "p95", "p99"):
+            assert metrics[f"{prefix}_latency_{key}_ms"] == pytest.approx(row[f"{key} ms"]), (prefix, key)
+        assert metrics[f"{prefix}_requests_per_second"] == pytest.approx(row["requests/s"]), prefix
+        assert metrics[f"{prefix}_rows_per_second"] == pytest.approx(row["images/s"]), prefix
+    assert batch["images/s"] > single["images/s"], table
 
     # Batch inference: one prediction per input row, in order, the model's, next to the inputs in export_dir.
     folder = Path(run.data.params["folder"])
