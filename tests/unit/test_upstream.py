@@ -255,3 +255,35 @@ async def test_when_every_connection_is_busy_a_request_waits_then_times_out(serv
     upstream = Upstream(server, max_connections=1, wait_timeout=0.3)
     answers = await asyncio.gather(*(upstream.fetch("GET", "/echo") for _ in range(3)))
     assert [a.code for a in answers] == [200, 200, 200]
+
+
+async def test_a_kept_alive_connection_closed_under_a_request_is_retried_only_for_reads():
+    """The server closes a kept-alive connection just as the next request arrives (it restarted,
+    or its idle timer fired): a GET goes again on a new connection, a POST is never repeated."""
+    connections = []
+
+    async def handle(reader, writer):
+        connections.append(writer)
+        first = len(connections) % 2 == 1  # odd connections: answer once, then close on the next
+        while await reader.readuntil(b"\r\n\r\n"):
+            if first and getattr(writer, "answered", False):
+                writer.close()  # the request arrived, no answer: closed under it
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.answered = True
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream = Upstream(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    assert (await upstream.fetch("GET", "/")).code == 200  # connection 1, kept alive
+    assert (await upstream.fetch("GET", "/again")).code == 200  # closed under it: retried on 2
+    assert len(connections) == 2
+    assert (await upstream.fetch("GET", "/")).code == 200  # connection 2 kept alive
+    assert len(connections) == 2
+    upstream = Upstream(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    assert (await upstream.fetch("POST", "/", body=b"{}")).code == 200  # connection 3
+    with pytest.raises(UpstreamError) as e:
+        await upstream.fetch("POST", "/", body=b"{}")  # closed under it: not sent again
+    assert e.value.reason == "closed"
+    assert len(connections) == 3
+    server.close()

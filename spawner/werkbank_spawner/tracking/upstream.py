@@ -37,6 +37,14 @@ _NO_LIMIT = 2**62
 #: given; for any other method it would write the bytes unframed, and the server would read them
 #: as the next request on the connection.
 _CHUNKED_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Requests that may go out twice (RFC 9110's idempotent methods less the ones that change
+#: things): sent again on a new connection when a kept-alive one turns out closed before any
+#: answer. A POST is never repeated; its client hears of the error instead.
+_REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _StaleConnection(Exception):
+    """A reused connection was closed under a replayable request before any answer."""
 
 
 class UpstreamError(Exception):
@@ -213,12 +221,20 @@ class Upstream:
             # (Python 3.11), a few event-loop turns on every request.
             await self._slots.acquire()
         try:
-            await self._exchange(method, target, headers, body, sink)
+            try:
+                await self._exchange(method, target, headers, body, sink)
+            except _StaleConnection:
+                # The kept-alive connection had been closed by the server (it restarted, or it
+                # closed it as the request went out) before any answer: a request that may be
+                # sent twice goes again, on a new connection.
+                await self._exchange(method, target, headers, body, sink, fresh=True)
         finally:
             self._slots.release()
 
-    async def _exchange(self, method, target, headers, body, sink) -> None:
-        stream = self._reuse() or await self._connect()
+    async def _exchange(self, method, target, headers, body, sink, *, fresh: bool = False) -> None:
+        stream = None if fresh else self._reuse()
+        reused = stream is not None
+        stream = stream or await self._connect()
         connection = HTTP1Connection(stream, is_client=True, params=self.params)
         exchange = _Exchange(sink, stream)
         request_headers = httputil.HTTPHeaders()
@@ -230,6 +246,8 @@ class Upstream:
             request_headers["Content-Length"] = str(len(body or b""))
         sent = False
         started = time.monotonic()
+        # Closed under the request before any answer, on a connection kept from before: retried.
+        stale = reused and method in _REPLAYABLE_METHODS and not isinstance(body, AsyncIterator)
         try:
             connection.write_headers(httputil.RequestStartLine(method, target, "HTTP/1.1"), request_headers)
             if isinstance(body, bytes) or body is None:
@@ -241,6 +259,8 @@ class Upstream:
             else:
                 sent = await self._send_while_reading(connection, body, exchange)
         except StreamClosedError as e:
+            if stale and exchange.error is None and not exchange.started:
+                raise _StaleConnection() from e
             if exchange.error is None:
                 raise UpstreamError(
                     "closed", f"{self.netloc} closed the connection: {e.real_error or e}"
@@ -260,6 +280,8 @@ class Upstream:
                 raise UpstreamError(
                     "timeout", f"{self.netloc} did not answer in {self.response_timeout:.0f} s"
                 )
+            if stale and not exchange.started:
+                raise _StaleConnection()
             raise UpstreamError("closed", f"{self.netloc} closed the connection before answering completely")
         # A body whose length was not known (chunked) leaves nothing wrong with the connection
         # by the book; not reusing it costs one connect per upload and makes sure that no
