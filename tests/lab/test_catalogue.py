@@ -392,32 +392,25 @@ def test_mlflow_ui_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop,
 def test_mlflow_deletes_with_a_body_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop):
     """MLflow's UI deletes registered models, versions and tags with DELETE and a JSON body, which
     tornado's client refuses to send unless told (a 500 in the session's UI before)."""
-    api = ("werkbank", "mlflow", "ajax-api/2.0/mlflow/registered-models")
     name = f"deleted-through-the-session-{os.getpid()}"
-    json_type = {"Content-Type": "application/json"}
-    created = fetch(
-        jp_asyncio_loop,
-        jp_fetch,
-        *api,
-        "create",
-        method="POST",
-        body=json.dumps({"name": name}),
-        headers=json_type,
-    )
+
+    def models(action: str, **kw):
+        return fetch(
+            jp_asyncio_loop,
+            jp_fetch,
+            "werkbank",
+            "mlflow",
+            "ajax-api/2.0/mlflow/registered-models",
+            action,
+            **kw,
+        )
+
+    json_body = {"body": json.dumps({"name": name}), "headers": {"Content-Type": "application/json"}}
+    created = models("create", method="POST", **json_body)
     assert created.code == 200, created.body
-    deleted = fetch(
-        jp_asyncio_loop,
-        jp_fetch,
-        *api,
-        "delete",
-        method="DELETE",
-        body=json.dumps({"name": name}),
-        headers=json_type,
-        allow_nonstandard_methods=True,
-    )
+    deleted = models("delete", method="DELETE", allow_nonstandard_methods=True, **json_body)
     assert deleted.code == 200, deleted.body
-    gone = fetch(jp_asyncio_loop, jp_fetch, *api, "get", params={"name": name})
-    assert gone.code == 404
+    assert models("get", params={"name": name}).code == 404
 
 
 def test_mlflow_takes_the_pages_own_posts_and_refuses_other_sites(
