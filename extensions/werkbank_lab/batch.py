@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 import urllib.error
@@ -35,6 +34,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from werkbank_spawner import slurm
 from werkbank_spawner.policy import (
     MAX_CPUS,
     MAX_NODES,
@@ -319,13 +319,12 @@ def submit(
         f"--chdir={sub.notebook.parent}",
         f"--output={sub.log_pattern}",
     ]
-    result = subprocess.run(
-        argv, input=render_batch_script(sub, spec_path), capture_output=True, text=True, check=False, env=env
-    )
-    if result.returncode != 0:
+    try:
+        out = slurm.run_sync(argv, stdin=render_batch_script(sub, spec_path), env=env).check()
+    except slurm.SlurmCommandError as e:
         spec_path.unlink(missing_ok=True)
-        raise SubmitError(f"Slurm refused the job: {result.stderr.strip() or result.returncode}")
-    job_id = parse_job_id(result.stdout)
+        raise SubmitError(f"Slurm refused the job: {e}") from None
+    job_id = parse_job_id(out)
     record = {**spec, "job_id": job_id, "output": str(sub.output_for(job_id)), "spec": str(spec_path)}
     (folder / f"{job_id}.json").write_text(json.dumps(record, indent=1))
     return job_id
@@ -346,17 +345,13 @@ class JobView:
 def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
     """The user's notebook jobs: Slurm's view while queued or running, the status file after."""
     user = os.environ.get("USER") or _whoami()
-    out = subprocess.run(
-        [*squeue, "--noheader", "--user", user, "--name", JOB_NAME, "--format", "%i|%T|%r|%N"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise SubmitError(f"squeue failed: {out.stderr.strip()}")
+    argv = [*squeue, "--noheader", "--user", user, "--name", JOB_NAME, "--format", "%i|%T|%r|%N"]
+    try:
+        out = slurm.run_sync(argv).check()
+    except slurm.SlurmCommandError as e:
+        raise SubmitError(f"squeue failed: {e}") from None
     live = {}
-    for line in out.stdout.splitlines():
-        job_id, state, reason, nodes = [*line.split("|"), "", "", ""][:4]
+    for job_id, state, reason, nodes in slurm.rows(out, 4):
         live[job_id] = (state, reason if state == "PENDING" else nodes)
     views = []
     folder = jobs_dir()
@@ -385,9 +380,10 @@ def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
 def cancel(job_id: str, scancel: tuple[str, ...] = ("scancel",)) -> None:
     if not (job_id.isascii() and job_id.isdigit()):
         raise SubmitError(f"{job_id!r} is not a job id (a number, as `werkbank jobs` shows)")
-    result = subprocess.run([*scancel, job_id], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SubmitError(f"scancel {job_id}: {result.stderr.strip()}")
+    try:
+        slurm.run_sync([*scancel, job_id]).check()
+    except slurm.SlurmCommandError as e:
+        raise SubmitError(f"scancel {job_id}: {e}") from None
 
 
 def _whoami() -> str:

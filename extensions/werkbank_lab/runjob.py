@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from werkbank_lab.batch import jobs_dir
+from werkbank_spawner import slurm
 
 
 def write_status(job_id: str, **status) -> None:
@@ -36,16 +37,7 @@ def output_path(spec: dict, job_id: str) -> Path:
 
 def rendezvous_address(nodelist: str) -> str:
     """The first node's address (Slurm's NodeAddr): its name may not resolve on the other nodes."""
-    names = subprocess.run(
-        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
-    ).stdout.split()
-    node = subprocess.run(
-        ["scontrol", "--oneliner", "show", "node", names[0]], capture_output=True, text=True, check=True
-    ).stdout
-    for token in node.split():
-        if token.startswith("NodeAddr="):
-            return token.split("=", 1)[1]
-    return names[0]
+    return slurm.node_address(nodelist)
 
 
 def torchrun_argv(spec: dict, job_id: str, environ: dict[str, str]) -> list[str]:

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 
 import ipywidgets as widgets
 
+from werkbank_spawner import slurm
+
 #: Colours of the curves, in the order of ``keys``.
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
@@ -144,32 +146,15 @@ class TrainingPanel:
 # --- the session panel -----------------------------------------------------------------------
 
 
-def parse_slurm_time(text: str) -> int | None:
-    """Seconds from squeue's ``%L`` (``[D-]HH:MM:SS``, ``MM:SS``); None for UNLIMITED/INVALID."""
-    text = text.strip()
-    if not text or not text[0].isdigit():
-        return None
-    days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    hours, minutes, seconds = parts
-    return (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + seconds
+parse_slurm_time = slurm.parse_time
 
 
 def walltime_left(job_id: str, squeue: str = "squeue") -> int | None:
     """Seconds until Slurm ends ``job_id``, from squeue; None when unknown."""
     try:
-        out = subprocess.run(
-            [squeue, "--noheader", "--jobs", job_id, "--format", "%L"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return slurm.parse_time(slurm.time_left(job_id, squeue=squeue, timeout=10))
+    except slurm.SlurmCommandError:
         return None
-    return parse_slurm_time(out.stdout) if out.returncode == 0 else None
 
 
 def gpu_status(nvidia_smi: str = "nvidia-smi") -> list[dict[str, str]]:

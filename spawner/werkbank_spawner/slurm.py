@@ -1,6 +1,10 @@
-"""Running Slurm's commands from the hub: one asynchronous runner for ``sbatch``, ``squeue``,
-``scancel`` and ``sinfo``, used by the spawner (:mod:`werkbank_spawner.spawner`) and the shared
-queue (:mod:`werkbank_spawner.queue`).
+"""Running Slurm's commands and reading what they print, for the hub and for sessions.
+
+:func:`run` (asynchronous) serves the hub: the spawner (:mod:`werkbank_spawner.spawner`) and the
+shared queue (:mod:`werkbank_spawner.queue`). :func:`run_sync` serves what runs in a session or a
+job: ``werkbank submit/jobs/cancel`` (:mod:`werkbank_lab.batch`), the session panel
+(:mod:`werkbank_lab.widgets`), the job runner (:mod:`werkbank_lab.runjob`) and template 01, with
+the readers below (:func:`rows`, :func:`time_left`, :func:`parse_time`, :func:`node_address`).
 
 Every command is an argument vector (never a shell), runs with a timeout (a hung ``sinfo`` or
 ``squeue``, e.g. while ``slurmctld`` restarts, must not hold up every spawn), and is killed
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -82,3 +87,76 @@ async def run(
         await proc.wait()
         raise
     return Completed(argv, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def run_sync(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Completed:
+    """:func:`run` for synchronous callers: the same result and the same errors."""
+    argv = tuple(argv)
+    name = os.path.basename(argv[0])
+    feed = {"input": stdin.encode()} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        done = subprocess.run(
+            argv,
+            env=dict(env) if env is not None else None,
+            **feed,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except OSError as e:
+        raise SlurmCommandError(f"{name} could not be run: {e.strerror or e}") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmCommandError(f"{name} did not answer in {timeout:g} s") from None
+    return Completed(
+        argv, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+
+
+# --- what the commands print -------------------------------------------------------------------
+
+
+def rows(out: str, fields: int) -> list[list[str]]:
+    """The lines of ``squeue --noheader --format a|b|...`` as lists of exactly ``fields`` texts."""
+    return [
+        [*line.split("|", fields - 1), *[""] * fields][:fields] for line in out.splitlines() if line.strip()
+    ]
+
+
+def parse_time(text: str) -> int | None:
+    """Seconds from a Slurm duration (``[D-]HH:MM:SS``, ``MM:SS``, as squeue's ``%L`` prints
+    it); None for ``UNLIMITED``, ``INVALID`` or nothing."""
+    text = text.strip()
+    if not text or not text[0].isdigit():
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + seconds
+
+
+def time_left(job_id: str, *, squeue: str = "squeue", timeout: float = 15) -> str:
+    """What ``squeue -h -j <job> -o %L`` prints for ``job_id``: the time left, e.g. ``3:41:07``
+    ("" if Slurm no longer lists the job). Raises :class:`SlurmCommandError`."""
+    return (
+        run_sync([squeue, "--noheader", "--jobs", job_id, "--format", "%L"], timeout=timeout).check().strip()
+    )
+
+
+def node_address(nodelist: str, *, scontrol: str = "scontrol") -> str:
+    """The first node of ``nodelist`` (``node[1-3]``) as others reach it: its ``NodeAddr``,
+    which may differ from its name (names need not resolve on the other nodes)."""
+    names = run_sync([scontrol, "show", "hostnames", nodelist]).check().split()
+    if not names:
+        raise SlurmCommandError(f"no node in {nodelist!r}")
+    for token in run_sync([scontrol, "--oneliner", "show", "node", names[0]]).check().split():
+        if token.startswith("NodeAddr="):
+            return token.split("=", 1)[1]
+    return names[0]
