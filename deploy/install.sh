@@ -93,9 +93,12 @@ fi
 # into the environment. Reinstalled when the mode, the checkout or (for an install that is not
 # editable) any file of the package changed; a checkout elsewhere (or a deleted CI clone) must
 # not stay the one that is imported.
+imported_from() {  # the folder $1 is imported from (outside the checkout, which is not on sys.path)
+    (cd / && "$VENV/bin/python" -c "import $1, os; print(os.path.dirname($1.__file__))")
+}
 for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
     dir=${pkg%%:*} module=${pkg##*:}
-    where=$(cd / && "$VENV/bin/python" -c "import $module, os; print(os.path.dirname($module.__file__))" 2>/dev/null || true)
+    where=$(imported_from "$module" 2>/dev/null || true)
     pkg_stamp=$VENV/.werkbank-$dir.sha256
     if [ "$DEV" = yes ]; then
         # Editable: the package definition (entry points, data files such as the server
@@ -119,8 +122,7 @@ for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
             | grep -v -e '^WARNING: Location' -e 'Warning' -e '^ *!!' -e '^ *\*\*\*' -e '^ *$' || true
         # A build leaves build/ and *.egg-info in the checkout; they are not the package.
         [ "$DEV" = yes ] || rm -rf "$REPO/$dir/build" "$REPO/$dir"/*.egg-info
-        where=$(cd / && "$VENV/bin/python" -c "import $module, os; print(os.path.dirname($module.__file__))") \
-            || { echo "install: $module does not import" >&2; exit 1; }
+        where=$(imported_from "$module") || { echo "install: $module does not import" >&2; exit 1; }
         if [ "${where#"$installed_from"}" = "$where" ]; then
             echo "install: $module is imported from $where, not from $installed_from" >&2
             exit 1

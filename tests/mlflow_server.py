@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,10 +67,6 @@ class MlflowServer:
         pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
         self.process = Process("mlflow server", argv, log_path=self.log_path, env=env, preexec_fn=pin).start()
         self.process.wait_until(lambda: answers(f"{self.url}/health"), timeout, "/health to answer")
-
-    @property
-    def proc(self) -> subprocess.Popen | None:
-        return self.process.proc if self.process else None
 
     def stop(self) -> None:
         if self.process:

@@ -1094,12 +1094,12 @@ def prepare_state(site: Mapping, *, config_dir: str | os.PathLike) -> None:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
-    mlflow = site["tracking"]["mlflow"]
+    mlflow, data_dir = site["tracking"]["mlflow"], _data_dir(site, config_dir)
     account = mlflow_service_account(mlflow, min_uid=site["auth"]["min_uid"]) if mlflow["manage"] else None
     if account:
-        _give_folder(_mlflow_dir(_data_dir(site, config_dir)), account)
+        _give_folder(_mlflow_dir(data_dir), account)
     if mlflow_permissions(mlflow):  # which implies manage: the hub runs the server
-        path = _mlflow_auth_config_path(_data_dir(site, config_dir))
+        path = _mlflow_auth_config_path(data_dir)
         try:
             # Private: the database URI may hold a password.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -39,10 +39,6 @@ class Completed:
     stdout: str
     stderr: str
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.argv[0])
-
     def check(self) -> str:
         """``stdout``, or :class:`SlurmCommandError` with the command's error text."""
         if self.returncode != 0:

@@ -476,7 +476,6 @@ class ProxyProcess:
         if max_body_size is not None:
             argv += ["--max-body-size", str(max_body_size)]
         self.process = Process("the proxy", argv, log_path=log_path, env=env).start()
-        self.proc = self.process.proc
         self.process.wait_until(
             lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close() or True,
             30,
@@ -487,7 +486,7 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace")
 
     def peak_rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM")
