@@ -77,7 +77,7 @@ fi
 reqs=("$REPO/requirements.txt")
 [ "$DEV" = yes ] && reqs+=("$REPO/requirements-dev.txt")
 stamp=$VENV/.werkbank-requirements.sha256
-want=$(cat "${reqs[@]}" "$REPO/spawner/pyproject.toml" "$REPO/extensions/pyproject.toml" | sha256sum | cut -d' ' -f1)
+want=$(cat "${reqs[@]}" "$REPO/core/pyproject.toml" "$REPO/spawner/pyproject.toml" "$REPO/extensions/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "pip install -r ${reqs[*]##*/} (a few minutes the first time)"
     # The site's pip config may add local indexes that do not exist everywhere; their
@@ -96,7 +96,7 @@ fi
 imported_from() {  # the folder $1 is imported from (outside the checkout, which is not on sys.path)
     (cd / && "$VENV/bin/python" -c "import $1, os; print(os.path.dirname($1.__file__))")
 }
-for pkg in spawner:werkbank_spawner extensions:werkbank_lab; do
+for pkg in core:werkbank_core spawner:werkbank_spawner extensions:werkbank_lab; do
     dir=${pkg%%:*} module=${pkg##*:}
     where=$(imported_from "$module" 2>/dev/null || true)
     pkg_stamp=$VENV/.werkbank-$dir.sha256

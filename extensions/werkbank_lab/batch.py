@@ -34,8 +34,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from werkbank_spawner import slurm
-from werkbank_spawner.policy import (
+from werkbank_core import slurm
+from werkbank_core.policy import (
     MAX_CPUS,
     MAX_NODES,
     JobRequest,
@@ -44,7 +44,7 @@ from werkbank_spawner.policy import (
     parse_count,
     policy_from_dict,
 )
-from werkbank_spawner.script import directive_lines, parse_job_id, resource_options
+from werkbank_core.script import directive_lines, parse_job_id, resource_options
 
 #: Slurm job name of every notebook job (``werkbank jobs`` lists these).
 JOB_NAME = "werkbank-batch"

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from werkbank_core import slurm
 from werkbank_lab.batch import jobs_dir
-from werkbank_spawner import slurm
 
 
 def write_status(job_id: str, **status) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import ipywidgets as widgets
 
-from werkbank_spawner import slurm
+from werkbank_core import slurm
 
 #: Colours of the curves, in the order of ``keys``.
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")

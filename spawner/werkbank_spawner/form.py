@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from html import escape
 
-from .policy import format_memory, format_walltime
+from werkbank_core.policy import format_memory, format_walltime
 
 
 def render_options_form(spawner) -> str:

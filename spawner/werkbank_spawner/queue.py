@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .slurm import SlurmCommandError, run
+from werkbank_core.slurm import SlurmCommandError, run
 
 log = logging.getLogger(__name__)
 

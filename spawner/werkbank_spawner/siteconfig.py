@@ -8,7 +8,7 @@ The flow, used by ``hub_config/jupyterhub_config.py`` and by ``werkbank-site che
 :data:`SCHEMA` documents every key with its type, default and meaning; unknown keys are
 errors, never ignored. ``werkbank-site defaults`` prints it as a commented YAML reference.
 
-Profiles, custom fields and limits are checked by :func:`werkbank_spawner.policy.policy_from_dict`
+Profiles, custom fields and limits are checked by :func:`werkbank_core.policy.policy_from_dict`
 (the same code the spawner runs); this module only checks their shape and translates the
 policy's errors into site-file key paths.
 
@@ -38,8 +38,9 @@ from urllib.parse import urlsplit
 import yaml
 from traitlets.config import Config
 
-from .policy import MIN_UID, PolicyError, policy_from_dict
-from .script import PORT_RANGE
+from werkbank_core.policy import MIN_UID, PolicyError, policy_from_dict
+from werkbank_core.script import PORT_RANGE
+
 from .tracking.auth import KEY_ENV
 
 #: Spawner classes by ``hub.spawner``. Configured by class name only: importing the

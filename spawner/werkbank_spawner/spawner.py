@@ -4,9 +4,9 @@ The life of a server:
 
 1. The spawn page (or ``POST /hub/api/users/{name}/server``) sends ``user_options``.
    :func:`validate_user_options` (JupyterHub's ``apply_user_options`` hook) turns them into a
-   :class:`~werkbank_spawner.policy.JobRequest` or answers 400 with the reason; nothing
+   :class:`~werkbank_core.policy.JobRequest` or answers 400 with the reason; nothing
    reaches ``sbatch`` before that.
-2. :meth:`start` renders the script from the request (:mod:`werkbank_spawner.script`),
+2. :meth:`start` renders the script from the request (:mod:`werkbank_core.script`),
    submits it with an argument vector as the user (``sudo -u``), and waits until the job
    reports its port (:mod:`werkbank_spawner.api`) or the shared queue says the job is gone.
 3. :meth:`poll` reads the shared queue (:mod:`werkbank_spawner.queue`): one ``squeue`` call
@@ -32,12 +32,22 @@ from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default, observe, validate
 from traitlets.config import Config, LoggingConfigurable
 
+from werkbank_core import slurm
+from werkbank_core.policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
+from werkbank_core.script import (
+    PORT_RANGE,
+    PORT_RANGE_ENV,
+    USERNAME,
+    JobContext,
+    parse_job_id,
+    render_script,
+    sbatch_argv,
+)
+from werkbank_core.slurm import SlurmCommandError, run
+
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
-from .policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
-from .script import PORT_RANGE, PORT_RANGE_ENV, USERNAME, JobContext, parse_job_id, render_script, sbatch_argv
-from .slurm import SlurmCommandError, run
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
 
 
@@ -136,7 +146,7 @@ def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> 
 
 
 #: batchspawner's configurable traits, which WerkbankSlurmSpawner inherits but never reads: its
-#: script comes from the site's profiles (:mod:`werkbank_spawner.script`), its commands are
+#: script comes from the site's profiles (:mod:`werkbank_core.script`), its commands are
 #: argument vectors (``sbatch_cmd``, ...), its queue is :mod:`werkbank_spawner.queue`. Setting one
 #: would do nothing, so :func:`ignored_settings` finds them and the hub refuses to start.
 IGNORED_BATCHSPAWNER_TRAITS = tuple(
@@ -175,7 +185,7 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
 
     policy_config = Dict(
         help="""Profiles, custom fields and limits, as in the site file's ``profiles``,
-        ``custom_fields`` and ``limits`` keys (see werkbank_spawner.policy).""",
+        ``custom_fields`` and ``limits`` keys (see werkbank_core.policy).""",
     ).tag(config=True)
 
     slurm_conf = Unicode(
@@ -194,6 +204,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         config=True
     )
     sinfo_cmd = List(Unicode(), help="Argument vector for sinfo (run as the hub user).").tag(config=True)
+    scontrol_cmd = List(
+        Unicode(), help="Argument vector for scontrol, which expands node lists (run as the hub user)."
+    ).tag(config=True)
 
     @default("sbatch_cmd")
     def _sbatch_cmd_default(self):
@@ -210,6 +223,10 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     @default("sinfo_cmd")
     def _sinfo_cmd_default(self):
         return [os.path.join(self.slurm_bin_dir, "sinfo")]
+
+    @default("scontrol_cmd")
+    def _scontrol_cmd_default(self):
+        return [os.path.join(self.slurm_bin_dir, "scontrol")]
 
     sudo_cmd = List(
         Unicode(),
@@ -486,7 +503,10 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             if self.port:
                 info = await self.queue.refresh(self.job_id)
                 if info is not None and info.state is JobState.RUNNING and info.nodes:
-                    address = await self.node_addresses.address(first_node(info.nodes))
+                    first, *_ = await slurm.hostnames(
+                        info.nodes, scontrol=self.scontrol_cmd, env=self._slurm_env(), timeout=30
+                    )
+                    address = await self.node_addresses.address(first)
                     await self._wait_listening(address, self.port)
                     return address
                 await asyncio.sleep(0.2)  # reported, but Slurm does not say RUNNING yet
@@ -587,15 +607,6 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
                 yield {"progress": percent, "message": message}
                 last = message
             await self.queue.wait_for_update(self.queue_poll_interval * 2)
-
-
-def first_node(nodes: str) -> str:
-    """The first host of a Slurm node list; ``node[1-3]`` → ``node1`` (single-node jobs are plain)."""
-    head = nodes.split(",")[0]
-    if "[" in head:
-        prefix, _, rest = head.partition("[")
-        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
-    return head
 
 
 def progress_message(job_id: str, info: JobInfo | None, port: int) -> tuple[str, int]:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from werkbank_spawner.policy import policy_from_dict
+from werkbank_core.policy import policy_from_dict
 from werkbank_spawner.siteconfig import policy_config
 
 from .conftest import REPO, Hub, job_field, run, squeue, wait_for

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from werkbank_core.policy import policy_from_dict
 from werkbank_lab import batch
-from werkbank_spawner.policy import policy_from_dict
 
 SITE = {
     "profiles": [

@@ -63,5 +63,6 @@ def test_required_pins():
 def test_conda_env_installs_the_project_packages():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ./core" in pip_section
     assert "-e ./spawner" in pip_section
     assert "-e ./extensions" in pip_section

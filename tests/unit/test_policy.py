@@ -2,7 +2,7 @@
 
 import pytest
 
-from werkbank_spawner.policy import (
+from werkbank_core.policy import (
     PolicyError,
     format_walltime,
     parse_memory,

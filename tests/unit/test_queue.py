@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from werkbank_spawner.queue import JobInfo, JobState, NodeAddresses, SlurmQueue, parse_squeue
-from werkbank_spawner.spawner import first_node, progress_message
+from werkbank_spawner.spawner import progress_message
 
 
 def test_parse_squeue_maps_states():
@@ -54,12 +54,6 @@ def test_state_since_is_kept_while_the_state_holds():
 )
 def test_explain(info, words):
     assert info.explain() == words
-
-
-def test_first_node():
-    assert first_node("node1") == "node1"
-    assert first_node("gpu[3-5]") == "gpu3"
-    assert first_node("gpu[7,9],cpu1") == "gpu7"
 
 
 def test_progress_messages():

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from werkbank_spawner.policy import JobRequest, PolicyError, policy_from_dict
-from werkbank_spawner.script import (
+from werkbank_core.policy import JobRequest, PolicyError, policy_from_dict
+from werkbank_core.script import (
     JobContext,
     ScriptError,
     parse_job_id,
@@ -222,7 +222,7 @@ def test_no_hostile_input_reaches_the_script():
 def test_rendered_script_is_valid_bash_and_python(tmp_path):
     import subprocess
 
-    from werkbank_spawner.script import PORT_REPORT
+    from werkbank_core.script import PORT_REPORT
 
     script = render_script(
         JobRequest("gpu1", "gpu", 4, 16384, 240, gpus=1), CTX, CMD, path_prefix="/opt/x/bin"

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from traitlets.config import Config
 
+from werkbank_core.policy import policy_from_dict
 from werkbank_spawner import siteconfig
-from werkbank_spawner.policy import policy_from_dict
 from werkbank_spawner.siteconfig import SiteConfigError, apply, load, main, validate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,14 +1,15 @@
-"""werkbank_spawner.slurm's synchronous side (sessions, jobs, template 01): small shell scripts
+"""werkbank_core.slurm's synchronous side (sessions, jobs, template 01): small shell scripts
 stand in for squeue and scontrol; the real commands are exercised in tests/integration."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
 import pytest
 
-from werkbank_spawner import slurm
+from werkbank_core import slurm
 
 
 def command(tmp_path: Path, name: str, body: str) -> str:
@@ -67,3 +68,27 @@ def test_the_first_nodes_address_comes_from_slurm(tmp_path):
     assert slurm.node_address("node[1-3]", scontrol=scontrol) == "10.0.0.7"
     with pytest.raises(slurm.SlurmCommandError):
         slurm.node_address("other[1-2]", scontrol=scontrol)
+
+
+def test_node_lists_are_expanded_by_slurm_itself(tmp_path):
+    """The hub's spawner asks ``scontrol show hostnames`` for any list or range (zero padding,
+    several ranges); a plain name needs no command at all."""
+    calls = tmp_path / "calls"
+    scontrol = command(
+        tmp_path,
+        "scontrol",
+        f'echo "$*" >>{calls}\n'
+        'case "$*" in\n'
+        '  "show hostnames gpu[07-09,11],cpu1") printf "gpu07\\ngpu08\\ngpu09\\ngpu11\\ncpu1\\n" ;;\n'
+        '  "show hostnames empty[1]") ;;\n'
+        '  *) echo "scontrol: error: Invalid node list" >&2; exit 1 ;;\n'
+        "esac\n",
+    )
+    names = asyncio.run(slurm.hostnames("gpu[07-09,11],cpu1", scontrol=[scontrol]))
+    assert names == ["gpu07", "gpu08", "gpu09", "gpu11", "cpu1"]
+    assert asyncio.run(slurm.hostnames("node1", scontrol=[scontrol])) == ["node1"]
+    assert calls.read_text().splitlines() == ["show hostnames gpu[07-09,11],cpu1"]
+    with pytest.raises(slurm.SlurmCommandError, match="no node in 'empty"):
+        asyncio.run(slurm.hostnames("empty[1]", scontrol=scontrol))
+    with pytest.raises(slurm.SlurmCommandError, match="Invalid node list"):
+        asyncio.run(slurm.hostnames("bad[", scontrol=scontrol))

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from werkbank_spawner.slurm import SlurmCommandError
+from werkbank_core.slurm import SlurmCommandError
 from werkbank_spawner.spawner import WerkbankSlurmSpawner
 
 from .test_policy import SITE

@@ -18,7 +18,7 @@ import yaml
 from tornado import web
 from traitlets.config import Config
 
-from werkbank_spawner.script import PORT_RANGE_ENV, PORT_REPORT
+from werkbank_core.script import PORT_RANGE_ENV, PORT_REPORT
 from werkbank_spawner.spawner import (
     IGNORED_BATCHSPAWNER_TRAITS,
     WerkbankLocalSpawner,

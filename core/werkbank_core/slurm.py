@@ -1,10 +1,11 @@
 """Running Slurm's commands and reading what they print, for the hub and for sessions.
 
-:func:`run` (asynchronous) serves the hub: the spawner (:mod:`werkbank_spawner.spawner`) and the
-shared queue (:mod:`werkbank_spawner.queue`). :func:`run_sync` serves what runs in a session or a
-job: ``werkbank submit/jobs/cancel`` (:mod:`werkbank_lab.batch`), the session panel
-(:mod:`werkbank_lab.widgets`), the job runner (:mod:`werkbank_lab.runjob`) and template 01, with
-the readers below (:func:`rows`, :func:`time_left`, :func:`parse_time`, :func:`node_address`).
+:func:`run` (asynchronous) serves the hub: the spawner (``werkbank_spawner.spawner``) and the
+shared queue (``werkbank_spawner.queue``). :func:`run_sync` serves what runs in a session or a
+job: ``werkbank submit/jobs/cancel`` (``werkbank_lab.batch``), the session panel
+(``werkbank_lab.widgets``), the job runner (``werkbank_lab.runjob``) and template 01, with
+the readers below (:func:`rows`, :func:`time_left`, :func:`parse_time`, :func:`hostnames`,
+:func:`node_address`).
 
 Every command is an argument vector (never a shell), runs with a timeout (a hung ``sinfo`` or
 ``squeue``, e.g. while ``slurmctld`` restarts, must not hold up every spawn), and is killed
@@ -146,10 +147,37 @@ def time_left(job_id: str, *, squeue: str = "squeue", timeout: float = 15) -> st
     )
 
 
+def _plain_hostname(nodelist: str) -> str | None:
+    """``nodelist`` itself when it is one plain host name (most jobs: one node), which needs no
+    expansion; None for a list or a bracketed range, which only Slurm itself expands."""
+    return nodelist if nodelist and not any(c in nodelist for c in "[],") else None
+
+
+async def hostnames(
+    nodelist: str,
+    *,
+    scontrol: str | Sequence[str] = "scontrol",
+    env: Mapping[str, str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[str]:
+    """The host names of a Slurm node list (``gpu[01-03],cpu7``), in order, by
+    ``scontrol show hostnames`` (Slurm's own hostlist syntax has more cases than one would parse
+    by hand: zero padding, several ranges, nested lists). Raises :class:`SlurmCommandError`."""
+    plain = _plain_hostname(nodelist)
+    if plain:
+        return [plain]
+    argv = [scontrol] if isinstance(scontrol, str) else list(scontrol)
+    names = (await run([*argv, "show", "hostnames", nodelist], env=env, timeout=timeout)).check().split()
+    if not names:
+        raise SlurmCommandError(f"no node in {nodelist!r}")
+    return names
+
+
 def node_address(nodelist: str, *, scontrol: str = "scontrol") -> str:
     """The first node of ``nodelist`` (``node[1-3]``) as others reach it: its ``NodeAddr``,
     which may differ from its name (names need not resolve on the other nodes)."""
-    names = run_sync([scontrol, "show", "hostnames", nodelist]).check().split()
+    plain = _plain_hostname(nodelist)
+    names = [plain] if plain else run_sync([scontrol, "show", "hostnames", nodelist]).check().split()
     if not names:
         raise SlurmCommandError(f"no node in {nodelist!r}")
     for token in run_sync([scontrol, "--oneliner", "show", "node", names[0]]).check().split():

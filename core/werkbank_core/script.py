@@ -2,7 +2,7 @@
 
 Stock batchspawner formats ``user_options`` straight into a Jinja template after setting
 ``cmd``, so a posted ``{"cmd": ...}`` or a value with a newline and ``#SBATCH`` lands in the
-script. Here the only inputs are a :class:`~werkbank_spawner.policy.JobRequest` (ints and
+script. Here the only inputs are a :class:`~werkbank_core.policy.JobRequest` (ints and
 allow-listed names), the account details from the password database, and admin settings;
 every line is checked once more before it is emitted (defence in depth).
 """
