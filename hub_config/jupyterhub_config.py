@@ -21,7 +21,7 @@ from pathlib import Path
 # Imported here, not lazily through spawner_class: the module replaces batchspawner's
 # port-report API route, and must do so before the hub builds its handler list.
 import werkbank_spawner.spawner
-from werkbank_spawner import siteconfig
+from werkbank_spawner import site as werkbank_site
 
 c = get_config()  # noqa: F821 (provided by JupyterHub's config loader)
 
@@ -29,15 +29,17 @@ HERE = Path(__file__).resolve().parent
 SITE_FILE = Path(os.environ.get("WERKBANK_SITE_CONFIG") or HERE / "site.yaml")
 
 try:
-    site = siteconfig.load(SITE_FILE)
+    data = werkbank_site.load(SITE_FILE)
     if os.environ.get("WERKBANK_SPAWNER"):
-        site.setdefault("hub", {})["spawner"] = os.environ["WERKBANK_SPAWNER"]
-    site = siteconfig.validate(site)
-    siteconfig.apply(c, site, config_dir=SITE_FILE.resolve().parent)
+        hub = data.get("hub") or {}
+        data["hub"] = {**hub, "spawner": os.environ["WERKBANK_SPAWNER"]} if isinstance(hub, dict) else hub
+    # Validated once: the typed, frozen Site is what everything below receives.
+    site = werkbank_site.validate(data)
+    werkbank_site.apply(c, site, config_dir=SITE_FILE.resolve().parent)
     # JupyterHub writes its cookie secret into hub.data_dir but does not create it; MLflow's
     # permission configuration is written from the site file.
-    siteconfig.prepare_state(site, config_dir=SITE_FILE.resolve().parent)
-except siteconfig.SiteConfigError as error:
+    werkbank_site.prepare_state(site, config_dir=SITE_FILE.resolve().parent)
+except werkbank_site.SiteConfigError as error:
     print(f"FATAL: {error}", file=sys.stderr)
     sys.exit(1)
 
@@ -48,6 +50,6 @@ for extra in sorted((HERE / "jupyterhub_config.d").glob("*.py")):
 # batchspawner's own settings (req_*, batch_script, exec_prefix, ...) would do nothing here: an
 # admin following batchspawner's documentation is told so, instead of seeing no effect.
 ignored = werkbank_spawner.spawner.ignored_settings(c)
-if ignored and c.JupyterHub.spawner_class == siteconfig.SPAWNER_CLASSES["slurm"]:
+if ignored and c.JupyterHub.spawner_class == werkbank_site.SPAWNER_CLASSES["slurm"]:
     print(f"FATAL: {werkbank_spawner.spawner.ignored_settings_message(ignored)}", file=sys.stderr)
     sys.exit(1)

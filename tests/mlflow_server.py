@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.services import Process, answers
-from werkbank_spawner import siteconfig
+from werkbank_spawner.site import services as site_services
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -57,9 +57,9 @@ class MlflowServer:
         env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri  # as the hub passes it: not in ps
         if self.signing_key:
             ini = self.root / "auth.ini"
-            ini.write_text(siteconfig.mlflow_auth_ini(self.auth_database_uri))
+            ini.write_text(site_services.mlflow_auth_ini(self.auth_database_uri))
             argv += ["--app-name", "basic-auth"]
-            env.update(siteconfig.mlflow_auth_env(ini, self.signing_key))
+            env.update(site_services.mlflow_auth_env(ini, self.signing_key))
         env.pop("MLFLOW_TRACKING_URI", None)
         # The server's job runner (GenAI evaluation jobs) starts about a dozen worker processes
         # nothing here uses; on a 2-core machine they slow everything down.

@@ -15,20 +15,19 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from werkbank_core.policy import policy_from_dict
-from werkbank_spawner.siteconfig import policy_config
+from werkbank_spawner import site as werkbank_site
 
 from .conftest import REPO, Hub, job_field, run, squeue, wait_for
 from .test_spawn import job_environ
 
 pytestmark = pytest.mark.integration
 WERKBANK = str(Path(sys.executable).parent / "werkbank")
-SITE = yaml.safe_load((REPO / "hub_config" / "site.yaml").read_text())
+SITE = werkbank_site.validate(werkbank_site.load(REPO / "hub_config" / "site.yaml"))
 # What the spawner puts in a session of a user in no group.
-POLICY_JSON = json.dumps(policy_from_dict(policy_config(SITE)).view_for(()))
+POLICY_JSON = json.dumps(policy_from_dict(SITE.policy_config()).view_for(()))
 #: What `werkbank` reads in a session: the policy, the hub's MLflow service as jobs reach it with
 #: the session's token, and the hub API with the server's token (for a job token of its own).
 SESSION_VARIABLES = (

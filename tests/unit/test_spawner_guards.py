@@ -28,7 +28,7 @@ from werkbank_spawner.spawner import (
 )
 
 from .test_policy import SITE
-from .test_siteconfig import HUB_CONFIG, minimal, run_hub_config, with_value, write
+from .test_site import HUB_CONFIG, minimal, run_hub_config, with_value, write
 
 
 def account(name: str, uid: int) -> pwd.struct_passwd:

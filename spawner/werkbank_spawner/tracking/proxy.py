@@ -45,7 +45,7 @@ experiment name with a ``/`` starts with the creator's user name or one of their
 (``alice/...``, ``workshop/...``), and members of the group get EDIT on a ``<group>/...``
 experiment when it is created (or renamed into the group's namespace).
 
-Run by the hub (``werkbank_spawner.siteconfig``)::
+Run by the hub (``werkbank_spawner.site.services``)::
 
     python -m werkbank_spawner.tracking.proxy --upstream http://127.0.0.1:5000 --permissions
 

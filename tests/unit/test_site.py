@@ -1,4 +1,5 @@
-"""The site file: schema, loading, validation, application to a Config, CLI, hub config."""
+"""The site file (werkbank_spawner.site): schema, loading, validation, application to a Config,
+CLI, hub config."""
 
 from __future__ import annotations
 
@@ -15,11 +16,25 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from traitlets.config import Config
 
 from werkbank_core.policy import policy_from_dict
-from werkbank_spawner import siteconfig
-from werkbank_spawner.siteconfig import SiteConfigError, apply, load, main, validate
+from werkbank_spawner import site as werkbank_site
+from werkbank_spawner.site import (
+    Site,
+    SiteConfigError,
+    apply,
+    load,
+    prepare_state,
+    reference,
+    rules,
+    schema,
+    services,
+    validate,
+)
+from werkbank_spawner.site.apply import DEFAULT_SERVER_SCOPES
+from werkbank_spawner.site.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SITE = REPO / "hub_config" / "site.yaml"
@@ -57,7 +72,7 @@ MLFLOW_ACCOUNT = pwd.struct_passwd(
 def accounts(monkeypatch) -> dict[str, pwd.struct_passwd | None]:
     """As a hub running as root on a machine with MLflow's service account (uid 990), whoever
     runs the tests; tests add or replace accounts in the returned mapping."""
-    monkeypatch.setattr(siteconfig, "_running_as_root", lambda: True)
+    monkeypatch.setattr(services, "running_as_root", lambda: True)
     known = {"werkbank-mlflow": MLFLOW_ACCOUNT}
     real = pwd.getpwnam
 
@@ -68,7 +83,7 @@ def accounts(monkeypatch) -> dict[str, pwd.struct_passwd | None]:
             raise KeyError(name)
         return known[name]
 
-    monkeypatch.setattr(siteconfig.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(services.pwd, "getpwnam", getpwnam)
     return known
 
 
@@ -83,69 +98,64 @@ def error_of(site: object) -> SiteConfigError:
 
 def test_demo_site_validates():
     site = validate(load(DEMO_SITE))
-    assert site["auth"]["type"] == "shared-password"
-    assert site["auth"]["allowed_users"] == ["demo"]
-    assert [p["name"] for p in site["profiles"]] == ["cpu", "gpu1", "fullnode"]
-    assert site["limits"]["groups"]["workshop"] == {"gpus": 1, "walltime": "2h"}
-    policy = policy_from_dict(siteconfig.policy_config(site))
+    assert site.auth.type == "shared-password"
+    assert site.auth.allowed_users == ("demo",)
+    assert [p.name for p in site.profiles] == ["cpu", "gpu1", "fullnode"]
+    assert site.limits.groups["workshop"].model_dump(exclude_none=True) == {"gpus": 1, "walltime": "2h"}
+    policy = policy_from_dict(site.policy_config())
     assert policy.limits_for(["workshop"]).gpus == 1
     assert policy.limits_for([]).memory_mb == 64 * 1024
 
 
 def test_missing_keys_take_their_defaults():
     site = validate(minimal())
-    assert site["hub"]["bind_url"] == "http://127.0.0.1:8000"
-    assert site["hub"]["spawner"] == "slurm"
-    assert site["auth"]["oauth"]["scope"] == ["openid", "profile"]
-    assert site["slurm"]["poll_interval"] == 2.0
-    assert site["tracking"]["mlflow"]["manage"] is True
-    assert site["culling"] == {"enabled": True, "timeout": 3600, "every": 300}
-    assert site["limits"]["default"]["gpus"] == 0
-    assert site["limits"]["groups"] == {}
-    assert set(site) == set(siteconfig.SCHEMA.keys)
+    assert site.hub.bind_url == "http://127.0.0.1:8000"
+    assert site.hub.spawner == "slurm"
+    assert site.auth.oauth.scope == ("openid", "profile")
+    assert site.slurm.poll_interval == 2.0
+    assert site.tracking.mlflow.manage is True
+    assert site.culling.model_dump() == {"enabled": True, "timeout": 3600, "every": 300}
+    assert site.limits.default.gpus == 0
+    assert site.limits.groups == {}
+    assert site.profiles[0].memory == "2G"
 
 
 def test_a_section_with_every_key_commented_out_is_the_defaults():
     site = validate({**minimal(), "hub": None})
-    assert site["hub"] == siteconfig.defaults()["hub"]
+    assert site.hub == werkbank_site.defaults().hub
 
 
-def test_validate_and_merge_never_mutate_defaults_or_input():
-    before = siteconfig.defaults()
+def test_a_site_cannot_be_changed_and_validation_changes_nothing():
     given = minimal()
     given_copy = copy.deepcopy(given)
-    first = validate(given)
-    # Mutate everything the result holds that is mutable.
-    first["hub"]["admin_users"].append("mallory")
-    first["auth"]["oauth"]["scope"].append("email")
-    first["limits"]["default"]["partitions"].append("gpu")
-    first["profiles"][0]["gpus"] = 8
-    merged = siteconfig.merge_defaults(given)
-    merged["custom_fields"].append("gpus")
-    second = validate(given)
-    assert second["hub"]["admin_users"] == []
-    assert second["auth"]["oauth"]["scope"] == ["openid", "profile"]
-    assert second["limits"]["default"]["partitions"] == ["cpu"]
-    assert second["custom_fields"] == []
-    assert "gpus" not in second["profiles"][0]
-    assert siteconfig.defaults() == before
+    site = validate(given)
+    with pytest.raises(ValidationError, match="frozen"):
+        site.hub.bind_url = "http://0.0.0.0:80"
+    with pytest.raises(ValidationError, match="frozen"):
+        site.profiles[0].gpus = 8
+    with pytest.raises(AttributeError):
+        site.limits.default.partitions.append("gpu")  # a tuple
     assert given == given_copy
-    scope_key = siteconfig.SCHEMA.keys["auth"].keys["oauth"].keys["scope"]
-    assert scope_key.default == ["openid", "profile"]
+    # What is handed on (the spawners' policy) is new on every call.
+    config = site.policy_config()
+    config["profiles"][0]["gpus"] = 8
+    config["custom_fields"].append("gpus")
+    assert site.policy_config() == validate(minimal()).policy_config()
+    assert werkbank_site.defaults() == werkbank_site.defaults()
+    assert werkbank_site.defaults().auth.oauth.scope == ("openid", "profile")
 
 
 def test_int_for_a_float_setting_is_converted():
     site = validate(with_value(minimal(), "slurm.poll_interval", 3))
-    assert site["slurm"]["poll_interval"] == 3.0
-    assert isinstance(site["slurm"]["poll_interval"], float)
+    assert site.slurm.poll_interval == 3.0
+    assert isinstance(site.slurm.poll_interval, float)
 
 
 def test_documented_profile_defaults_are_the_policys():
-    item = siteconfig.SCHEMA.keys["profiles"].item
     documented = {
-        key: key_schema.default
-        for key, key_schema in item.keys.items()
-        if key_schema.default is not siteconfig.REQUIRED
+        key: list(info.default) if isinstance(info.default, tuple) else info.default
+        for key, info in schema.Profile.model_fields.items()
+        if not info.is_required()
     }
     bare = minimal()
     explicit = with_value(bare, "profiles[0]", {**bare["profiles"][0], **documented})
@@ -153,9 +163,19 @@ def test_documented_profile_defaults_are_the_policys():
 
 
 def test_documented_default_limits_are_the_policys():
-    filled = policy_from_dict(siteconfig.policy_config(validate(minimal())))
+    filled = policy_from_dict(validate(minimal()).policy_config())
     bare = policy_from_dict(minimal())
     assert filled == bare
+
+
+def test_a_groups_absent_limits_stay_absent_for_the_policy():
+    """Inherited from limits.default, not filled with the most restrictive values."""
+    site = with_value(minimal(), "limits.default", {"partitions": ["cpu"], "gpus": 4, "memory": "64G"})
+    site = with_value(site, "limits.groups", {"workshop": {"walltime": "2h"}})
+    config = validate(site).policy_config()
+    assert config["limits"]["groups"] == {"workshop": {"walltime": "2h"}}
+    workshop = policy_from_dict(config).limits_for(["workshop"])
+    assert (workshop.gpus, workshop.memory_mb, workshop.walltime_min) == (4, 64 * 1024, 120)
 
 
 # --- unknown keys and types ----------------------------------------------------------------
@@ -277,9 +297,9 @@ def test_profile_partition_allowed_by_a_group_only_is_fine():
     site["profiles"].append({"name": "gpu", "partition": "gpu", "groups": ["gpu-users"]})
     site["limits"]["groups"] = {"gpu-users": {"partitions": ["cpu", "gpu"], "gpus": 1}}
     valid = validate(site)
-    assert [(p["name"], p["partition"]) for p in valid["profiles"]] == [("cpu", "cpu"), ("gpu", "gpu")]
+    assert [(p.name, p.partition) for p in valid.profiles] == [("cpu", "cpu"), ("gpu", "gpu")]
     # Usable by the group it is offered to, which may use the partition; offered to nobody else.
-    policy = policy_from_dict(siteconfig.policy_config(valid))
+    policy = policy_from_dict(valid.policy_config())
     request = policy.validate({"profile": "gpu"}, ["gpu-users"])
     assert (request.profile, request.partition, request.gpus) == ("gpu", "gpu", 0)
     assert [p.name for p in policy.profiles_for([])] == ["cpu"]
@@ -287,7 +307,8 @@ def test_profile_partition_allowed_by_a_group_only_is_fine():
 
 def test_a_group_with_no_keys_inherits_everything():
     site = with_value(minimal(), "limits.groups", {"staff": None})
-    assert validate(site)["limits"]["groups"] == {"staff": {}}
+    groups = validate(site).policy_config()["limits"]["groups"]
+    assert groups == {"staff": {}}
 
 
 # --- authentication ------------------------------------------------------------------------
@@ -312,12 +333,12 @@ def test_shared_password_is_refused_beyond_loopback(bind_url):
     "bind_url", ["http://127.0.0.1:8000", "http://127.0.0.2:8000", "http://localhost:8000/x/"]
 )
 def test_shared_password_is_allowed_on_loopback(bind_url):
-    assert validate(shared(bind_url))["auth"]["shared_password"] == "werkbank-demo"
+    assert validate(shared(bind_url)).auth.shared_password == "werkbank-demo"
 
 
 def test_shared_password_on_ipv6_loopback():
     site = validate(shared("http://[::1]:8000"))
-    assert (site["auth"]["type"], site["hub"]["bind_url"]) == ("shared-password", "http://[::1]:8000")
+    assert (site.auth.type, site.hub.bind_url) == ("shared-password", "http://[::1]:8000")
     # Whereas IPv6's every-interface address is refused like 0.0.0.0.
     error = error_of(shared("http://[::]:8000"))
     assert error.path == "auth.type"
@@ -385,10 +406,14 @@ def test_urls_are_checked(path, value):
 # --- apply ---------------------------------------------------------------------------------
 
 
-def applied(site: dict, config_dir: Path = Path("/etc/werkbank")) -> Config:
+def applied(site: dict | Site, config_dir: Path = Path("/etc/werkbank")) -> Config:
     c = Config()
-    apply(c, site, config_dir=config_dir)
+    apply(c, site if isinstance(site, Site) else validate(site), config_dir=config_dir)
     return c
+
+
+def prepared(site: dict, *, config_dir: str) -> None:
+    prepare_state(validate(site), config_dir=config_dir)
 
 
 def test_apply_demo_site(tmp_path):
@@ -410,11 +435,9 @@ def test_apply_demo_site(tmp_path):
     assert c.Spawner.poll_interval == 5
 
     spawner = c.WerkbankSlurmSpawner
-    assert spawner.policy_config == {
-        "profiles": site["profiles"],
-        "custom_fields": site["custom_fields"],
-        "limits": site["limits"],
-    }
+    assert spawner.policy_config == site.policy_config()
+    assert spawner.policy_config["profiles"][1]["name"] == "gpu1"
+    assert spawner.policy_config["limits"]["groups"] == {"workshop": {"gpus": 1, "walltime": "2h"}}
     # Jobs reach MLflow through the hub's authenticating proxy service, with their own token,
     # where they reach the hub API (not through the hub's public proxy).
     assert spawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
@@ -504,8 +527,8 @@ def test_apply_shares_nothing_with_the_site():
     c = applied(site)
     c.WerkbankSlurmSpawner.policy_config["profiles"][0]["gpus"] = 4
     c.WerkbankLocalSpawner.policy_config["custom_fields"].append("gpus")
-    assert "gpus" not in site["profiles"][0]
-    assert site["custom_fields"] == []
+    assert site.profiles[0].gpus == 0
+    assert site.custom_fields == ()
     assert "gpus" not in c.WerkbankSlurmSpawner.policy_config["custom_fields"]
 
 
@@ -521,7 +544,7 @@ def test_apply_sets_whole_lists_and_does_not_append():
     c.JupyterHub.services = [{"name": "stale", "command": ["true"]}]
     c.JupyterHub.load_roles = [{"name": "stale", "scopes": ["admin:users"]}]
     c.JupyterHub.extra_user_scopes = {"admin:users"}
-    apply(c, with_value(minimal(), "tracking.mlflow.proxy", False), config_dir="/")
+    apply(c, validate(with_value(minimal(), "tracking.mlflow.proxy", False)), config_dir="/")
     assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler"]
     assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
     assert c.JupyterHub.extra_user_scopes == set()
@@ -538,7 +561,9 @@ def test_apply_without_services():
     assert c.WerkbankSlurmSpawner.mlflow_send_token is False
 
 
-def test_apply_validates_first():
+def test_apply_takes_only_a_validated_site():
+    with pytest.raises(TypeError, match="validated Site"):
+        apply(Config(), minimal(), config_dir="/")
     with pytest.raises(SiteConfigError, match=r"^hub\.spawner: "):
         applied(with_value(minimal(), "hub.spawner", "docker"))
 
@@ -642,9 +667,9 @@ def test_apply_mlflow_settings_without_the_proxy(database_drivers):
 @pytest.fixture
 def database_drivers(monkeypatch):
     """PostgreSQL drivers count as installed (psycopg2 is not in the test environment)."""
-    real = siteconfig.importlib.util.find_spec
+    real = rules.importlib.util.find_spec
     monkeypatch.setattr(
-        siteconfig.importlib.util,
+        rules.importlib.util,
         "find_spec",
         lambda name, *a: object() if name in ("psycopg2", "psycopg") else real(name, *a),
     )
@@ -763,9 +788,9 @@ def test_a_public_hub_needs_no_public_mlflow_url():
 
 
 def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
-    real = siteconfig.importlib.util.find_spec
+    real = rules.importlib.util.find_spec
     monkeypatch.setattr(
-        siteconfig.importlib.util,
+        rules.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "psycopg" else real(name, *a),
     )
@@ -784,12 +809,12 @@ def test_the_server_role_keeps_jupyterhubs_default_scopes():
     from jupyterhub.roles import get_default_roles
 
     (default,) = [role for role in get_default_roles() if role["name"] == "server"]
-    assert set(siteconfig.DEFAULT_SERVER_SCOPES) == set(default["scopes"])
+    assert set(DEFAULT_SERVER_SCOPES) == set(default["scopes"])
 
 
 def test_prepare_state_creates_private_state_folders(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "werkbank" / "hub"))
-    siteconfig.prepare_state(site, config_dir="/")
+    prepared(site, config_dir="/")
     for folder in (tmp_path / "werkbank" / "hub", tmp_path / "werkbank" / "mlflow"):
         assert folder.is_dir()
         assert folder.stat().st_mode & 0o777 == 0o700
@@ -798,7 +823,7 @@ def test_prepare_state_creates_private_state_folders(tmp_path):
 def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
     site = with_value(site, "tracking.mlflow.auth_database_uri", "postgresql://mlflow:p%40ss@db/auth")
-    siteconfig.prepare_state(site, config_dir="/")
+    prepared(site, config_dir="/")
     ini = tmp_path / "mlflow" / "auth.ini"
     assert ini.stat().st_mode & 0o777 == 0o600  # the database URI may hold a password
     parser = configparser.ConfigParser()
@@ -810,7 +835,7 @@ def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
         "authorization_function": "werkbank_spawner.tracking.auth:authenticate",
         "grant_default_workspace_access": "false",
     }
-    siteconfig.prepare_state(with_value(site, "tracking.mlflow.auth_database_uri", ""), config_dir="/")
+    prepared(with_value(site, "tracking.mlflow.auth_database_uri", ""), config_dir="/")
     parser.read(ini)
     assert parser["mlflow"]["database_uri"] == f"sqlite:///{tmp_path}/mlflow/auth.db"
 
@@ -824,7 +849,7 @@ def test_mlflow_without_permission_checks(tmp_path, key, value):
         assert "--permissions" not in service["command"]
         assert "--app-name" not in service["command"]
         assert "WERKBANK_MLFLOW_SIGNING_KEY" not in service.get("environment", {})
-    siteconfig.prepare_state(site, config_dir="/")
+    prepared(site, config_dir="/")
     assert not (tmp_path / "mlflow" / "auth.ini").exists()
 
 
@@ -860,11 +885,11 @@ def test_another_service_account(accounts):
 
 
 def test_a_hub_that_is_not_root_runs_mlflow_as_itself(monkeypatch, accounts, tmp_path):
-    monkeypatch.setattr(siteconfig, "_running_as_root", lambda: False)
+    monkeypatch.setattr(services, "running_as_root", lambda: False)
     accounts["werkbank-mlflow"] = None  # not needed: JupyterHub could not switch to it anyway
     assert not any("user" in s for s in applied(minimal()).JupyterHub.services)
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
-    siteconfig.prepare_state(site, config_dir="/")
+    prepared(site, config_dir="/")
     assert (tmp_path / "mlflow").stat().st_uid == os.geteuid()
 
 
@@ -877,7 +902,7 @@ def test_prepare_state_gives_mlflows_folder_to_its_account(tmp_path):
     (tmp_path / "mlflow" / "mlflow.db").write_text("")
     (tmp_path / "mlflow" / "link").symlink_to(outside)
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
-    siteconfig.prepare_state(site, config_dir="/")
+    prepared(site, config_dir="/")
     mine = MLFLOW_ACCOUNT.pw_uid
     for path in ("mlflow", "mlflow/artifacts", "mlflow/artifacts/1", "mlflow/mlflow.db", "mlflow/auth.ini"):
         assert (tmp_path / path).stat().st_uid == mine, path
@@ -890,7 +915,7 @@ def test_prepare_state_reports_what_it_cannot_create(tmp_path):
     (tmp_path / "file").write_text("")
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "file" / "hub"))
     with pytest.raises(SiteConfigError, match=r"^hub\.data_dir: cannot create "):
-        siteconfig.prepare_state(site, config_dir="/")
+        prepared(site, config_dir="/")
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -946,23 +971,32 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 def test_rendered_defaults_load_as_the_defaults():
-    assert yaml.safe_load(siteconfig.render_defaults()) == siteconfig.defaults()
+    text = werkbank_site.render_defaults()
+    assert yaml.safe_load(text) == werkbank_site.defaults().model_dump(mode="json")
+    assert validate({**yaml.safe_load(text), **minimal()}) == validate(minimal())
 
 
 def test_rendered_defaults_document_every_key():
-    text = siteconfig.render_defaults()
+    text = werkbank_site.render_defaults()
+    words = " ".join(text.replace("#", " ").split())
+    seen = []
 
-    def walk(section):
-        for key, node in section.keys.items():
+    def walk(model):
+        for key, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{key} has no help text"
             assert key in text
-            first_words = " ".join(node.help.split()[:3])
-            assert first_words in " ".join(text.replace("#", " ").split()), key
-            if isinstance(node, siteconfig.Section):
-                walk(node)
-            elif isinstance(node, siteconfig.Entries):
-                walk(node.item)
+            assert " ".join(info.description.split()[:3]) in words, key
+            seen.append(key)
+            inner = reference.section_of(info) or reference.entries_of(info)
+            if inner is not None:
+                walk(inner)
 
-    walk(siteconfig.SCHEMA)
+    walk(Site)
+    assert "profiles" in seen and "walltime" in seen and "service_user" in seen
+    assert "# For example:" in text
+    assert "gpus (as in limits.default): Most GPUs one server may use." in words
+    assert "partition (required): Slurm partition" in words
+    assert "From 0.5 to 60." in words
 
 
 def test_cli_defaults(capsys):
@@ -1037,7 +1071,7 @@ def test_hub_config_stops_the_hub_on_a_bad_site_file(tmp_path):
     result = run_hub_config(HUB_CONFIG, write(tmp_path, yaml.safe_dump(site)))
     assert result.returncode == 1, result.stderr
     assert result.stdout == ""
-    assert result.stderr == "FATAL: slurm.poll_interval: 100.0 is above the maximum 60\n"
+    assert result.stderr == "FATAL: slurm.poll_interval: 100 is above the maximum 60\n"
     assert not (tmp_path / "hub").exists()
 
 
@@ -1071,8 +1105,52 @@ def test_hub_config_runs_the_escape_hatch_in_sorted_order(tmp_path):
 
 
 def test_local_fallback_servers_stop_with_the_hub():
-    site = validate(load(DEMO_SITE))
-    site["hub"]["spawner"] = "local"
+    site = validate(with_value(load(DEMO_SITE), "hub.spawner", "local"))
     c = applied(site)
     assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankLocalSpawner"
     assert c.JupyterHub.cleanup_servers is True
+
+
+# --- site files written before the schema moved to pydantic ----------------------------------
+
+DATA = Path(__file__).resolve().parent / "data"
+#: Values that are new in every hub process (random), masked in the recorded configuration.
+PROCESS_SECRETS = (
+    "WERKBANK_MLFLOW_SIGNING_KEY",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "mlflow_signing_key",
+)
+
+
+def recorded_form(value: object, key: str | None = None) -> object:
+    """A Config as site-before-pydantic.config.json records it: plain JSON types, per-process
+    secrets and this machine's environment folder replaced by placeholders."""
+    if isinstance(value, dict):
+        return {k: recorded_form(v, k) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(recorded_form(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [recorded_form(v) for v in value]
+    if key in PROCESS_SECRETS and value:
+        return "<secret>"
+    if isinstance(value, str):
+        return value.replace(str(Path(sys.executable).parent), "<venv-bin>")
+    return value
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [("demo", DEMO_SITE), ("before-pydantic", DATA / "site-before-pydantic.yaml")],
+)
+def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
+    """Recorded from werkbank_spawner.siteconfig (the schema before pydantic) for the same files:
+    every trait the hub gets is unchanged, value for value."""
+    recorded = json.loads((DATA / "site-before-pydantic.config.json").read_text())[name]
+    config = recorded_form(applied(validate(load(path))))
+    # The spawners' policy configuration now names each profile's defaults; the policy built
+    # from it (what the spawner runs) is the same.
+    for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
+        now, before = config[spawner].pop("policy_config"), recorded[spawner].pop("policy_config")
+        assert policy_from_dict(now) == policy_from_dict(before)
+    assert config == recorded

@@ -1,0 +1,218 @@
+"""A :class:`Site` applied: the traits it implies on a traitlets ``Config``, and the state
+folders the hub needs before it starts.
+
+One ``update_*`` function per area sets that area's traits (the-littlest-jupyterhub's
+configurer does the same); :func:`apply` calls them all. They only *set* traits, to values that
+share nothing with the site; applying the same site twice gives the same ``Config``. Nothing
+here touches the file system except :func:`prepare_state`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from traitlets.config import Config
+
+from . import services
+from .schema import Site, SiteConfigError
+from .services import (
+    MLFLOW_ACCESS_SCOPE,
+    data_dir,
+    mlflow_dir,
+    mlflow_service_account,
+    mlflow_service_prefix,
+    mlflow_tracking_uri,
+)
+
+#: Spawner classes by ``hub.spawner``. Configured by class name only: importing the
+#: spawner module here would make the site file depend on Slurm tooling being importable.
+SPAWNER_CLASSES = {
+    "slurm": "werkbank_spawner.spawner.WerkbankSlurmSpawner",
+    "local": "werkbank_spawner.spawner.WerkbankLocalSpawner",
+}
+AUTHENTICATOR_CLASSES = {
+    "pam": "jupyterhub.auth.PAMAuthenticator",
+    "shared-password": "shared-password",
+    "oauth": "oauthenticator.generic.GenericOAuthenticator",
+}
+#: JupyterHub's own scopes of the `server` role (jupyterhub.roles.get_default_roles), which
+#: werkbank's `server` role keeps; tests/unit/test_site.py checks that they agree.
+DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
+SPAWNERS = ("WerkbankSlurmSpawner", "WerkbankLocalSpawner")
+
+
+def apply(c: Config, site: Site, *, config_dir: str | os.PathLike) -> None:
+    """Set the traits ``site`` implies on ``c``. Relative paths in it are taken relative to
+    ``config_dir`` (the site file's folder). Raises :class:`SiteConfigError` for what only the
+    machine can say (MLflow's service account)."""
+    if not isinstance(site, Site):
+        raise TypeError(f"apply() takes a validated Site (werkbank_spawner.site.validate), not {type(site)}")
+    base = Path(config_dir)
+    update_hub(c, site, base)
+    update_auth(c, site)
+    update_spawners(c, site, base)
+    mlflow_services, roles = update_tracking(c, site, base)
+    culler, culler_roles = services.culler_service(site.culling)
+    c.JupyterHub.services = [*mlflow_services, *culler]
+    c.JupyterHub.load_roles = [*roles, *culler_roles]
+
+
+def update_hub(c: Config, site: Site, base: Path) -> None:
+    """Where the hub listens and keeps its state; which spawner it uses."""
+    hub, state = site.hub, data_dir(site, base)
+    c.JupyterHub.bind_url = hub.bind_url
+    if hub.subdomain_host:
+        c.JupyterHub.subdomain_host = hub.subdomain_host.rstrip("/")
+    if hub.hub_bind_url:
+        c.JupyterHub.hub_bind_url = hub.hub_bind_url
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    # The proxy's REST API on loopback at the port after the public one, so that two hubs on
+    # one machine (the demo beside the tests) do not both claim JupyterHub's default 8001.
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{_port_of(hub.bind_url) + 1}"
+    # Slurm servers are jobs: they keep running while the hub restarts and are found again.
+    # Local-process servers (the fallback) stop with the hub, so that stopping it stops all.
+    c.JupyterHub.cleanup_servers = hub.spawner != "slurm"
+    c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub.spawner]
+
+
+def update_auth(c: Config, site: Site) -> None:
+    """Who may log in, and how; the hub's admins."""
+    auth = site.auth
+    c.JupyterHub.authenticator_class = AUTHENTICATOR_CLASSES[auth.type]
+    c.Authenticator.admin_users = set(site.hub.admin_users)
+    c.Authenticator.allowed_users = set(auth.allowed_users)
+    c.Authenticator.allow_all = auth.allow_all
+    if auth.type == "shared-password":
+        c.SharedPasswordAuthenticator.user_password = auth.shared_password
+    elif auth.type == "oauth":
+        oauth, generic = auth.oauth, c.GenericOAuthenticator
+        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+            generic[key] = getattr(oauth, key)
+        generic.username_claim = oauth.username_claim
+        generic.scope = list(oauth.scope)
+        if oauth.callback_url:
+            generic.oauth_callback_url = oauth.callback_url
+
+
+def update_spawners(c: Config, site: Site, base: Path) -> None:
+    """Both spawners' policy, limits and tracking environment; the Slurm spawner's commands."""
+    slurm, mlflow = site.slurm, site.tracking.mlflow
+    # The hub-side poll only reads the shared squeue cache, so it can be frequent.
+    c.Spawner.poll_interval = 5
+    for spawner in SPAWNERS:
+        c[spawner].policy_config = site.policy_config()
+        c[spawner].mlflow_tracking_uri = mlflow_tracking_uri(site)
+        # The server's own hub token authenticates it to the proxy; a bare MLflow server
+        # (proxy: false) must never see hub tokens.
+        c[spawner].mlflow_send_token = mlflow.proxy
+        c[spawner].start_timeout = slurm.start_timeout
+        c[spawner].min_uid = site.auth.min_uid
+    slurm_spawner = c.WerkbankSlurmSpawner
+    slurm_spawner.slurm_conf = str(base / slurm.conf) if slurm.conf else ""
+    slurm_spawner.slurm_bin_dir = str(base / slurm.bin_dir)
+    slurm_spawner.queue_poll_interval = slurm.poll_interval
+    slurm_spawner.unreachable_grace = slurm.unreachable_grace
+    slurm_spawner.job_prologue = slurm.job_prologue
+    slurm_spawner.port_range = tuple(slurm.port_range)
+
+
+def update_tracking(c: Config, site: Site, base: Path) -> tuple[list[dict], list[dict]]:
+    """MLflow: the spawners' key for each user's default experiment, the scope users get for
+    the proxy service; returns the managed services (server, proxy) and the roles they need."""
+    mlflow, prefix = site.tracking.mlflow, mlflow_service_prefix(site.hub)
+    managed, roles = [], []
+    signing_key = services.process_secret("signing") if mlflow.permission_checks else ""
+    account = mlflow_service_account(mlflow, min_uid=site.auth.min_uid)
+    for spawner in SPAWNERS:
+        # The hub creates each user's <user>/default (as the user) where MLflow checks who owns what.
+        c[spawner].mlflow_server_url = mlflow.url + prefix if signing_key else ""
+        c[spawner].mlflow_signing_key = signing_key
+    if mlflow.manage:
+        server = services.mlflow_server_service(
+            mlflow, data_dir(site, base), prefix=prefix, signing_key=signing_key
+        )
+        managed.append(services.as_account(server, account))
+    if mlflow.proxy:
+        proxy = services.mlflow_proxy_service(site, signing_key=signing_key)
+        managed.append(services.as_account(proxy, account))
+        # Browsers (the user's own OAuth token for the service) and the tokens of the users'
+        # servers (the `server` role) may use the proxy; what they may do there is the proxy's
+        # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
+        roles.append({"name": "server", "scopes": [*DEFAULT_SERVER_SCOPES, MLFLOW_ACCESS_SCOPE]})
+    c.JupyterHub.extra_user_scopes = {MLFLOW_ACCESS_SCOPE} if mlflow.proxy else set()
+    return managed, roles
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# --- state on disk -----------------------------------------------------------------------------
+
+
+def state_dirs(site: Site, *, config_dir: str | os.PathLike) -> list[Path]:
+    """Folders the hub and its managed services write to, for :func:`prepare_state`:
+    ``hub.data_dir`` and, when the hub manages MLflow, its folder (default stores, the
+    permission configuration)."""
+    state = data_dir(site, config_dir)
+    return [state, mlflow_dir(state)] if site.tracking.mlflow.manage else [state]
+
+
+def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
+    """Create the :func:`state_dirs` that do not exist yet, readable by their owner only
+    (JupyterHub writes its cookie secret there but does not create the folder), give MLflow's
+    folder to its service account, and write MLflow's permission configuration
+    (:func:`~.services.mlflow_auth_ini`) where the server reads it.
+
+    Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be written.
+    """
+    for folder in state_dirs(site, config_dir=config_dir):
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
+    mlflow, state = site.tracking.mlflow, data_dir(site, config_dir)
+    account = mlflow_service_account(mlflow, min_uid=site.auth.min_uid) if mlflow.manage else None
+    if account:
+        _give_folder(mlflow_dir(state), account)
+    if mlflow.permission_checks:  # which implies manage: the hub runs the server
+        _write_private(
+            services.mlflow_auth_config_path(state),
+            services.mlflow_auth_ini(services.mlflow_auth_database(site, config_dir=config_dir)),
+            account,
+        )
+
+
+def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
+    """Write ``path`` readable by its owner only (it may hold a database password), owned by
+    ``account`` when given."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if account:
+                os.fchown(f.fileno(), account.pw_uid, account.pw_gid)
+            f.write(text)
+    except OSError as e:
+        raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror}") from None
+
+
+def _give_folder(folder: Path, account: pwd.struct_passwd) -> None:
+    """Make ``account`` the owner of ``folder`` and, if it was not already, of everything in it
+    (a site whose MLflow ran as root before), without following symbolic links."""
+    if folder.lstat().st_uid == account.pw_uid:
+        return
+    try:
+        for parent, dirs, files in os.walk(folder):
+            for name in (*dirs, *files):
+                os.chown(os.path.join(parent, name), account.pw_uid, account.pw_gid, follow_symlinks=False)
+        os.chown(folder, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    except OSError as e:
+        raise SiteConfigError(
+            "hub.data_dir", f"cannot give {folder} to {account.pw_name}: {e.strerror}"
+        ) from None

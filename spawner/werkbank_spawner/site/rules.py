@@ -1,0 +1,239 @@
+"""The rules between a site's keys, checked on a :class:`Site` whose shape is right.
+
+Each ``check_*`` function raises :class:`SiteConfigError` naming the key to change. Profiles,
+custom fields and limits are checked by :func:`werkbank_core.policy.policy_from_dict`, the
+code the spawner itself runs, whose error paths are site-file paths already.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import sys
+from urllib.parse import urlsplit
+
+from werkbank_core.policy import PolicyError, policy_from_dict
+
+from .schema import (
+    DEFAULT_HUB_BIND_URL,
+    SHARED_PASSWORD_MIN_LENGTH,
+    Auth,
+    Hub,
+    MLflow,
+    Site,
+    SiteConfigError,
+    Slurm,
+)
+from .services import mlflow_proxy_host, mlflow_proxy_port, mlflow_service_prefix
+
+#: SQLAlchemy's driver module of a database URI scheme (its default where none is named: psycopg
+#: 3 for PostgreSQL since SQLAlchemy 2.1) and the pip package that provides it.
+DATABASE_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+pg8000": ("pg8000", "pg8000"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "PyMySQL"),
+}
+
+
+def check(site: Site) -> None:
+    """Every rule, area by area; the first broken one raises."""
+    check_hub(site.hub)
+    check_auth(site.auth, site.hub)
+    check_slurm(site.slurm)
+    check_policy(site)
+    check_tracking(site.tracking.mlflow, site.hub)
+
+
+def check_url(value: str, path: str) -> None:
+    """An http(s) URL with a valid port (an empty host means every interface)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SiteConfigError(path, f"expected an http:// or https:// URL, got {value!r}")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise SiteConfigError(path, f"{value!r} has an invalid port") from None
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False  # no host: every interface
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def check_hub(hub: Hub) -> None:
+    check_url(hub.bind_url, "hub.bind_url")
+    if hub.hub_bind_url:
+        check_url(hub.hub_bind_url, "hub.hub_bind_url")
+    if hub.subdomain_host:
+        check_url(hub.subdomain_host, "hub.subdomain_host")
+        if urlsplit(hub.subdomain_host).path not in ("", "/"):
+            raise SiteConfigError("hub.subdomain_host", "a scheme and host (and port) only, no path")
+    if not hub.data_dir.strip():
+        raise SiteConfigError("hub.data_dir", "must not be empty")
+
+
+def check_auth(auth: Auth, hub: Hub) -> None:
+    if auth.type == "shared-password":
+        # The proxy's API is on loopback by construction (apply); the hub's two addresses are
+        # the site's: anyone who reaches either could log in as anybody with one password.
+        for key in ("bind_url", "hub_bind_url"):
+            host = urlsplit(getattr(hub, key) or DEFAULT_HUB_BIND_URL).hostname
+            if not is_loopback(host):
+                raise SiteConfigError(
+                    "auth.type",
+                    f"shared-password is for demos on this machine only and is refused when "
+                    f"hub.{key} listens on {host or 'every interface'}, which is not a "
+                    "loopback address (127.0.0.0/8, ::1, localhost); use pam or oauth",
+                )
+        if len(auth.shared_password) < SHARED_PASSWORD_MIN_LENGTH:
+            raise SiteConfigError(
+                "auth.shared_password",
+                f"needs at least {SHARED_PASSWORD_MIN_LENGTH} characters with type "
+                f"shared-password, got {len(auth.shared_password)}",
+            )
+    elif auth.shared_password:
+        # A password that is silently unused would make an admin believe it protects the hub.
+        raise SiteConfigError(
+            "auth.shared_password", f"only used with type shared-password (type is {auth.type}); remove it"
+        )
+    if auth.type == "oauth":
+        _check_oauth(auth)
+
+
+def _check_oauth(auth: Auth) -> None:
+    oauth = auth.oauth
+    for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+        if not getattr(oauth, key).strip():
+            raise SiteConfigError(f"auth.oauth.{key}", "required when auth.type is oauth")
+    for key in ("authorize_url", "token_url", "userdata_url", "callback_url"):
+        if getattr(oauth, key):
+            check_url(getattr(oauth, key), f"auth.oauth.{key}")
+    if not oauth.username_claim.strip():
+        raise SiteConfigError("auth.oauth.username_claim", "must not be empty")
+
+
+def check_slurm(slurm: Slurm) -> None:
+    ports = slurm.port_range
+    if len(ports) != 2 or not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise SiteConfigError(
+            "slurm.port_range", f"{list(ports)!r}: need [first, last] with 1024 <= first <= last <= 65535"
+        )
+
+
+def check_policy(site: Site) -> None:
+    """Profiles, custom fields and limits, by the policy code the spawner itself runs."""
+    try:
+        policy = policy_from_dict(site.policy_config())
+    except PolicyError as e:
+        raise SiteConfigError(e.field, e.message) from None
+    if not policy.default_limits.partitions:
+        raise SiteConfigError("limits.default.partitions", "name at least one partition users may run in")
+    allowed = set(policy.default_limits.partitions)
+    for limits in policy.group_limits.values():
+        allowed.update(limits.partitions)
+    for i, profile in enumerate(policy.profiles):
+        if profile.partition not in allowed:
+            raise SiteConfigError(
+                f"profiles[{i}].partition",
+                f"partition {profile.partition!r} is in neither limits.default.partitions nor "
+                "any group's partitions, so nobody could use this profile",
+            )
+
+
+def check_tracking(mlflow: MLflow, hub: Hub) -> None:
+    check_url(mlflow.url, "tracking.mlflow.url")
+    if not mlflow.host.strip():
+        raise SiteConfigError("tracking.mlflow.host", "must not be empty")
+    if not mlflow.service_user.strip():
+        raise SiteConfigError("tracking.mlflow.service_user", "must not be empty (MLflow never runs as root)")
+    if mlflow.manage and mlflow.backend_store_uri:
+        check_database_driver(mlflow.backend_store_uri, "tracking.mlflow.backend_store_uri")
+    if mlflow.permission_checks and mlflow.auth_database_uri:
+        check_database_driver(mlflow.auth_database_uri, "tracking.mlflow.auth_database_uri")
+    if mlflow.proxy:
+        _check_proxy(mlflow, hub)
+    elif mlflow.public_url:
+        # An unused public URL would make an admin believe jobs go through the proxy.
+        raise SiteConfigError("tracking.mlflow.public_url", "only used with proxy: true; remove it")
+
+
+def _check_proxy(mlflow: MLflow, hub: Hub) -> None:
+    """Where jobs reach the proxy service, and that only the proxy reaches a managed server."""
+    prefix = mlflow_service_prefix(hub)
+    if mlflow.public_url:
+        check_url(mlflow.public_url, "tracking.mlflow.public_url")
+        parts = urlsplit(mlflow.public_url)
+        if parts.path.rstrip("/") != prefix or parts.query or parts.fragment:
+            raise SiteConfigError(
+                "tracking.mlflow.public_url",
+                f"must end in the proxy service's path {prefix} (the hub's route to it), "
+                f"got {mlflow.public_url!r}",
+            )
+    elif _is_unspecified(mlflow_proxy_host(hub)):
+        raise SiteConfigError(
+            "tracking.mlflow.public_url",
+            f"required when hub.hub_bind_url listens on every interface ({hub.hub_bind_url}): the "
+            "address at which compute nodes reach the proxy service, e.g. "
+            f"http://hub.cluster:{mlflow_proxy_port(mlflow)}{prefix}",
+        )
+    url = urlsplit(mlflow.url)
+    if url.path.strip("/") or url.query or url.fragment:
+        raise SiteConfigError(
+            "tracking.mlflow.url",
+            f"with proxy: true only scheme, host and port (the proxy forwards {prefix}/... unchanged, "
+            f"and the server serves under that prefix), got {mlflow.url!r}",
+        )
+    if mlflow.manage:
+        _check_managed_behind_proxy(mlflow, url.hostname, url.port or 80)
+    if mlflow_proxy_port(mlflow) == mlflow.port:
+        raise SiteConfigError(
+            "tracking.mlflow.proxy_port", f"{mlflow.port} is the MLflow server's own port (port)"
+        )
+
+
+def _check_managed_behind_proxy(mlflow: MLflow, url_host: str | None, url_port: int) -> None:
+    if not is_loopback(mlflow.host):
+        raise SiteConfigError(
+            "tracking.mlflow.host",
+            f"{mlflow.host} is not a loopback address (127.0.0.0/8, ::1, localhost); with "
+            "proxy: true the managed server must bind one, so that only the hub's "
+            "authenticating proxy reaches it (or set proxy: false, and anyone who reaches the "
+            "server can read and delete every run)",
+        )
+    if not is_loopback(url_host) or url_port != mlflow.port:
+        raise SiteConfigError(
+            "tracking.mlflow.url",
+            f"with manage and proxy it is where the proxy reaches the managed server, "
+            f"a loopback address with port {mlflow.port}, e.g. http://127.0.0.1:{mlflow.port}; "
+            f"got {mlflow.url!r}",
+        )
+
+
+def check_database_driver(uri: str, key: str) -> None:
+    """The hub runs `mlflow server` in its own environment: a database URI whose driver is not
+    installed there would make the server exit at every start, restarted forever by the hub."""
+    scheme = urlsplit(uri).scheme
+    if scheme in DATABASE_DRIVERS:
+        module, package = DATABASE_DRIVERS[scheme]
+        if importlib.util.find_spec(module) is None:
+            raise SiteConfigError(
+                key,
+                f"{scheme}:// needs the Python module {module} (pip package {package}) in the hub's "
+                f"environment ({sys.prefix}), which does not have it",
+            )

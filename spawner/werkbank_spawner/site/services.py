@@ -1,0 +1,271 @@
+"""The hub's managed services a site implies: MLflow's server and the authenticating proxy in
+front of it (:mod:`werkbank_spawner.tracking`), the idle culler; and where each is reached.
+
+Nothing here starts anything: each function returns what JupyterHub's ``services`` list holds
+(a dict per service), or an address, from a validated :class:`Site`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..tracking.auth import KEY_ENV
+from .schema import Culling, Hub, MLflow, Site, SiteConfigError
+
+#: The managed services for MLflow: the authenticating proxy users reach at /services/mlflow/,
+#: and the MLflow server behind it.
+MLFLOW_SERVICE = "mlflow"
+MLFLOW_SERVER_SERVICE = "mlflow-server"
+MLFLOW_ACCESS_SCOPE = f"access:services!service={MLFLOW_SERVICE}"
+#: Scopes jupyterhub-idle-culler 2.0 needs (its README, "Permissions"). ``admin:users`` is
+#: only needed with ``--cull-users``, which werkbank does not pass: least privilege.
+CULLER_SCOPES = ("list:users", "read:users:activity", "read:servers", "delete:servers")
+
+
+# --- where things are ----------------------------------------------------------------------
+
+
+def data_dir(site: Site, config_dir: str | os.PathLike) -> Path:
+    """``hub.data_dir``, relative to the site file's folder."""
+    return Path(os.path.normpath(Path(config_dir) / site.hub.data_dir))
+
+
+def mlflow_dir(data_dir: Path) -> Path:
+    """MLflow's folder beside the hub's: default stores, the permission configuration."""
+    return data_dir.parent / "mlflow"
+
+
+def mlflow_auth_config_path(data_dir: Path) -> Path:
+    return mlflow_dir(data_dir) / "auth.ini"
+
+
+def mlflow_service_prefix(hub: Hub) -> str:
+    """The proxy service's path, ``<hub base URL>/services/mlflow`` (no trailing slash); the
+    managed server serves under it (``--static-prefix``), so the proxy forwards paths unchanged.
+    JupyterHub takes its base URL from ``hub.bind_url``'s path."""
+    base = urlsplit(hub.bind_url).path.rstrip("/")
+    return f"{base}/services/{MLFLOW_SERVICE}"
+
+
+def mlflow_proxy_port(mlflow: MLflow) -> int:
+    """The proxy service's port: ``tracking.mlflow.proxy_port``, or ``port + 1`` when 0."""
+    return mlflow.proxy_port or mlflow.port + 1
+
+
+def mlflow_proxy_host(hub: Hub) -> str:
+    """Where the proxy service listens: the hub API's host (``hub.hub_bind_url``, JupyterHub's
+    default 127.0.0.1 when empty). Jobs reach the service where they reach the hub API, without
+    the hub's public proxy in between, as JupyterHub's own servers reach its API."""
+    if not hub.hub_bind_url:
+        return "127.0.0.1"
+    return urlsplit(hub.hub_bind_url).hostname or "0.0.0.0"  # no host: every interface
+
+
+def mlflow_proxy_url(site: Site) -> str:
+    """The proxy service's own address, ``http://<mlflow_proxy_host>:<proxy_port>``."""
+    return f"http://{host_port(mlflow_proxy_host(site.hub), mlflow_proxy_port(site.tracking.mlflow))}"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL or Host header has it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def mlflow_tracking_uri(site: Site) -> str:
+    """What jobs get as ``MLFLOW_TRACKING_URI``: the proxy service as compute nodes reach it
+    (``public_url``, else the service's own address with its path), or the server's ``url``
+    without the proxy."""
+    mlflow = site.tracking.mlflow
+    if not mlflow.proxy:
+        return mlflow.url
+    if mlflow.public_url:
+        return mlflow.public_url.rstrip("/")
+    return mlflow_proxy_url(site) + mlflow_service_prefix(site.hub)
+
+
+# --- MLflow's account, secrets and permission configuration ---------------------------------
+
+
+def mlflow_service_account(mlflow: MLflow, *, min_uid: int) -> pwd.struct_passwd | None:
+    """The account the managed MLflow server and the proxy service run as
+    (``tracking.mlflow.service_user``), or None when the hub does not run as root: JupyterHub
+    then cannot switch accounts, and both run as the hub's own (ordinary) account.
+
+    Raises :class:`SiteConfigError` (path ``tracking.mlflow.service_user``) for an account that
+    does not exist, is root, or may start servers (uid >= ``min_uid``): MLflow's data would
+    belong to somebody who can log in."""
+    if not running_as_root() or not (mlflow.manage or mlflow.proxy):
+        return None
+    name, key = mlflow.service_user, "tracking.mlflow.service_user"
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise SiteConfigError(
+            key,
+            f"no account {name!r} on this machine; deploy/install.sh creates it "
+            f"(useradd --system --no-create-home --shell /usr/sbin/nologin {name})",
+        ) from None
+    if account.pw_uid == 0:
+        raise SiteConfigError(key, f"{name!r} is root (uid 0): MLflow and its proxy never run as root")
+    if account.pw_uid >= min_uid:
+        raise SiteConfigError(
+            key,
+            f"{name!r} (uid {account.pw_uid}) is an account that may start servers (uid >= auth.min_uid "
+            f"{min_uid}); use a system account of its own, which owns MLflow's data and nothing else",
+        )
+    return account
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def as_account(service: dict, account: pwd.struct_passwd | None) -> dict:
+    """``service`` run as ``account`` (JupyterHub switches to it when the hub is root)."""
+    return {**service, "user": account.pw_name} if account else service
+
+
+def mlflow_auth_database(site: Site, *, config_dir: str | os.PathLike) -> str:
+    """The database of MLflow's users and permissions (``tracking.mlflow.auth_database_uri``)."""
+    default = f"sqlite:///{mlflow_dir(data_dir(site, config_dir)) / 'auth.db'}"
+    return site.tracking.mlflow.auth_database_uri or default
+
+
+def mlflow_auth_ini(database: str) -> str:
+    """The ini file of MLflow's basic-auth app (``MLFLOW_AUTH_CONFIG_PATH``): nobody may do
+    anything by default (creators get MANAGE on what they create), users are who the proxy says
+    (:mod:`werkbank_spawner.tracking.auth`), and the bootstrap admin is the proxy itself."""
+    return (
+        "# Written by the hub at every start from the site file (werkbank_spawner.site).\n"
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = {database.replace('%', '%%')}\n"
+        f"admin_username = service:{MLFLOW_SERVICE}\n"
+        "authorization_function = werkbank_spawner.tracking.auth:authenticate\n"
+        "grant_default_workspace_access = false\n"
+    )
+
+
+def mlflow_auth_env(config_path: str | os.PathLike, signing_key: str) -> dict[str, str]:
+    """The environment ``mlflow server --app-name basic-auth`` needs for werkbank: the ini file,
+    the key the proxy signs its assertions with, and two values the auth app insists on that nobody uses
+    (the CSRF key of its sign-up form; the bootstrap admin's password, needed once)."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
+        KEY_ENV: signing_key,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": process_secret("flask"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": process_secret("admin"),
+    }
+
+
+_secrets: dict[str, str] = {}
+
+
+def process_secret(purpose: str) -> str:
+    """A random secret for ``purpose``, the same for the life of this process: new at every hub
+    start (which restarts the managed services that share it), and applying the site twice
+    gives the same configuration."""
+    return _secrets.setdefault(purpose, secrets.token_urlsafe(32))
+
+
+# --- the services ----------------------------------------------------------------------------
+
+
+def mlflow_proxy_service(site: Site, *, signing_key: str) -> dict:
+    """The authenticating proxy (:mod:`werkbank_spawner.tracking.proxy`) as a managed service
+    with a ``url`` (where it listens, :func:`mlflow_proxy_url`): the hub's proxy routes
+    ``/services/mlflow/`` to it, the hub gives it its OAuth client and API token in the
+    environment, and restarts it if it exits."""
+    return {
+        "name": MLFLOW_SERVICE,
+        "url": mlflow_proxy_url(site),
+        "command": [
+            sys.executable,
+            "-m",
+            "werkbank_spawner.tracking.proxy",
+            "--upstream",
+            site.tracking.mlflow.url,
+            *(["--permissions"] if signing_key else []),
+        ],
+        # Users are sent here from links and from the hub's Services menu; asking them to
+        # authorize werkbank's own MLflow every time would teach them to click through.
+        "oauth_no_confirm": True,
+        "display": True,
+        "environment": {KEY_ENV: signing_key} if signing_key else {},
+        # `python -m` puts the working directory first on sys.path: never the hub's (it may be
+        # a folder somebody else can write to).
+        "cwd": "/",
+    }
+
+
+def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signing_key: str) -> dict:
+    """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
+    proxy service's path, so that the proxy forwards requests unchanged; with a
+    ``signing_key`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
+    asking (:mod:`werkbank_spawner.tracking.auth`)."""
+    state = mlflow_dir(data_dir)
+    backend = mlflow.backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
+    auth_env = mlflow_auth_env(mlflow_auth_config_path(data_dir), signing_key) if signing_key else {}
+    return {
+        "name": MLFLOW_SERVER_SERVICE,
+        "command": [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            *_mlflow_server_options(mlflow, state),
+            *(["--static-prefix", prefix] if mlflow.proxy else []),
+            *(["--app-name", "basic-auth"] if signing_key else []),
+        ],
+        # uvicorn puts its working directory first on sys.path: MLflow's own folder, not the hub's.
+        "cwd": str(state),
+        # MLflow's job runner (GenAI evaluation jobs) starts about a dozen worker processes of
+        # ~100 MB each that werkbank does not use yet.
+        "environment": {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # `mlflow server --backend-store-uri` from the environment: a database password in
+            # the URI must not be on a command line every user can read with `ps`.
+            "MLFLOW_BACKEND_STORE_URI": backend,
+            **auth_env,
+        },
+    }
+
+
+def _mlflow_server_options(mlflow: MLflow, state: Path) -> list[str]:
+    # Host headers mlflow accepts (its DNS-rebinding guard): the bound address, the
+    # loopback names, and the address jobs are given in tracking.mlflow.url.
+    allowed = [host_port(mlflow.host, mlflow.port), f"localhost:{mlflow.port}", f"127.0.0.1:{mlflow.port}"]
+    url_host = urlsplit(mlflow.url).netloc.rpartition("@")[2]
+    if url_host:
+        allowed.append(url_host)
+    return [
+        "--host",
+        mlflow.host,
+        "--port",
+        str(mlflow.port),
+        "--artifacts-destination",
+        mlflow.artifacts_destination or str(state / "artifacts"),
+        "--serve-artifacts",
+        "--workers",
+        str(mlflow.workers),
+        "--allowed-hosts",
+        ",".join(dict.fromkeys(allowed)),
+    ]
+
+
+def culler_service(culling: Culling) -> tuple[list[dict], list[dict]]:
+    """The idle culler as a managed service with the least scopes it needs (none if disabled)."""
+    if not culling.enabled:
+        return [], []
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={culling.timeout}",
+        f"--cull-every={culling.every}",
+    ]
+    role = {"name": "idle-culler", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]}
+    return [{"name": "idle-culler", "command": command}], [role]
