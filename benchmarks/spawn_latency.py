@@ -413,7 +413,7 @@ def werkbank_hub(root: Path, users: list[str], counter: CommandCounter) -> Hub:
     (workdir / "site.yaml").write_text(yaml.safe_dump(site))
     commands = "\n".join(
         f"c.WerkbankSlurmSpawner.{name}_cmd = [{counter.path(name)!r}]"
-        for name in ("sbatch", "squeue", "scancel", "sinfo")
+        for name in ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
     )
     (workdir / "jupyterhub_config.d" / "90-bench.py").write_text(service_config(port, True) + commands + "\n")
     env = hub_env({"WERKBANK_SITE_CONFIG": str(workdir / "site.yaml"), "WERKBANK_SPAWNER": "slurm"})
@@ -716,7 +716,7 @@ def print_load(results: dict[str, dict], crowd: int, window: float) -> None:
     if {"werkbank", "stock"} <= set(results):
         stock, werkbank = results["stock"]["per_s"], results["werkbank"]["per_s"]
         say(f"   stock/werkbank calls per second: {ratio(stock, werkbank)}")
-    say("   (scontrol is wrapped too but neither spawner is configured to call it)")
+    say("   (werkbank calls scontrol only to expand a node list of several nodes; stock never)")
 
 
 # --------------------------------------------------------------------------- C: mass cancel

@@ -572,11 +572,21 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     async def _final_state(self, info: JobInfo, wait: float = 3.0) -> JobInfo:
         """A job seen COMPLETING is ending; Slurm knows why (CANCELLED, TIMEOUT, ...) a moment
         later. Ask again briefly so the user is told the reason, not "COMPLETING"."""
-        deadline = time.monotonic() + wait
-        while info.slurm_state == "COMPLETING" and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            info = await self.queue.refresh(self.job_id) or info
-        return info
+        if info.slurm_state != "COMPLETING":
+            return info
+        latest = info
+
+        async def ended() -> JobInfo | None:
+            nonlocal latest
+            latest = await self.queue.refresh(self.job_id) or latest
+            return latest if latest.slurm_state != "COMPLETING" else None
+
+        try:
+            return await exponential_backoff(
+                ended, "still COMPLETING", start_wait=0.1, max_wait=1, timeout=wait
+            )
+        except TimeoutError:
+            return latest
 
     async def stop(self, now=False):
         """Cancel the job; unless ``now``, wait (bounded) until Slurm no longer runs it."""
@@ -589,12 +599,15 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         except SlurmCommandError as e:
             self.log.error("werkbank: scancel %s failed: %s", job_id, e)
         if not now:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+
+            async def not_running() -> bool:
                 info = await self.queue.refresh(job_id)
-                if info is None or info.state is not JobState.RUNNING:
-                    break
-                await asyncio.sleep(0.5)
+                return info is None or info.state is not JobState.RUNNING
+
+            try:
+                await exponential_backoff(not_running, "", start_wait=0.1, max_wait=1, timeout=10)
+            except TimeoutError:
+                self.log.warning("werkbank: job %s still runs 10 s after scancel", job_id)
         self.queue.unwatch(job_id)
 
     async def progress(self):
