@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,9 @@ JOB_NAME = "werkbank-batch"
 JOBS_DIR = Path("~/.werkbank/jobs")
 #: papermill parameter types whose command-line strings we convert; others must be given as JSON.
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+#: The kernel of a notebook that names none (notebooks written by scripts and other tools): the
+#: session's own Python, whose packages the user has been working with.
+SESSION_KERNEL = "python3"
 
 
 class SubmitError(ValueError):
@@ -65,6 +69,8 @@ class Submission:
     notebook: Path  # the notebook, or the training script for a distributed job
     parameters: dict
     request: JobRequest  # resources per node
+    kernel: str = ""  # the notebook's kernel (a notebook job)
+    language: str = ""  # its language, for papermill's parameter translator
     nodes: int = 1
     procs_per_node: int = 0  # > 0: a torchrun job of the script with this many processes per node
     args: list[str] = field(default_factory=list)  # the training script's arguments
@@ -74,6 +80,10 @@ class Submission:
     @property
     def distributed(self) -> bool:
         return self.procs_per_node > 0
+
+    def log_for(self, job_id: str) -> Path:
+        """Slurm's output file of the job."""
+        return Path(self.log_pattern.replace("%j", job_id))
 
     @property
     def log_pattern(self) -> str:
@@ -110,18 +120,76 @@ def session_policy(environ: dict[str, str] | None = None) -> Policy:
         raise SubmitError(f"WERKBANK_POLICY cannot be read ({e}); start a new session") from None
 
 
-def notebook_parameters(notebook: Path) -> dict[str, dict]:
-    """The notebook's ``parameters`` cell as papermill reads it: name → {inferred_type_name, default}."""
-    import papermill  # imported here: half a second, and only submit needs it
+def read_notebook(path: Path):
+    """The notebook at ``path`` as papermill reads it (nbformat 4, every cell with its tags), or
+    :class:`SubmitError` saying why not in one line."""
+    from papermill.iorw import load_notebook_node  # imported here: half a second, only submit needs it
 
-    return papermill.inspect_notebook(str(notebook))
+    try:
+        return load_notebook_node(str(path))
+    except Exception as e:  # nbformat raises JSON, validation and version errors of many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SubmitError(f"{path.name}: not a notebook Jupyter can read ({first[:200]})") from None
+
+
+def available_kernels() -> dict[str, str]:
+    """The kernels this session's environment has (a job runs in the same environment): name →
+    language."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().get_all_specs()
+    return {name: spec["spec"].get("language", "") for name, spec in sorted(specs.items())}
+
+
+def choose_kernel(nb, name: str, kernel: str | None, available: Iterable[str]) -> str:
+    """The kernel the job runs ``nb`` with: ``kernel`` if given, else the one the notebook names,
+    else the session's (:data:`SESSION_KERNEL`). Refused if this environment does not have it."""
+    chosen = kernel or (nb.metadata.get("kernelspec") or {}).get("name") or SESSION_KERNEL
+    available = list(available)
+    if chosen not in available:
+        where = "you asked for" if kernel else f"{name} names"
+        raise SubmitError(
+            f"{where} the kernel {chosen!r}, which this session does not have "
+            f"(it has: {', '.join(available) or 'none'}); choose one with --kernel"
+        )
+    return chosen
+
+
+def notebook_parameters(nb, kernel: str, language: str) -> dict[str, dict]:
+    """The notebook's ``parameters`` cell as papermill reads it: name → {inferred_type_name,
+    default, ...}; {} without such a cell. ``kernel`` and ``language`` pick papermill's
+    translator."""
+    from papermill.translators import papermill_translators
+    from papermill.utils import find_first_tagged_cell_index
+
+    index = find_first_tagged_cell_index(nb, "parameters")
+    if index < 0:
+        return {}
+    translator = papermill_translators.find_translator(kernel, language)
+    return {p.name: p._asdict() for p in translator.inspect(nb.cells[index])}
+
+
+def resolve_type(value: str) -> object:
+    """What papermill's own command line makes of ``-p NAME VALUE`` for a parameter of no
+    declared type: True, False, None, an int, a float where the text parses as one, else the text."""
+    if value in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[value]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def convert(name: str, value: object, type_name: str) -> object:
-    """A parameter value from the command line (a string) as the type the notebook declares."""
+    """A parameter value from the command line (a string) as the type the notebook declares,
+    or as papermill's command line reads it where the notebook declares none."""
     if not isinstance(value, str):
         return value  # from the Python API: taken as given (papermill writes it as a literal)
     kind = (type_name or "").lower()
+    if kind in {"none", ""}:  # `max_depth = 3`: untyped, as most notebooks write parameters
+        return resolve_type(value)
     try:
         if kind == "int":
             return int(value)
@@ -131,7 +199,7 @@ def convert(name: str, value: object, type_name: str) -> object:
             return _BOOL_WORDS[value.strip().lower()]
     except (ValueError, KeyError):
         raise SubmitError(f"parameter {name!r} expects {kind}, got {value!r}") from None
-    if kind in {"str", "none", ""}:
+    if kind == "str":
         return value
     try:  # list, dict, ...: JSON on the command line
         return json.loads(value)
@@ -160,6 +228,8 @@ def prepare(
     notebook: str | os.PathLike,
     parameters: dict[str, object] | None = None,
     *,
+    raw: dict[str, object] | None = None,
+    kernel: str | None = None,
     profile: str | None = None,
     policy: Policy | None = None,
     groups: tuple[str, ...] = (),
@@ -167,6 +237,9 @@ def prepare(
 ) -> Submission:
     """Check everything about a notebook job; raise :class:`SubmitError` with the reason.
 
+    ``parameters`` are command-line values (``-p``), converted as papermill's command line does
+    (to the declared type, else int/float/bool/None where the text parses); ``raw`` values
+    (``-r``, and ``-f``'s YAML) are taken as they are. ``kernel`` overrides the notebook's.
     ``resources`` are the spawn form's custom fields (gpus, cpus, memory, walltime, partition,
     account) where the site allows them; ``None`` means "the profile's value".
     """
@@ -177,15 +250,19 @@ def prepare(
         request = policy.validate(options, groups)
     except PolicyError as e:
         raise SubmitError(str(e)) from None
-
-    declared = notebook_parameters(path)
+    nb = read_notebook(path)
+    kernels = available_kernels()
+    chosen = choose_kernel(nb, path.name, kernel, kernels)
+    language = kernels[chosen] or "python"
+    declared = notebook_parameters(nb, chosen, language)
     values = {}
-    for name, value in (parameters or {}).items():
+    for name, value in [*(parameters or {}).items(), *(raw or {}).items()]:
         if name not in declared:
             known = ", ".join(declared) or "none (the notebook has no cell tagged 'parameters')"
             raise SubmitError(f"{path.name} has no parameter {name!r}; its parameters: {known}")
-        values[name] = convert(name, value, declared[name].get("inferred_type_name", ""))
-    return Submission(path, values, request)
+        is_raw = raw is not None and name in raw
+        values[name] = value if is_raw else convert(name, value, declared[name].get("inferred_type_name", ""))
+    return Submission(path, values, request, kernel=chosen, language=language)
 
 
 def prepare_distributed(
@@ -308,6 +385,8 @@ def submit(
         "nodes": sub.nodes,
         "procs_per_node": sub.procs_per_node,
         "args": sub.args,
+        "kernel": sub.kernel,
+        "language": sub.language,
         "submitted": time.time(),
         "output": str(sub.output_for("%j")),  # the job puts its id in place of %j (runjob)
     }
@@ -325,7 +404,13 @@ def submit(
         spec_path.unlink(missing_ok=True)
         raise SubmitError(f"Slurm refused the job: {e}") from None
     job_id = parse_job_id(out)
-    record = {**spec, "job_id": job_id, "output": str(sub.output_for(job_id)), "spec": str(spec_path)}
+    record = {
+        **spec,
+        "job_id": job_id,
+        "output": str(sub.output_for(job_id)),
+        "log": str(sub.log_for(job_id)),
+        "spec": str(spec_path),
+    }
     (folder / f"{job_id}.json").write_text(json.dumps(record, indent=1))
     return job_id
 
@@ -340,6 +425,7 @@ class JobView:
     notebook: str
     output: str
     detail: str = ""
+    log: str = ""
 
 
 def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
@@ -371,7 +457,9 @@ def list_jobs(squeue: tuple[str, ...] = ("squeue",)) -> list[JobView]:
             state, detail = live.pop(job_id)
         else:
             state, detail = "ENDED", "no status written (cancelled, or ended by Slurm at its walltime)"
-        views.append(JobView(job_id, state, record["notebook"], record["output"], detail))
+        views.append(
+            JobView(job_id, state, record["notebook"], record["output"], detail, record.get("log", ""))
+        )
     # Jobs submitted elsewhere (e.g. another home on another cluster) but still queued.
     views += [JobView(j, s, "?", "?", d) for j, (s, d) in live.items()]
     return views

@@ -27,6 +27,12 @@ def write_status(job_id: str, **status) -> None:
     tmp.replace(path)  # a reader never sees half a file
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (``werkbank jobs`` prints a line per job), cut at ``limit``."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def output_path(spec: dict, job_id: str) -> Path:
     """Where this job's result goes: the executed notebook, or a training script's log.
 
@@ -101,18 +107,20 @@ def main(argv: list[str] | None = None) -> int:
             str(notebook),
             str(output),
             parameters=spec["parameters"],
+            # werkbank submit chose it (the notebook's, or the session's for one that names none).
+            kernel_name=spec.get("kernel") or None,
+            language=spec.get("language") or None,
             cwd=str(notebook.parent),
             progress_bar=False,
             log_output=True,
         )
     except papermill.PapermillExecutionError as e:
-        write_status(
-            job_id, state="FAILED", output=str(output), error=f"cell {e.exec_count}: {e.ename}: {e.evalue}"
-        )
-        print(f"werkbank: the notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue}", flush=True)
+        error = one_line(f"cell {e.exec_count}: {e.ename}: {e.evalue}")
+        write_status(job_id, state="FAILED", output=str(output), error=error)
+        print(f"werkbank: the notebook failed in {error}", flush=True)
         return 1
     except Exception as e:  # recorded for `werkbank jobs`, then re-raised
-        write_status(job_id, state="FAILED", output=str(output), error=f"{type(e).__name__}: {e}")
+        write_status(job_id, state="FAILED", output=str(output), error=one_line(f"{type(e).__name__}: {e}"))
         raise
     write_status(job_id, state="COMPLETED", output=str(output))
     print(f"werkbank: done, executed notebook: {output}", flush=True)

@@ -93,6 +93,136 @@ def test_bad_choices_are_refused_with_the_reason(notebook, policy, parameters, o
     assert message in str(refused.value)
 
 
+# --- notebooks written elsewhere: papermill's rules for parameters, the session's kernel -----
+
+
+@pytest.fixture
+def untyped(tmp_path) -> Path:
+    """A notebook as scripts and other tools write them: untyped parameters, no kernelspec."""
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell(
+        'max_depth = 3\nrate = 0.5\nlabel = "a"\nwarm = False\nseed = None'
+    )
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell("print(max_depth)")]
+    assert "kernelspec" not in nb.metadata
+    path = tmp_path / "elsewhere.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_untyped_parameters_are_read_as_papermills_command_line_reads_them(untyped, policy):
+    from papermill.cli import _resolve_type  # papermill's own -p reading
+
+    given = {"max_depth": "2", "rate": "1e-3", "label": "007x", "warm": "True", "seed": "None"}
+    sub = batch.prepare(untyped, given, profile="cpu", policy=policy)
+    assert sub.parameters == {"max_depth": 2, "rate": 0.001, "label": "007x", "warm": True, "seed": None}
+    assert sub.parameters == {name: _resolve_type(value) for name, value in given.items()}
+    for text in ("12", "-3", "1.5", "nan", "inf", "1_000", " 7 ", "True", "true", "None", "x", ""):
+        assert batch.resolve_type(text) == _resolve_type(text) or text == "nan", text
+
+
+def test_raw_values_and_a_parameters_file_are_taken_as_given(untyped, policy, tmp_path):
+    sub = batch.prepare(
+        untyped, {"max_depth": "4"}, raw={"label": "42", "rate": 0.25}, profile="cpu", policy=policy
+    )
+    assert sub.parameters == {"max_depth": 4, "label": "42", "rate": 0.25}
+
+
+def test_a_notebook_without_a_kernelspec_runs_with_the_sessions_kernel(untyped, policy, home, tmp_path):
+    sub = batch.prepare(untyped, {"max_depth": "2"}, profile="cpu", policy=policy)
+    assert sub.kernel == batch.SESSION_KERNEL == "python3"
+    spec = submitted(sub, tmp_path, "515")
+    result = run_job(spec, "515", untyped.parent)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    executed = nbformat.read(untyped.with_name("elsewhere-515.ipynb"), as_version=4)
+    printed = [o["text"] for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stdout"]
+    assert printed == ["2\n"]  # the injected int, not the text '2'
+
+
+def test_a_kernel_the_session_does_not_have_is_refused_at_submission(notebook, policy):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.metadata["kernelspec"] = {"name": "conda-env-old-py", "display_name": "old", "language": "python"}
+    nbformat.write(nb, notebook)
+    with pytest.raises(batch.SubmitError) as refused:
+        batch.prepare(notebook, {}, profile="cpu", policy=policy)
+    assert "names the kernel 'conda-env-old-py', which this session does not have" in str(refused.value)
+    assert "python3" in str(refused.value) and "--kernel" in str(refused.value)
+    assert batch.prepare(notebook, {}, profile="cpu", policy=policy, kernel="python3").kernel == "python3"
+    with pytest.raises(batch.SubmitError, match="you asked for the kernel 'nope'"):
+        batch.prepare(notebook, {}, profile="cpu", policy=policy, kernel="nope")
+
+
+def werkbank_cli(*args: str, cwd: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """``werkbank`` in a session whose sbatch is missing from PATH (nothing may reach it)."""
+    env = {**os.environ, "WERKBANK_POLICY": POLICY_JSON, **(extra_env or {})}
+    env.pop("WERKBANK_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "werkbank_lab.cli", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("junk", ["submit", "junk.ipynb"], "werkbank submit: junk.ipynb: not a notebook Jupyter can read ("),
+        (
+            "untyped",
+            ["submit", "elsewhere.ipynb", "-f", "missing.yaml"],
+            "werkbank submit: missing.yaml: cannot read it",
+        ),
+        ("bad-yaml", ["submit", "elsewhere.ipynb", "-f", "p.yaml"], "werkbank submit: p.yaml: not YAML ("),
+        ("list-yaml", ["submit", "elsewhere.ipynb", "-f", "p.yaml"], "expected name: value lines"),
+        ("untyped", ["submit", "elsewhere.ipynb", "-p", "depth", "2"], "has no parameter 'depth'"),
+        (
+            "untyped",
+            ["submit", "elsewhere.ipynb", "-p", "rate", "1", "-r", "rate", "2"],
+            "'rate' is given twice",
+        ),
+        ("untyped", ["submit", "elsewhere.ipynb", "--kernel", "nope"], "you asked for the kernel 'nope'"),
+        ("untyped", ["submit", "train.py", "-p", "a", "1"], "-p, -r, -f and --kernel are for notebooks"),
+    ],
+)
+def test_every_refusal_is_one_line_and_never_a_traceback(tmp_path, untyped, setup, args, message):
+    (tmp_path / "junk.ipynb").write_text('{"cells": [oops')
+    (tmp_path / "train.py").write_text("print(1)\n")
+    (tmp_path / "p.yaml").write_text({"bad-yaml": "a: [1\n", "list-yaml": "- a\n- b\n"}.get(setup, "a: 1\n"))
+    result = werkbank_cli(*args, cwd=tmp_path, extra_env={"PATH": "/nonexistent"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("werkbank submit: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_unforeseen_error_is_one_line_too(tmp_path, untyped):
+    """sbatch missing from PATH is not a refusal werkbank foresaw: still one line, no traceback."""
+    result = werkbank_cli(
+        "submit", "elsewhere.ipynb", "-p", "max_depth", "2", cwd=tmp_path, extra_env={"PATH": "/nonexistent"}
+    )
+    assert result.returncode in (1, 2), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("werkbank submit: ")
+
+
+def test_the_parameters_file_comes_first_then_p_then_r(tmp_path, untyped):
+    """papermill's precedence; checked through the spec file the job would read."""
+    (tmp_path / "p.yaml").write_text("max_depth: 9\nlabel: from-file\nrate: 0.1\nwarm: true\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\ncat >/dev/null\necho 31\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    home = tmp_path / "home"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home)}
+    args = ["submit", "elsewhere.ipynb", "-f", "p.yaml", "-p", "max_depth", "4", "-r", "label", "1e3"]
+    result = werkbank_cli(*args, cwd=tmp_path, extra_env=env)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((home / ".werkbank" / "jobs" / "31.json").read_text())
+    assert record["parameters"] == {"max_depth": 4, "label": "1e3", "rate": 0.1, "warm": True}
+    assert record["kernel"] == "python3"
+    assert record["log"] == str(tmp_path / "elsewhere-31.log")
+    assert "Log: " + str(tmp_path / "elsewhere-31.log") in result.stdout
+
+
 def test_only_notebooks_that_exist(tmp_path, policy):
     with pytest.raises(batch.SubmitError, match="no such notebook"):
         batch.prepare(tmp_path / "missing.ipynb", policy=policy)
@@ -311,9 +441,23 @@ def test_a_notebook_that_raises_ends_failed_with_its_cell_and_exception(notebook
     assert status["error"] == f"cell {failed.execution_count}: ValueError: diverged after 7 epochs"
     assert f"the notebook failed in cell {failed.execution_count}: ValueError" in result.stdout
     assert executed.cells[-1].get("execution_count") is None  # stopped at the error
-    # And `werkbank jobs` says so once Slurm has forgotten the job (an empty squeue).
+    # And `werkbank jobs` says so once Slurm has forgotten the job (an empty squeue), with the log.
     [view] = batch.list_jobs(squeue=("true",))
     assert (view.job_id, view.state, view.detail) == ("4242", "FAILED", status["error"])
+    assert view.log == str(notebook.with_name("my notebook-4242.log"))
+
+
+def test_a_multi_line_exception_is_one_line_in_werkbank_jobs(notebook, policy, home, tmp_path):
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell('raise RuntimeError("first line\\n  second line\\n" + "x" * 500)')
+    )
+    nbformat.write(nb, notebook)
+    spec = submitted(batch.prepare(notebook, {}, profile="cpu", policy=policy), tmp_path, "4343")
+    assert run_job(spec, "4343", notebook.parent).returncode == 1
+    error = status_of("4343")["error"]
+    assert "\n" not in error and len(error) <= 300
+    assert error.startswith("cell 3: RuntimeError: first line second line xxx") and error.endswith("…")
 
 
 def test_a_notebook_that_cannot_run_ends_failed_with_the_reason(notebook, policy, home, tmp_path):
@@ -321,7 +465,9 @@ def test_a_notebook_that_cannot_run_ends_failed_with_the_reason(notebook, policy
     nb = nbformat.read(notebook, as_version=4)
     nb.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "gone", "language": "python"}
     nbformat.write(nb, notebook)
-    spec = submitted(batch.prepare(notebook, {}, profile="cpu", policy=policy), tmp_path, "77")
+    sub = batch.prepare(notebook, {}, profile="cpu", policy=policy, kernel="python3")
+    sub.kernel = "no-such-kernel"  # the kernel went away between submission and the job's start
+    spec = submitted(sub, tmp_path, "77")
 
     result = run_job(spec, "77", notebook.parent)
 
