@@ -6,7 +6,8 @@ Enabled in every single-user server by ``etc/jupyter/jupyter_server_config.d/wer
 Start-up order (jupyter_server links every extension before it loads any):
 
 1. ``_link_jupyter_server_extension``: adds the launcher entries to ``ServerProxy.servers`` in the server's
-   config, before jupyter-server-proxy reads it when it loads.
+   config, before jupyter-server-proxy reads it when it loads; and the terminals' shell command
+   (``werkbank_lab.terminal``), before jupyter_server_terminals reads it.
 2. ``_load_jupyter_server_extension``: adds the handlers (``werkbank_lab.handlers``,
    ``werkbank_lab.mlflow_ui``).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from traitlets import Bool, Unicode, default
 from traitlets.config import Configurable
 
-from werkbank_lab import catalogue, handlers, launchers, mlflow_ui
+from werkbank_lab import catalogue, handlers, launchers, mlflow_ui, terminal
 from werkbank_lab.catalogue import Catalogue, CatalogueError
 from werkbank_lab.workspace import Workspace, workspace_api_path
 
@@ -76,6 +77,13 @@ class WerkbankLab(Configurable):
 
     mlflow_launcher = Bool(True, help="Add a launcher card for the MLflow UI.").tag(config=True)
 
+    terminal_path = Bool(
+        True,
+        help="""Terminals put this environment's bin folder first on PATH after the login shell has read the
+        profile files (which reset PATH), so that werkbank, python, papermill and mlflow are the session's.
+        Ignored where ServerApp.terminado_settings names a shell_command.""",
+    ).tag(config=True)
+
     mlflow_new_browser_tab = Bool(
         help="""Open the MLflow UI card in a new browser tab instead of a JupyterLab tab. Default: a
         JupyterLab tab when the UI is served from the session's own origin (proxied, or a path like
@@ -108,8 +116,11 @@ class WerkbankLab(Configurable):
 
 
 def _link_jupyter_server_extension(serverapp) -> None:
-    """Add our launcher entries to the server's ``ServerProxy.servers`` before jupyter-server-proxy loads."""
+    """Add our launcher entries to the server's ``ServerProxy.servers`` before jupyter-server-proxy loads,
+    and the terminals' shell command before jupyter_server_terminals loads."""
     lab = WerkbankLab(parent=serverapp)
+    if lab.terminal_path:
+        terminal.configure(serverapp)
     try:
         workspace_api_path(serverapp.root_dir, lab.workspace_dir, Path.home())
     except ValueError:

@@ -626,6 +626,60 @@ def jupyter_server(tmp_path):
             proc.wait()
 
 
+def terminal_output(client: httpx.Client, token: str, command: str, marker: str) -> str:
+    """What a new JupyterLab terminal prints for ``command``, up to ``marker`` (computed by the
+    shell, so that the echo of the typed line does not count)."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    name = client.post("/api/terminals").json()["name"]
+    url = str(client.base_url).replace("http://", "ws://").rstrip("/") + f"/terminals/websocket/{name}"
+
+    async def read() -> str:
+        ws = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {token}"}))
+        await ws.write_message(json.dumps(["stdin", command + "\r"]))
+        out, deadline = "", time.monotonic() + 60
+        while marker not in out:
+            message = await asyncio.wait_for(ws.read_message(), max(deadline - time.monotonic(), 0.1))
+            assert message is not None, f"the terminal closed; it printed:\n{out}"
+            kind, *data = json.loads(message)
+            out += data[0] if kind == "stdout" else ""
+        ws.close()
+        return out
+
+    try:
+        return asyncio.run(read())
+    finally:
+        client.delete(f"/api/terminals/{name}")
+
+
+@pytest.mark.slow
+def test_terminals_find_the_sessions_commands(jupyter_server):
+    """A terminal is a login shell, whose /etc/profile resets PATH; the session's commands must
+    still come first (the README sends users to `werkbank submit` in a terminal)."""
+    client, _, _ = jupyter_server
+    out = terminal_output(
+        client,
+        "werkbank-test-token",
+        "for c in werkbank python papermill mlflow; do echo at:$(command -v $c); done; echo DONE-$((40+2))",
+        "DONE-42",
+    )
+    found = re.findall(r"at:(/\S*)", out)  # the echoed command line has "at:$(command"
+    assert found == [str(BIN / c) for c in ("werkbank", "python", "papermill", "mlflow")], out
+
+
+@pytest.mark.slow
+def test_jupyterlab_never_asks_the_internet_for_news(jupyter_server):
+    """A compute node cannot reach the internet: no news feed, no update check, and so no question
+    to every new user whether to fetch news (settings werkbank-lab installs, users may change)."""
+    client, _, _ = jupyter_server
+    installed = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.d" / "werkbank.json"
+    assert installed.is_file(), f"{installed} is missing: run deploy/install.sh"
+    settings = client.get("/lab/api/settings/@jupyterlab/apputils-extension:notification").json()
+    defaults = {key: value["default"] for key, value in settings["schema"]["properties"].items()}
+    assert (defaults["fetchNews"], defaults["checkForUpdates"]) == ("false", False)
+
+
 @pytest.mark.slow
 def test_a_real_server_of_this_environment_serves_the_catalogue(jupyter_server):
     client, root, log_path = jupyter_server
