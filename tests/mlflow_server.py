@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.services import Process, answers
 from werkbank_spawner.site import services as site_services
+from werkbank_spawner.tracking import NO_TELEMETRY
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -53,7 +54,7 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
             "--workers", "1",
         ]  # fmt: skip
-        env = dict(os.environ)
+        env = {**os.environ, **NO_TELEMETRY}  # as the hub starts it
         env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri  # as the hub passes it: not in ps
         if self.signing_key:
             ini = self.root / "auth.ini"

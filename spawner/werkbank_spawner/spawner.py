@@ -48,6 +48,7 @@ from werkbank_core.slurm import SlurmCommandError, run
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
+from .tracking import NO_TELEMETRY
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
 
 
@@ -699,8 +700,11 @@ def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[s
     Also MLFLOW_EXPERIMENT_NAME ``<user>/default``: where ``mlflow.start_run()`` logs before the
     code picks an experiment. MLflow's own default, experiment 0, is shared by everybody, which
     MLflow's permission checks therefore close to all but admins.
+
+    And MLflow's telemetry off (:data:`~werkbank_spawner.tracking.NO_TELEMETRY`), with or without
+    a tracking server: the client reports usage on its own.
     """
-    out = {}
+    out = dict(NO_TELEMETRY)
     if spawner.mlflow_tracking_uri:
         out["MLFLOW_TRACKING_URI"] = spawner.mlflow_tracking_uri
         if spawner.mlflow_send_token and env.get("JUPYTERHUB_API_TOKEN"):

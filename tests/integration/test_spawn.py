@@ -13,7 +13,8 @@ from contextlib import closing, contextmanager
 import httpx
 import pytest
 
-from .conftest import DEPLOY, SERVICE_TOKEN, Hub, job_field, run, squeue, wait_for
+from tests.cluster import DEPLOY, SERVICE_TOKEN, Hub, job_field, run, squeue, wait_for
+
 from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
 
 pytestmark = pytest.mark.integration
@@ -375,6 +376,8 @@ def test_session_logs_to_the_hubs_mlflow_as_its_user(hub):
     assert uri == hub.mlflow_job_url
     hub.wait_for_mlflow()
     assert env["MLFLOW_EXPERIMENT_NAME"] == "bob/default"
+    # MLflow's usage telemetry is off in the session (and so in its kernels and batch jobs).
+    assert (env["MLFLOW_DISABLE_TELEMETRY"], env["DO_NOT_TRACK"]) == ("true", "true")
     keep = {
         k: env[k]
         for k in (

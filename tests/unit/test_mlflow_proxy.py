@@ -331,17 +331,21 @@ def test_malformed_bodies_are_refused(body):
 def test_servers_get_their_own_token_only_for_the_proxy():
     env = {"JUPYTERHUB_API_TOKEN": "server-token", "JUPYTERHUB_USER": "alice"}
     proxied = SimpleNamespace(mlflow_tracking_uri="http://hub:8000/services/mlflow", mlflow_send_token=True)
+    no_telemetry = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     assert mlflow_env(proxied, env) == {
         "MLFLOW_TRACKING_URI": "http://hub:8000/services/mlflow",
         "MLFLOW_TRACKING_TOKEN": "server-token",
         "MLFLOW_EXPERIMENT_NAME": "alice/default",  # not MLflow's shared experiment 0
+        **no_telemetry,
     }
     bare = SimpleNamespace(mlflow_tracking_uri="http://mlflow:5000", mlflow_send_token=False)
     assert mlflow_env(bare, env) == {
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "MLFLOW_EXPERIMENT_NAME": "alice/default",
+        **no_telemetry,
     }
-    assert mlflow_env(SimpleNamespace(mlflow_tracking_uri="", mlflow_send_token=True), env) == {}
+    # No tracking server: MLflow's client still reports usage on its own unless told not to.
+    assert mlflow_env(SimpleNamespace(mlflow_tracking_uri="", mlflow_send_token=True), env) == no_telemetry
 
 
 # --- cross-site requests with a cookie (the handler's check, on made-up requests) -------------

@@ -473,6 +473,9 @@ def test_apply_demo_site(tmp_path):
     secret = proxy["environment"]["WERKBANK_MLFLOW_SIGNING_KEY"]
     assert len(secret) >= 32
     server_env = services["mlflow-server"]["environment"]
+    for name in ("mlflow-server", "mlflow"):  # MLflow's usage telemetry is off in both
+        environment = services[name]["environment"]
+        assert (environment["MLFLOW_DISABLE_TELEMETRY"], environment["DO_NOT_TRACK"]) == ("true", "true")
     assert server_env["WERKBANK_MLFLOW_SIGNING_KEY"] == secret
     assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/var/lib/werkbank/mlflow/auth.ini"
     assert not any(secret in arg for s in services.values() for arg in s["command"])
@@ -1148,6 +1151,11 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     every trait the hub gets is unchanged, value for value."""
     recorded = json.loads((DATA / "site-before-pydantic.config.json").read_text())[name]
     config = recorded_form(applied(validate(load(path))))
+    # Changed on purpose since the recording: MLflow's telemetry is switched off (issue 13).
+    for service in config["JupyterHub"]["services"]:
+        for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+            if service["name"].startswith("mlflow"):
+                assert service["environment"].pop(variable) == "true"
     # The spawners' policy configuration now names each profile's defaults; the policy built
     # from it (what the spawner runs) is the same.
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):

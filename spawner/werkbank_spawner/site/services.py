@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..tracking import NO_TELEMETRY
 from ..tracking.auth import KEY_ENV
 from .schema import Culling, Hub, MLflow, Site, SiteConfigError
 
@@ -196,7 +197,7 @@ def mlflow_proxy_service(site: Site, *, signing_key: str) -> dict:
         # authorize werkbank's own MLflow every time would teach them to click through.
         "oauth_no_confirm": True,
         "display": True,
-        "environment": {KEY_ENV: signing_key} if signing_key else {},
+        "environment": {**NO_TELEMETRY, **({KEY_ENV: signing_key} if signing_key else {})},
         # `python -m` puts the working directory first on sys.path: never the hub's (it may be
         # a folder somebody else can write to).
         "cwd": "/",
@@ -229,6 +230,7 @@ def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signin
             # `mlflow server --backend-store-uri` from the environment: a database password in
             # the URI must not be on a command line every user can read with `ps`.
             "MLFLOW_BACKEND_STORE_URI": backend,
+            **NO_TELEMETRY,
             **auth_env,
         },
     }

@@ -9,3 +9,9 @@
 
 Nothing is imported here: the MLflow server imports :mod:`.auth` alone.
 """
+
+#: The environment that switches MLflow's usage telemetry off (MLflow's own switch, and the
+#: common DO_NOT_TRACK convention it honours too), in every process werkbank starts: the managed
+#: server and proxy, sessions, their kernels and batch jobs. An HPC centre's users' data does not
+#: leave it, and compute nodes cannot reach the internet anyway.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
