@@ -1,11 +1,13 @@
-"""Real services for the integration tests, started once per test session.
+"""The real cluster the integration and browser tests run against, and how they drive it.
 
-- ``slurm``: the single-node cluster from ``deploy/slurm-up.sh`` (munge, slurmctld, slurmd,
-  2 fake GPUs). Nothing here is mocked.
-- ``hub``: JupyterHub started from ``hub_config/jupyterhub_config.py`` with a test site file,
-  the real configurable-http-proxy and the hub-managed MLflow server.
+- :func:`start_slurm`: the single-node cluster from ``deploy/slurm-up.sh`` (munge, slurmctld,
+  slurmd, 2 fake GPUs) with the test users. Nothing here is mocked.
+- :class:`Hub` / :func:`make_hub`: JupyterHub started from ``hub_config/jupyterhub_config.py``
+  with a test site file, the real configurable-http-proxy and the hub-managed MLflow server.
 
-A service that does not come up fails the tests with its log; it never skips them.
+The session fixtures ``slurm`` and ``hub`` (tests/conftest.py) start them once per test session,
+for tests/integration and tests/browser alike. A service that does not come up fails the tests
+with its log; it never skips them.
 """
 
 from __future__ import annotations
@@ -47,16 +49,14 @@ def run(*argv, check=True, **kw) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- Slurm
 
 
-@pytest.fixture(scope="session")
-def slurm():
-    """A running single-node Slurm cluster; fails (never skips) if it cannot start."""
+def start_slurm() -> None:
+    """The single-node Slurm cluster, running, with the test users; fails (never skips) if it
+    cannot start."""
     result = run(str(DEPLOY / "slurm-up.sh"), check=False)
     if result.returncode != 0:
         pytest.fail(f"deploy/slurm-up.sh failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     for user in TEST_USERS:
         run(str(DEPLOY / "users.sh"), user, TEST_PASSWORD)
-    yield
-    run("scancel", "--name=werkbank-jupyter", check=False)
 
 
 def squeue(*args) -> str:
@@ -75,7 +75,7 @@ def job_field(job_id: str, key: str) -> str:
 # --------------------------------------------------------------------------- JupyterHub
 
 
-def test_site(
+def site_for_tests(
     data_dir: Path,
     port: int = HUB_PORT,
     api_port: int = HUB_API_PORT,
@@ -248,7 +248,7 @@ def make_hub(
     shutil.copy(REPO / "hub_config" / "jupyterhub_config.py", workdir / "jupyterhub_config.py")
     (workdir / "jupyterhub_config.d").mkdir()
     (workdir / "jupyterhub_config.d" / "90-tests.py").write_text(TEST_HUB_EXTRA)
-    site = test_site(
+    site = site_for_tests(
         data_dir, port=port, api_port=api_port, mlflow=mlflow, mlflow_port=mlflow_port, **databases
     )
     if auth == "pam":
@@ -263,17 +263,3 @@ def make_hub(
         mlflow_port=mlflow_port,
         log_path=workdir / "jupyterhub.log",
     )
-
-
-@pytest.fixture(scope="session")
-def hub(slurm, tmp_path_factory):
-    """JupyterHub running the werkbank config against the real Slurm cluster."""
-    hub = make_hub(
-        tmp_path_factory.mktemp("hub"), port=HUB_PORT, api_port=HUB_API_PORT, spawner="slurm", mlflow=True
-    )
-    hub.start()
-    yield hub
-    for user in TEST_USERS:
-        hub.api("DELETE", f"/users/{user}/server")
-    hub.stop()
-    run("scancel", "--name=werkbank-jupyter", check=False)

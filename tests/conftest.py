@@ -1,9 +1,10 @@
-"""Fixtures shared by the test folders."""
+"""Fixtures shared by the test folders: real services, each started once per test session."""
 
 import subprocess
 
 import pytest
 
+from tests import cluster
 from tests.mlflow_server import MlflowServer
 from tests.postgres import Postgres
 from tests.services import ServiceError
@@ -63,3 +64,30 @@ def postgres():
         pytest.fail(f"PostgreSQL did not start: {e.cmd}: {e.stderr}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running single-node Slurm cluster with the test users (tests/cluster.py)."""
+    cluster.start_slurm()
+    yield
+    cluster.run("scancel", "--name=werkbank-jupyter", check=False)
+
+
+@pytest.fixture(scope="session")
+def hub(slurm, tmp_path_factory):
+    """JupyterHub running the werkbank config against the real Slurm cluster, with the hub-managed
+    MLflow, for tests/integration and tests/browser."""
+    hub = cluster.make_hub(
+        tmp_path_factory.mktemp("hub"),
+        port=cluster.HUB_PORT,
+        api_port=cluster.HUB_API_PORT,
+        spawner="slurm",
+        mlflow=True,
+    )
+    hub.start()
+    yield hub
+    for user in cluster.TEST_USERS:
+        hub.api("DELETE", f"/users/{user}/server")
+    hub.stop()
+    cluster.run("scancel", "--name=werkbank-jupyter", check=False)

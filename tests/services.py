@@ -1,7 +1,7 @@
 """Real services started by the tests and the benchmarks: one way to start a process with its
 log, wait for it with backoff, fail with the tail of its log, and stop it.
 
-Used by ``tests/mlflow_server.py``, ``tests/integration/conftest.py`` (JupyterHub),
+Used by ``tests/mlflow_server.py``, ``tests/cluster.py`` (JupyterHub),
 ``tests/unit/test_mlflow_proxy.py`` (the proxy process) and ``benchmarks/`` (which put the
 repository on ``sys.path`` to import it).
 """

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import DEPLOY, run, wait_for
+from tests.cluster import DEPLOY, run, wait_for
 
 pytestmark = pytest.mark.integration
 

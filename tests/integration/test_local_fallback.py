@@ -4,7 +4,7 @@ with PAM logins: the authenticator a real site uses for cluster accounts."""
 import httpx
 import pytest
 
-from .conftest import TEST_PASSWORD, make_hub, run
+from tests.cluster import TEST_PASSWORD, make_hub, run
 
 pytestmark = pytest.mark.integration
 

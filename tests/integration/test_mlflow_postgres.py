@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from .conftest import TEST_USERS, VENV_BIN, Hub, make_hub, run
+from tests.cluster import TEST_USERS, VENV_BIN, Hub, make_hub, run
+
 from .test_mlflow_service import kill_mlflow_server, wait_for_mlflow_restart
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import nbformat
 import pytest
 from mlflow import MlflowClient
 
+from tests.cluster import REPO, Hub, job_field, run, squeue, wait_for
 from werkbank_core.policy import policy_from_dict
 from werkbank_spawner import site as werkbank_site
 
-from .conftest import REPO, Hub, job_field, run, squeue, wait_for
 from .test_spawn import job_environ
 
 pytestmark = pytest.mark.integration

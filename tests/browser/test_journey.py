@@ -1,0 +1,118 @@
+"""A new user's first session, in a real browser: log in, choose the GPU profile, wait while the
+job is pending, work in JupyterLab, stop the server. Steps run in order on one browser context
+(one login), each saving a screenshot; each asserts what the page shows."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.cluster import TEST_USERS, run, squeue, wait_for
+
+pytestmark = pytest.mark.integration
+
+USER = TEST_USERS[0]
+#: The demo site's profiles, as the spawn page labels them.
+PROFILE_LABELS = ("CPU · 1 core · 2 GB · 1 h", "1 GPU · 4 cores · 16 GB · 4 h", "Full node")
+
+
+@pytest.fixture(scope="module")
+def page(browser, hub) -> Page:
+    """One browser context for the journey: the hub's cookies survive from step to step."""
+    hub.api("DELETE", f"/users/{USER}/server")
+    wait_for(lambda: hub.server(USER) is None, 60, f"{USER}'s server to be stopped before the journey")
+    context = browser.new_context(base_url=hub.url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    yield page
+    context.close()
+    hub.api("DELETE", f"/users/{USER}/server")
+
+
+def blocker_holding_both_gpus() -> str:
+    """A job of root's on both GPUs, with a time limit so that Slurm can estimate when the next
+    GPU job starts."""
+    job = run(
+        "sbatch", "--parsable", "--partition=gpu", "--gres=gpu:2", "--time=5", "--output=/dev/null",
+        "--wrap=sleep 300",
+    ).stdout.strip()  # fmt: skip
+    wait_for(lambda: "RUNNING" in squeue("--jobs", job, "--format=%T"), 30, "the blocker job to run")
+    return job
+
+
+def test_1_login_choose_the_gpu_profile_wait_and_get_jupyterlab(
+    page, hub, shared_password, screenshot, report_figure
+):
+    page.goto("/hub/login")
+    page.fill("#username_input", USER)
+    page.fill("#password_input", shared_password)
+    screenshot(page, "login")
+    page.click("#login_submit")
+
+    page.goto("/hub/spawn")
+    form = page.locator("form#spawn_form")
+    for label in PROFILE_LABELS:
+        expect(form).to_contain_text(label)
+    screenshot(page, "spawn page")
+
+    blocker = blocker_holding_both_gpus()
+    try:
+        page.check("input[name=profile][value=gpu1]")
+        page.click("form#spawn_form [type=submit]")
+        expect(page).to_have_url(re.compile(rf"/hub/spawn-pending/{USER}"))
+        message = page.locator("#progress-message")
+        expect(message).to_contain_text(
+            re.compile(r"Slurm job \d+ is pending \(reason: (Resources|Priority)\)")
+        )
+        job_id = re.search(r"Slurm job (\d+)", message.inner_text()).group(1)
+        assert job_id == hub.job_id(USER)
+        assert "PENDING" in squeue("--jobs", job_id, "--format=%T")
+        screenshot(page, "pending")
+    finally:
+        run("scancel", blocker, check=False)
+    started = time.monotonic()
+    # JupyterLab, with its launcher, once the job runs and Jupyter has started.
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+    report_figure(
+        "browser: blocker cancelled -> JupyterLab launcher visible", f"{time.monotonic() - started:.1f} s"
+    )
+    expect(page).to_have_url(re.compile(rf"/user/{USER}/lab"))
+    expect(page.locator(".jp-Launcher")).to_contain_text("Werkbank")
+    screenshot(page, "jupyterlab")
+
+
+def job_state(job_id: str) -> str:
+    """What squeue says of the job ("" once Slurm has forgotten it)."""
+    return run("squeue", "--noheader", "--jobs", job_id, "--format=%T", check=False).stdout.strip()
+
+
+def test_2_stopping_the_server_on_the_home_page_ends_the_slurm_job(page, hub, screenshot):
+    job_id = hub.job_id(USER)
+    assert job_id and job_state(job_id) == "RUNNING"
+    page.goto("/hub/home")
+    page.click("#stop")
+    expect(page.locator("#start")).to_be_visible(timeout=60_000)
+    screenshot(page, "stopped")
+    wait_for(lambda: job_state(job_id) in ("", "COMPLETING"), 30, f"job {job_id} to end")
+    assert hub.server(USER) is None
+
+
+def test_3_start_to_launcher_with_the_cpu_profile(page, hub, screenshot, report_figure):
+    """What a user waits for: the click on Start until JupyterLab's launcher shows (reported; the
+    target is measured by benchmarks/browser_start.py)."""
+    page.goto("/hub/spawn")
+    page.check("input[name=profile][value=cpu]")
+    started = time.monotonic()
+    page.click("form#spawn_form [type=submit]")
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+    report_figure(
+        "browser: Start (CPU profile) -> JupyterLab launcher visible", f"{time.monotonic() - started:.1f} s"
+    )
+    screenshot(page, "jupyterlab cpu")
+    job_id = hub.job_id(USER)
+    assert job_state(job_id) == "RUNNING"
+    hub.stop_server(USER)
+    wait_for(lambda: job_state(job_id) in ("", "COMPLETING"), 30, f"job {job_id} to end")
