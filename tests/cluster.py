@@ -29,7 +29,7 @@ import yaml
 # for the integration tests, which import their helpers from this module.
 from tests.services import Process, answers, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 TEST_USERS = ("alice", "bob")

@@ -1,6 +1,7 @@
 """Fixtures shared by the test folders: real services, each started once per test session."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,14 @@ def report_figure():
         _FIGURES.append((name, text))
 
     return record
+
+
+def pytest_collection_modifyitems(items):
+    """The browser tests run last. Playwright's synchronous API keeps an event loop running in the
+    main thread from its first use until the session ends, and ``asyncio.run()`` (the lab tests,
+    pytest-asyncio's tests) refuses to start inside a running loop."""
+    browser = Path(__file__).resolve().parent / "browser"
+    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(browser))
 
 
 def pytest_terminal_summary(terminalreporter):
