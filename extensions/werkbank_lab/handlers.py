@@ -65,11 +65,16 @@ class _CatalogueMixin:
     async def copy(self, template_id: str) -> tuple[Template, str]:
         template = self.template(template_id)
         try:
-            path = await self.workspace.copy(template)
+            open_urls = {t.id: self.open_url(t.id) for t in self.templates()}
+            path = await self.workspace.copy(template, open_urls)
         except (OSError, ValueError) as e:
             raise http_error(500, f"Could not copy {template.id}: {e}") from e
         self.log.info("werkbank: copied template %s to %s", template.id, path)
         return template, path
+
+    def open_url(self, template_id: str) -> str:
+        """The route that copies a template and opens the copy (:class:`OpenHandler`)."""
+        return url_path_join(self.base_url, "werkbank", "open", url_escape(template_id))
 
     def lab_url(self, path: str) -> str:
         return url_path_join(self.base_url, "lab", "tree", url_escape(path))

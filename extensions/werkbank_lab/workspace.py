@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path, PurePosixPath
 
 from jupyter_server.utils import ensure_async
@@ -43,6 +44,29 @@ def workspace_api_path(root_dir: str | Path, workspace_dir: str, home: str | Pat
     return "" if relative == Path(".") else relative.as_posix()
 
 
+#: A markdown link to a notebook of another phase folder, as the templates write them:
+#: ``[the data template](../02-data/data.ipynb)``, with an optional ``#anchor`` (dropped: the copy
+#: opens at its top).
+_TEMPLATE_LINK = re.compile(r"\]\(\.\./(\d\d-[a-z0-9-]+)/([A-Za-z0-9_.-]+\.ipynb)(#[^)\s]*)?\)")
+
+
+def relink(content: dict, open_urls: dict[str, str]) -> dict:
+    """``content`` (a notebook's JSON) with its markdown links to other templates
+    (``../02-data/data.ipynb``), which do not exist beside a copy, pointed at ``open_urls[id]``
+    (the route that copies that template and opens it). Other links are left as they are."""
+
+    def replace(match: re.Match) -> str:
+        url = open_urls.get(match.group(1))
+        return f"]({url})" if url else match.group(0)
+
+    for cell in content.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            source = cell.get("source", "")
+            text = "".join(source) if isinstance(source, list) else source
+            cell["source"] = _TEMPLATE_LINK.sub(replace, text)
+    return content
+
+
 def copy_names(file_name: str):
     """``training.ipynb``, ``training-1.ipynb``, ``training-2.ipynb``, ... (endless)."""
     stem, suffix = PurePosixPath(file_name).stem, PurePosixPath(file_name).suffix
@@ -66,9 +90,10 @@ class Workspace:
         self.folder = folder
         self._lock = asyncio.Lock()
 
-    async def copy(self, template: Template) -> str:
-        """Copy ``template`` into the workspace; returns the copy's contents-API path."""
-        content = json.loads(template.notebook.read_text(encoding="utf-8"))
+    async def copy(self, template: Template, open_urls: dict[str, str] | None = None) -> str:
+        """Copy ``template`` into the workspace; returns the copy's contents-API path. Links to
+        other templates are pointed at ``open_urls`` (template id → URL), see :func:`relink`."""
+        content = relink(json.loads(template.notebook.read_text(encoding="utf-8")), open_urls or {})
         cm = self.contents_manager
         async with self._lock:
             await self._ensure_folder()

@@ -48,9 +48,14 @@ def jp_asyncio_loop():
     asyncio.set_event_loop(None)
 
 
-def notebook(path: Path, title: str, description: str) -> Path:
+def notebook(path: Path, title: str, description: str, more: str = "") -> Path:
     cells = [
-        {"id": "title", "cell_type": "markdown", "metadata": {}, "source": f"# {title}\n\n{description}\n"},
+        {
+            "id": "title",
+            "cell_type": "markdown",
+            "metadata": {},
+            "source": f"# {title}\n\n{description}\n{more}",
+        },
         {
             "id": "code",
             "cell_type": "code",
@@ -75,7 +80,13 @@ def notebook(path: Path, title: str, description: str) -> Path:
 def templates(tmp_path) -> Path:
     """A read-only templates folder: two templates and their catalogue entries."""
     root = tmp_path / "templates"
-    notebook(root / "01-onboarding" / "onboarding.ipynb", "Onboarding", "Look around the session.")
+    notebook(
+        root / "01-onboarding" / "onboarding.ipynb",
+        "Onboarding",
+        "Look around the session.",
+        "\nNext: [training](../03-training/training.ipynb#Checks), not [this](../09-none/none.ipynb)"
+        " nor [that](data/train.csv).\n",
+    )
     notebook(root / "03-training" / "training.ipynb", "Training from scratch", "A small CNN.")
     (root / "catalogue.yaml").write_text(
         "templates:\n"
@@ -278,6 +289,33 @@ def test_open_copies_and_redirects_to_jupyterlab(jp_fetch, jp_asyncio_loop, jp_r
     assert (jp_root_dir / "werkbank-templates" / "onboarding.ipynb").is_file()
     again = fetch(jp_asyncio_loop, jp_fetch, "werkbank", "open", "01-onboarding", follow_redirects=False)
     assert again.headers["Location"] == "/a%40b/lab/tree/werkbank-templates/onboarding-1.ipynb"
+
+
+def test_a_copys_links_to_other_templates_open_them(jp_fetch, jp_asyncio_loop, jp_root_dir):
+    """``../03-training/training.ipynb`` does not exist beside a copy: the copy links to the route
+    that copies that template and opens it. Links to what is not a template stay as they are."""
+    fetch(jp_asyncio_loop, jp_fetch, "werkbank", "open", "01-onboarding", follow_redirects=False)
+    copy = json.loads((jp_root_dir / "werkbank-templates" / "onboarding.ipynb").read_text())
+    text = "".join(copy["cells"][0]["source"])
+    assert "[training](/a%40b/werkbank/open/03-training)" in text
+    assert "[this](../09-none/none.ipynb)" in text and "[that](data/train.csv)" in text
+    followed = fetch(jp_asyncio_loop, jp_fetch, "werkbank", "open", "03-training", follow_redirects=False)
+    assert followed.headers["Location"] == "/a%40b/lab/tree/werkbank-templates/training.ipynb"
+
+
+def test_the_shipped_templates_link_only_to_templates_that_exist():
+    """Every ``../NN-phase/name.ipynb`` link in notebooks/ names a template of the catalogue, so
+    that no copy keeps a link that leads nowhere."""
+    from werkbank_lab.catalogue import Catalogue
+    from werkbank_lab.workspace import relink
+
+    templates = Catalogue(REPO / "notebooks").templates()
+    urls = {t.id: f"/open/{t.id}" for t in templates}
+    for template in templates:
+        copied = relink(json.loads(template.notebook.read_text()), urls)
+        for cell in copied["cells"]:
+            if cell["cell_type"] == "markdown":
+                assert not re.search(r"\]\(\.\./\d\d-", cell["source"]), (template.id, cell["source"])
 
 
 def browser(loop, jp_fetch) -> dict:
