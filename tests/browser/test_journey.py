@@ -4,9 +4,14 @@ job is pending, work in JupyterLab, stop the server. Steps run in order on one b
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import shutil
 import time
+from pathlib import Path
 
+import nbformat
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -24,6 +29,8 @@ def page(browser, hub) -> Page:
     """One browser context for the journey: the hub's cookies survive from step to step."""
     hub.api("DELETE", f"/users/{USER}/server")
     wait_for(lambda: hub.server(USER) is None, 60, f"{USER}'s server to be stopped before the journey")
+    # A new user's JupyterLab: no workspace (open tabs) restored from an earlier run.
+    shutil.rmtree(Path(pwd.getpwnam(USER).pw_dir) / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
     context = browser.new_context(base_url=hub.url, viewport={"width": 1400, "height": 900})
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -112,7 +119,52 @@ def test_3_start_to_launcher_with_the_cpu_profile(page, hub, screenshot, report_
         "browser: Start (CPU profile) -> JupyterLab launcher visible", f"{time.monotonic() - started:.1f} s"
     )
     screenshot(page, "jupyterlab cpu")
-    job_id = hub.job_id(USER)
-    assert job_state(job_id) == "RUNNING"
-    hub.stop_server(USER)
-    wait_for(lambda: job_state(job_id) in ("", "COMPLETING"), 30, f"job {job_id} to end")
+    assert job_state(hub.job_id(USER)) == "RUNNING"
+
+
+@pytest.fixture(scope="module")
+def untyped_notebook() -> Path:
+    """A notebook as other tools write them (untyped parameters, no kernelspec), in the user's
+    home, owned by the user."""
+    account = pwd.getpwnam(USER)
+    folder = Path(account.pw_dir) / "browser-submit"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("max_depth = 3")
+    parameters.metadata["tags"] = ["parameters"]
+    check = nbformat.v4.new_code_cell("assert max_depth == 2 and isinstance(max_depth, int), repr(max_depth)")
+    nb.cells = [parameters, check]
+    path = folder / "params.ipynb"
+    nbformat.write(nb, path)
+    for item in (folder, path):
+        os.chown(item, account.pw_uid, account.pw_gid)
+    return path
+
+
+def test_4_werkbank_submit_in_a_terminal(page, hub, untyped_notebook, screenshot):
+    """The README's next step: in a JupyterLab terminal, submit a notebook with untyped parameters
+    and no kernelspec; it completes, and the executed notebook shows in the file browser."""
+    folder = untyped_notebook.parent
+    page.locator(".jp-LauncherCard", has_text="Terminal").first.click()
+    terminal = page.locator(".jp-Terminal").first
+    expect(terminal).to_be_visible()
+    terminal.click()
+    page.keyboard.type(
+        f"cd ~/{folder.name} && werkbank submit params.ipynb -p max_depth 2 > submitted.txt 2>&1; "
+        "id=$(grep -oE 'job [0-9]+' submitted.txt | cut -d' ' -f2); "
+        'for i in $(seq 180); do werkbank jobs | grep -qE "^ *$id +(COMPLETED|FAILED|ENDED|CANCELLED)" '
+        "&& break; sleep 1; done; "
+        "werkbank jobs > jobs.txt 2>&1\n"
+    )
+    wait_for(lambda: (folder / "jobs.txt").exists(), 240, "werkbank jobs to report the job's end")
+    screenshot(page, "terminal")
+    submitted = (folder / "submitted.txt").read_text()
+    job_id = re.search(r"Submitted job (\d+)", submitted).group(1)
+    jobs = (folder / "jobs.txt").read_text()
+    assert re.search(rf"^\s*{job_id}\s+COMPLETED\s", jobs, flags=re.MULTILINE), jobs + submitted
+    executed = folder / f"params-{job_id}.ipynb"
+    assert executed.is_file()
+    page.locator(".jp-DirListing-item", has_text=folder.name).first.dblclick()
+    expect(page.locator(".jp-DirListing-content")).to_contain_text(executed.name, timeout=30_000)
+    screenshot(page, "executed notebook in the file browser")
