@@ -131,6 +131,28 @@ for pkg in core:werkbank_core spawner:werkbank_spawner extensions:werkbank_lab; 
         echo "$pkg_want" >"$pkg_stamp"
     fi
 done
+# ------------------------------------------------------------------ JupyterLab extension
+# @werkbank/lab (extensions/labextension: the session's time left and warnings, the template
+# cards): TypeScript built with packages from the npm registry (package-lock.json), installed
+# where JupyterLab finds prebuilt extensions of this environment. Rebuilt when its sources change.
+LAB_SRC=$REPO/extensions/labextension
+LAB_DEST=$VENV/share/jupyter/labextensions/@werkbank/lab
+lab_want=$( (cd "$LAB_SRC" && cat package.json package-lock.json tsconfig.json src/*.ts style/*) | sha256sum | cut -d' ' -f1)
+lab_stamp=$VENV/.werkbank-labextension.sha256
+if [ "$(cat "$lab_stamp" 2>/dev/null)" != "$lab_want" ] || [ ! -f "$LAB_DEST/package.json" ]; then
+    say "building the JupyterLab extension @werkbank/lab (npm ci, jupyter-builder)"
+    if ! (cd "$LAB_SRC" && npm ci --no-audit --no-fund --loglevel=error && rm -rf lib tsconfig.tsbuildinfo \
+        && PATH="$VENV/bin:$PATH" npm run build --silent) >/tmp/werkbank-labextension.log 2>&1; then
+        tail -30 /tmp/werkbank-labextension.log >&2
+        echo "install: the JupyterLab extension did not build (log: /tmp/werkbank-labextension.log)" >&2
+        exit 1
+    fi
+    rm -rf "$LAB_DEST"
+    mkdir -p "$(dirname "$LAB_DEST")"
+    cp -r "$REPO/extensions/werkbank_lab/labextension" "$LAB_DEST"
+    echo "$lab_want" >"$lab_stamp"
+fi
+
 # The lifecycle templates, where an installed (not editable) werkbank-lab finds them
 # (werkbank_lab.catalogue.default_templates_dir): root-owned, like the packages.
 if [ "$DEV" = no ]; then

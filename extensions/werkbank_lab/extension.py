@@ -1,15 +1,17 @@
-"""The werkbank server extension: template catalogue, copies in the workspace, MLflow UI, launcher entries.
+"""The werkbank server extension: template catalogue, copies in the workspace, MLflow UI, the session's times.
 
 Enabled in every single-user server by ``etc/jupyter/jupyter_server_config.d/werkbank_lab.json``, which
 ``pip install`` (editable too) puts into the environment. Configured as ``c.WerkbankLab.<trait>``.
 
 Start-up order (jupyter_server links every extension before it loads any):
 
-1. ``_link_jupyter_server_extension``: adds the launcher entries to ``ServerProxy.servers`` in the server's
-   config, before jupyter-server-proxy reads it when it loads; and the terminals' shell command
-   (``werkbank_lab.terminal``), before jupyter_server_terminals reads it.
+1. ``_link_jupyter_server_extension``: the terminals' shell command (``werkbank_lab.terminal``), before
+   jupyter_server_terminals reads it.
 2. ``_load_jupyter_server_extension``: adds the handlers (``werkbank_lab.handlers``,
-   ``werkbank_lab.mlflow_ui``).
+   ``werkbank_lab.mlflow_ui``, ``werkbank_lab.session``).
+
+What JupyterLab shows of them (launcher cards, the time left, warnings) is the lab extension
+``@werkbank/lab`` (``extensions/labextension``), which deploy/install.sh builds and installs.
 
 Neither step stops the server for a broken catalogue: the endpoints report the error instead.
 """
@@ -17,14 +19,13 @@ Neither step stops the server for a broken catalogue: the endpoints report the e
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from traitlets import Bool, Unicode, default
 from traitlets.config import Configurable
 
-from werkbank_lab import catalogue, handlers, launchers, mlflow_ui, terminal
-from werkbank_lab.catalogue import Catalogue, CatalogueError
+from werkbank_lab import catalogue, handlers, mlflow_ui, session, terminal
+from werkbank_lab.catalogue import Catalogue
 from werkbank_lab.workspace import Workspace, workspace_api_path
 
 
@@ -54,7 +55,7 @@ class WerkbankLab(Configurable):
     ).tag(config=True)
 
     template_launchers = Bool(
-        True, help="Add a launcher card per template (through jupyter-server-proxy's launcher entries)."
+        True, help="A launcher card per template, which copies it into the workspace and opens the copy."
     ).tag(config=True)
 
     mlflow_tracking_uri = Unicode(
@@ -101,37 +102,23 @@ class WerkbankLab(Configurable):
     def mlflow_route(self) -> mlflow_ui.Route:
         return mlflow_ui.mlflow_route(self.mlflow_tracking_uri, self.mlflow_ui_url, os.environ)
 
-    def launcher_entries(self, log) -> dict[str, dict]:
-        """The ``ServerProxy.servers`` entries this configuration asks for."""
-        entries = {}
-        found = self.catalogue()
-        if self.template_launchers and found is not None:
-            try:
-                entries.update(launchers.template_entries(found.templates(), self.launcher_category))
-            except (CatalogueError, OSError) as e:
-                log.error("werkbank: no template launchers, the catalogue cannot be read: %s", e)
-        if self.mlflow_launcher and self.mlflow_route().kind != "none":
-            entries.update(launchers.mlflow_entry(self.launcher_category, self.mlflow_new_browser_tab))
-        return entries
+    def session_settings(self) -> dict:
+        """What the lab extension learns from ``GET werkbank/session`` besides the times."""
+        route = self.mlflow_route()
+        return {
+            "mlflow_ui": f"{mlflow_ui.PROXY_BASE}/" if route.kind != "none" else "",
+            "mlflow_new_tab": self.mlflow_new_browser_tab,
+            "launcher_category": self.launcher_category,
+            "template_cards": self.template_launchers and self.catalogue() is not None,
+            "mlflow_card": self.mlflow_launcher,
+        }
 
 
 def _link_jupyter_server_extension(serverapp) -> None:
-    """Add our launcher entries to the server's ``ServerProxy.servers`` before jupyter-server-proxy loads,
-    and the terminals' shell command before jupyter_server_terminals loads."""
+    """The terminals' shell command, before jupyter_server_terminals loads."""
     lab = WerkbankLab(parent=serverapp)
     if lab.terminal_path:
         terminal.configure(serverapp)
-    try:
-        workspace_api_path(serverapp.root_dir, lab.workspace_dir, Path.home())
-    except ValueError:
-        return  # no cards that could not work; loading fails with the reason
-    entries = lab.launcher_entries(serverapp.log)
-    if not entries:
-        return
-    # Cards without a process make jupyter-server-proxy warn once per card at every start.
-    warnings.filterwarnings("ignore", message=launchers.NO_PROCESS_WARNING)
-    section = serverapp.config.ServerProxy
-    section.servers = launchers.merged_servers(section.get("servers"), entries)
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
@@ -144,9 +131,12 @@ def _load_jupyter_server_extension(serverapp) -> None:
     folder = workspace_api_path(serverapp.root_dir, lab.workspace_dir, Path.home())
     workspace = Workspace(serverapp.contents_manager, folder)
     route = lab.mlflow_route()
+    clock = session.JobClock(os.environ.get("SLURM_JOB_ID", ""))
     serverapp.web_app.add_handlers(
         ".*$",
-        handlers.handlers(base_url, found, workspace, unavailable) + mlflow_ui.handlers(base_url, route),
+        handlers.handlers(base_url, found, workspace, unavailable)
+        + mlflow_ui.handlers(base_url, route)
+        + session.handlers(base_url, clock, **lab.session_settings()),
     )
     serverapp.log.info(
         "werkbank: templates from %s, copies to %s/, MLflow UI: %s",

@@ -87,7 +87,16 @@ def test_1_login_choose_the_gpu_profile_wait_and_get_jupyterlab(
         "browser: blocker cancelled -> JupyterLab launcher visible", f"{time.monotonic() - started:.1f} s"
     )
     expect(page).to_have_url(re.compile(rf"/user/{USER}/lab"))
-    expect(page.locator(".jp-Launcher")).to_contain_text("Werkbank")
+    # The session's time left, in JupyterLab's status bar: the GPU profile's 4 h, counting down.
+    expect(page.locator("#werkbank-time-left")).to_have_text(re.compile(r"⏱ 3:5\d h left"))
+    # The template cards: one per template, each with its icon, its description as tooltip.
+    cards = page.locator(".jp-Launcher-section", has_text="Werkbank").locator(".jp-LauncherCard")
+    expect(cards.filter(has_text="01 Onboarding")).to_have_count(1)
+    assert cards.count() >= 7
+    for i in range(cards.count()):
+        expect(cards.nth(i).locator(".jp-LauncherCard-icon svg")).to_have_count(1)
+    onboarding = cards.filter(has_text="01 Onboarding").get_attribute("title") or ""
+    assert "about 1 min" in onboarding, onboarding
     screenshot(page, "jupyterlab")
 
 
@@ -155,7 +164,7 @@ def test_4_werkbank_submit_in_a_terminal(page, hub, untyped_notebook, screenshot
         "id=$(grep -oE 'job [0-9]+' submitted.txt | cut -d' ' -f2); "
         'for i in $(seq 180); do werkbank jobs | grep -qE "^ *$id +(COMPLETED|FAILED|ENDED|CANCELLED)" '
         "&& break; sleep 1; done; "
-        "werkbank jobs > jobs.txt 2>&1\n"
+        "werkbank jobs > jobs.tmp 2>&1; mv jobs.tmp jobs.txt\n"
     )
     wait_for(lambda: (folder / "jobs.txt").exists(), 240, "werkbank jobs to report the job's end")
     screenshot(page, "terminal")
@@ -168,3 +177,71 @@ def test_4_werkbank_submit_in_a_terminal(page, hub, untyped_notebook, screenshot
     page.locator(".jp-DirListing-item", has_text=folder.name).first.dblclick()
     expect(page.locator(".jp-DirListing-content")).to_contain_text(executed.name, timeout=30_000)
     screenshot(page, "executed notebook in the file browser")
+
+
+def test_5_a_template_from_the_launcher_runs_and_its_run_is_the_users_alone(
+    page, hub, browser, shared_password, screenshot
+):
+    """The onboarding card copies the template and opens the copy in this JupyterLab (no new
+    browser tab); run all cells; no cell fails; the run is in MLflow through the hub for this user
+    and not for another."""
+    home = Path(pwd.getpwnam(USER).pw_dir)
+    before = set((home / "werkbank-templates").glob("onboarding*.ipynb"))
+    page.keyboard.press("Control+Shift+L")  # a new launcher
+    card = page.locator(".jp-Launcher-section", has_text="Werkbank").locator(".jp-LauncherCard")
+    card.filter(has_text="01 Onboarding").last.click()
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook).to_have_count(1)
+    assert len(page.context.pages) == 1  # opened here, not in a new browser tab
+    [copy] = set((home / "werkbank-templates").glob("onboarding*.ipynb")) - before
+    expect(page.get_by_role("tab", name=copy.name)).to_have_attribute("aria-selected", "true")
+    # The kernel has started (the status bar says so) before anything is run.
+    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle"))).to_have_count(
+        1, timeout=90_000
+    )
+    page.locator(".lm-MenuBar-itemLabel").get_by_text("Run", exact=True).click()
+    page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+    # Every code cell ran, and none failed: the copy as the user saves it (JupyterLab renders only
+    # the cells in view, so the page alone cannot tell).
+
+    def finished() -> nbformat.NotebookNode | None:
+        page.keyboard.press("Control+S")
+        time.sleep(2)
+        saved = nbformat.read(copy, as_version=4)
+        code = [c for c in saved.cells if c.cell_type == "code"]
+        failed = any(o.get("output_type") == "error" for c in code for o in c.get("outputs", []))
+        return saved if failed or all(c.get("execution_count") for c in code) else None
+
+    try:
+        executed = wait_for(finished, 240, "every cell of the onboarding template to run")
+    finally:
+        screenshot(page, "onboarding ran")
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{errors[0].get('ename')}: {errors[0].get('evalue')}"
+    # The run, in MLflow's UI through the hub, with this browser's hub login (the service's own
+    # OAuth login happens on the way) ...
+    page.goto("/services/mlflow/")
+    expect(page.get_by_text(f"{USER}/werkbank-onboarding")).to_be_visible(timeout=60_000)
+    screenshot(page, "mlflow ui")
+    # MLflow's telemetry is off, and its UI does not ask about it.
+    expect(page.get_by_text("Information about UI telemetry")).to_have_count(0)
+    search = "/services/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=1000"
+    mine = page.request.get(search)
+    assert mine.ok, mine.text()
+    assert f"{USER}/werkbank-onboarding" in [e["name"] for e in mine.json()["experiments"]]
+    # ... and not for another user.
+    other = browser.new_context(base_url=hub.url)
+    try:
+        login = other.new_page()
+        login.goto("/hub/login")
+        login.fill("#username_input", TEST_USERS[1])
+        login.fill("#password_input", shared_password)
+        login.click("#login_submit")
+        login.wait_for_url(re.compile(r"/hub/"))
+        login.goto("/services/mlflow/")
+        expect(login).to_have_title(re.compile("MLflow"), timeout=60_000)
+        theirs = other.request.get(search)
+        assert theirs.ok, theirs.text()
+        assert f"{USER}/werkbank-onboarding" not in [e["name"] for e in theirs.json().get("experiments", [])]
+    finally:
+        other.close()

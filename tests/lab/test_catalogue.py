@@ -359,48 +359,34 @@ def test_a_workspace_outside_the_root_is_refused(jp_fetch, jp_asyncio_loop):
     # The extension does not load (the server logs why: tests/unit/test_catalogue.py checks the message);
     # its URLs are unknown, its launcher cards absent.
     assert fetch(jp_asyncio_loop, jp_fetch, "werkbank", "templates").code == 404
-    info = body(fetch(jp_asyncio_loop, jp_fetch, "server-proxy", "servers-info"))["server_processes"]
-    assert not [p for p in info if p["name"].startswith("werkbank-")]
+    assert fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session").code == 404
 
 
-# --- launcher entries -----------------------------------------------------------------------------------
+# --- what the lab extension learns: GET werkbank/session ----------------------------------------------
 
 
-def test_launcher_entries_through_jupyter_server_proxy(jp_fetch, jp_asyncio_loop):
-    info = body(fetch(jp_asyncio_loop, jp_fetch, "server-proxy", "servers-info"))["server_processes"]
-    entries = {p["name"]: p for p in info}
-    training = entries["werkbank-template-03-training"]
-    assert training["launcher_entry"] == {
-        "enabled": True,
-        "title": "03 Training · about 10 min",
-        "path_info": "werkbank/open/03-training",
-        "category": "Werkbank",
-        "icon_url": "/a%40b/server-proxy/icon/werkbank-template-03-training",
-    }
-    assert training["new_browser_tab"] is True
-    assert "werkbank-mlflow" not in entries  # no tracking server in this session
-    icon = fetch(jp_asyncio_loop, jp_fetch, "server-proxy", "icon", "werkbank-template-03-training")
-    assert icon.code == 200 and icon.body.startswith(b"<svg")
-    # A launcher entry's URL is what its card opens: a fresh copy in JupyterLab.
-    opened = fetch(jp_asyncio_loop, jp_fetch, training["launcher_entry"]["path_info"], follow_redirects=False)
-    assert opened.headers["Location"].startswith("/a%40b/lab/tree/werkbank-templates/training")
+def test_the_session_outside_slurm_has_no_end(jp_fetch, jp_asyncio_loop):
+    info = body(fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session"))
+    assert (info["job_id"], info["ends_at"]) == ("", None)
+    assert info["walltime_warnings"] == [15, 5]
+    assert (info["launcher_category"], info["template_cards"], info["mlflow_card"]) == (
+        "Werkbank",
+        True,
+        True,
+    )
+    assert info["mlflow_ui"] == ""  # no tracking server in this session: no MLflow card
+    assert info["idle_timeout"] is None
 
 
-@pytest.fixture
-def admin_servers(jp_server_config):
-    jp_server_config.ServerProxy.servers = {
-        "werkbank-template-01-onboarding": {"launcher_entry": {"title": "Ours", "enabled": False}},
-        "rstudio": {"command": ["rstudio", "--port={port}"], "launcher_entry": {"title": "RStudio"}},
-    }
-    return jp_server_config
+@pytest.mark.parametrize("werkbank_config", [{"template_launchers": False, "launcher_category": "Kurs"}])
+def test_the_session_tells_the_cards_settings(jp_fetch, jp_asyncio_loop):
+    info = body(fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session"))
+    assert (info["launcher_category"], info["template_cards"]) == ("Kurs", False)
 
 
-def test_an_admins_server_proxy_entries_are_kept_and_win(admin_servers, jp_fetch, jp_asyncio_loop):
-    info = body(fetch(jp_asyncio_loop, jp_fetch, "server-proxy", "servers-info"))["server_processes"]
-    entries = {p["name"]: p for p in info}
-    assert entries["rstudio"]["launcher_entry"]["title"] == "RStudio"
-    assert entries["werkbank-template-01-onboarding"]["launcher_entry"]["enabled"] is False
-    assert "werkbank-template-03-training" in entries
+def test_the_session_needs_a_login(jp_fetch, jp_asyncio_loop):
+    anonymous = fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session", headers={"Authorization": ""})
+    assert anonymous.code == 403
 
 
 # --- MLflow UI ------------------------------------------------------------------------------------------
@@ -421,10 +407,9 @@ def test_mlflow_ui_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop,
     found = fetch(jp_asyncio_loop, jp_fetch, "werkbank", "mlflow", api, params={"max_results": "5"})
     assert "Default" in [e["name"] for e in body(found)["experiments"]]
 
-    info = body(fetch(jp_asyncio_loop, jp_fetch, "server-proxy", "servers-info"))["server_processes"]
-    entry = next(p for p in info if p["name"] == "werkbank-mlflow")
-    assert entry["launcher_entry"]["path_info"] == "werkbank/mlflow/"
-    assert entry["new_browser_tab"] is False  # a JupyterLab tab: same origin, so MLflow allows the frame
+    info = body(fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session"))
+    assert info["mlflow_ui"] == "werkbank/mlflow/"
+    assert info["mlflow_new_tab"] is False  # a JupyterLab tab: same origin, so MLflow allows the frame
 
 
 def test_mlflow_deletes_with_a_body_through_the_session(mlflow_config, jp_fetch, jp_asyncio_loop):
@@ -725,15 +710,13 @@ def test_a_real_server_of_this_environment_serves_the_catalogue(jupyter_server):
         listed = client.get("/werkbank/templates")
         assert listed.status_code == 200
         assert "01-onboarding" in [t["id"] for t in listed.json()]
-        info = client.get("/server-proxy/servers-info").json()["server_processes"]
-        names = {p["name"] for p in info}
-        assert {"werkbank-template-01-onboarding", "werkbank-mlflow"} <= names
+        session = client.get("/werkbank/session").json()
+        assert (session["template_cards"], session["mlflow_ui"]) == (True, "werkbank/mlflow/")
         opened = client.get("/werkbank/open/01-onboarding", follow_redirects=False)
         assert opened.headers["location"] == "/lab/tree/werkbank-templates/onboarding.ipynb"
         assert (root / "werkbank-templates" / "onboarding.ipynb").is_file()  # ~/werkbank-templates
         log = log_path.read_text()
         assert "werkbank_lab | extension was successfully loaded" in log
-        assert "does not have a command" not in log  # launcher-only entries do not warn
     except AssertionError:
         print(log_path.read_text())
         raise

@@ -278,35 +278,6 @@ def test_mlflow_route():
     assert mlflow_route("file:///tmp/mlruns", "", {}).kind == "none"
 
 
-# --- launcher entries ------------------------------------------------------------------------------------
-
-
-def test_our_launcher_entries_join_an_admins_without_changing_either():
-    from traitlets.config import Config
-
-    from werkbank_lab.launchers import merged_servers
-
-    ours = {"werkbank-mlflow": {"launcher_entry": {"title": "MLflow UI"}}, "werkbank-x": {}}
-    c = Config()
-    c.ServerProxy.servers.update(
-        {"rstudio": {"command": ["rstudio"]}, "werkbank-x": {"new_browser_tab": False}}
-    )
-    merged = merged_servers(c.ServerProxy.servers, ours)  # a LazyConfigValue: the admin used .update()
-    assert set(merged) == {"werkbank-mlflow", "werkbank-x", "rstudio"}
-    assert merged["werkbank-x"] == {"new_browser_tab": False}  # the admin's entry wins
-    assert set(ours) == {"werkbank-mlflow", "werkbank-x"} and ours["werkbank-x"] == {}
-    assert merged_servers({"a": {}}, ours).keys() == {"a", "werkbank-mlflow", "werkbank-x"}
-    assert merged_servers(None, ours) == ours
-
-
-def test_a_card_says_phase_name_and_runtime(tmp_path):
-    from werkbank_lab.launchers import template_title
-
-    notebook(tmp_path / "04-fine-tuning" / "fine_tuning.ipynb", "# Fine-tuning\n\nLoRA.")
-    catalogue_file(tmp_path, "templates:\n  04-fine-tuning: {runtime_minutes: 20}\n")
-    assert template_title(Catalogue(tmp_path).get("04-fine-tuning")) == "04 Fine tuning · about 20 min"
-
-
 def test_templates_are_found_in_the_checkout_or_where_install_sh_puts_them(tmp_path, monkeypatch):
     from werkbank_lab import catalogue
 

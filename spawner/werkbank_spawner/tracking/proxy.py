@@ -593,7 +593,8 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler):
 
 
 #: Served by the proxy beside MLflow's UI, and loaded by every UI page it relays (see
-#: :func:`with_xsrf_script`): MLflow's UI knows nothing of JupyterHub's XSRF token, which
+#: :func:`with_xsrf_script`); it also switches the UI's own telemetry off. MLflow's UI knows
+#: nothing of JupyterHub's XSRF token, which
 #: the proxy (and a session's ``/werkbank/mlflow/`` path) require of cookie-authenticated
 #: requests that are not plain navigations. All the hub's servers share one origin, so without
 #: it any user's page could make a visitor's browser write to MLflow as the visitor.
@@ -629,6 +630,13 @@ XSRF_SCRIPT_SOURCE = b"""\
     if (this.werkbankSameOrigin && token()) this.setRequestHeader("X-XSRFToken", token());
     return send0.apply(this, arguments);
   };
+  // MLflow's usage telemetry is off on this server (werkbank_spawner.tracking.NO_TELEMETRY); the
+  // UI keeps its own choice in the browser and asks every user with a notice until dismissed.
+  // Set that choice (MLflow 3.17's keys: <key>_v<version>) before the UI reads it.
+  try {
+    localStorage.setItem("mlflow.settings.telemetry.enabled_v1", "false");
+    localStorage.setItem("mlflow.telemetry.info.alert.dismissed_v1", "true");
+  } catch (e) {}
 })();
 """
 _HEAD = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
