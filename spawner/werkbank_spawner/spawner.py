@@ -84,6 +84,18 @@ class SessionSetup(LoggingConfigurable):
         "", help="MLflow tracking server URL given to every server as MLFLOW_TRACKING_URI."
     ).tag(config=True)
 
+    idle_timeout = Integer(
+        0,
+        min=0,
+        help="""Seconds of inactivity after which the hub's idle culler stops a server (the site's
+        culling.timeout); given to the session as WERKBANK_IDLE_TIMEOUT, so that JupyterLab warns
+        before. 0: no culling, no warning.""",
+    ).tag(config=True)
+
+    def session_env(self) -> dict[str, str]:
+        """What both spawners add to a session's environment about the session itself."""
+        return {"WERKBANK_IDLE_TIMEOUT": str(self.idle_timeout)} if self.idle_timeout else {}
+
     mlflow_send_token = Bool(
         False,
         help="""Give every server MLFLOW_TRACKING_TOKEN=<its JUPYTERHUB_API_TOKEN>, which MLflow's
@@ -369,6 +381,7 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     def get_env(self):
         env = super().get_env()
         env.update(mlflow_env(self, env))
+        env.update(self.session_env())
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
@@ -689,6 +702,7 @@ class WerkbankLocalSpawner(LocalProcessSpawner, SessionSetup):
         env = super().get_env()
         env["WERKBANK_PROFILE"] = "local: " + self.LABEL
         env.update(mlflow_env(self, env))
+        env.update(self.session_env())
         return env
 
 

@@ -88,7 +88,7 @@ def test_1_login_choose_the_gpu_profile_wait_and_get_jupyterlab(
     )
     expect(page).to_have_url(re.compile(rf"/user/{USER}/lab"))
     # The session's time left, in JupyterLab's status bar: the GPU profile's 4 h, counting down.
-    expect(page.locator("#werkbank-time-left")).to_have_text(re.compile(r"⏱ 3:5\d h left"))
+    expect(page.locator("#werkbank-time-left")).to_have_text(re.compile(r"Walltime: 3:5\d h left"))
     # The template cards: one per template, each with its icon, its description as tooltip.
     cards = page.locator(".jp-Launcher-section", has_text="Werkbank").locator(".jp-LauncherCard")
     expect(cards.filter(has_text="01 Onboarding")).to_have_count(1)
@@ -121,13 +121,22 @@ def test_3_start_to_launcher_with_the_cpu_profile(page, hub, screenshot, report_
     target is measured by benchmarks/browser_start.py)."""
     page.goto("/hub/spawn")
     page.check("input[name=profile][value=cpu]")
+    page.click("details.werkbank-custom summary")  # "Adjust resources"
+    page.fill("input[name=walltime]", "14m")  # inside the 15-minute warning from the start
     started = time.monotonic()
     page.click("form#spawn_form [type=submit]")
     expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
     report_figure(
         "browser: Start (CPU profile) -> JupyterLab launcher visible", f"{time.monotonic() - started:.1f} s"
     )
-    screenshot(page, "jupyterlab cpu")
+    # 14 minutes of walltime: the time left in red-amber, and a warning to save, once.
+    expect(page.locator("#werkbank-time-left")).to_have_text(re.compile(r"Walltime: 1[34] min left"))
+    expect(page.locator("#werkbank-time-left")).to_have_class(re.compile("werkbank-soon"))
+    warning = page.locator(".Toastify__toast", has_text="Your session ends in")
+    expect(warning).to_have_count(1)
+    expect(warning).to_contain_text("Save your work now")
+    expect(warning.get_by_role("button", name="Save all")).to_be_visible()
+    screenshot(page, "jupyterlab cpu, walltime warning")
     assert job_state(hub.job_id(USER)) == "RUNNING"
 
 

@@ -378,6 +378,14 @@ def test_the_session_outside_slurm_has_no_end(jp_fetch, jp_asyncio_loop):
     assert info["idle_timeout"] is None
 
 
+@pytest.mark.parametrize(("value", "seconds"), [("3600", 3600), ("0", None), ("soon", None), ("", None)])
+def test_the_session_tells_when_an_idle_server_is_stopped(
+    jp_fetch, jp_asyncio_loop, monkeypatch, value, seconds
+):
+    monkeypatch.setenv("WERKBANK_IDLE_TIMEOUT", value)  # the spawner's, from the site's culling
+    assert body(fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session"))["idle_timeout"] == seconds
+
+
 @pytest.mark.parametrize("werkbank_config", [{"template_launchers": False, "launcher_category": "Kurs"}])
 def test_the_session_tells_the_cards_settings(jp_fetch, jp_asyncio_loop):
     info = body(fetch(jp_asyncio_loop, jp_fetch, "werkbank", "session"))

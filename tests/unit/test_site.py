@@ -448,6 +448,7 @@ def test_apply_demo_site(tmp_path):
     assert spawner.slurm_conf == ""
     assert spawner.slurm_bin_dir == "/usr/bin"
     assert spawner.job_prologue == ""
+    assert spawner.idle_timeout == c.WerkbankLocalSpawner.idle_timeout == 3600  # the culler's timeout
     assert c.WerkbankLocalSpawner.policy_config == spawner.policy_config
     assert c.WerkbankLocalSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
     assert c.WerkbankLocalSpawner.mlflow_send_token is True
@@ -562,6 +563,7 @@ def test_apply_without_services():
     assert c.JupyterHub.load_roles == []
     assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5000"
     assert c.WerkbankSlurmSpawner.mlflow_send_token is False
+    assert c.WerkbankSlurmSpawner.idle_timeout == c.WerkbankLocalSpawner.idle_timeout == 0  # no culler
 
 
 def test_apply_takes_only_a_validated_site():
@@ -1151,7 +1153,11 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     every trait the hub gets is unchanged, value for value."""
     recorded = json.loads((DATA / "site-before-pydantic.config.json").read_text())[name]
     config = recorded_form(applied(validate(load(path))))
-    # Changed on purpose since the recording: MLflow's telemetry is switched off (issue 13).
+    # Changed on purpose since the recording (issue 13): MLflow's telemetry is switched off, and
+    # the spawners tell sessions the culler's timeout (JupyterLab warns before it).
+    culling = validate(load(path)).culling
+    for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
+        assert config[spawner].pop("idle_timeout") == (culling.timeout if culling.enabled else 0)
     for service in config["JupyterHub"]["services"]:
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):

@@ -119,7 +119,7 @@ class TimeLeft extends Widget {
   }
 
   show_(info: ISessionInfo, secondsLeft: number): void {
-    this.node.textContent = `⏱ ${formatLeft(secondsLeft)} left`;
+    this.node.textContent = `Walltime: ${formatLeft(secondsLeft)} left`;
     const ends = new Date((info.ends_at as number) * 1000);
     this.node.title =
       `Slurm job ${info.job_id} (${info.profile}) ends at ${ends.toLocaleTimeString()}: ` +

@@ -112,6 +112,8 @@ def update_spawners(c: Config, site: Site, base: Path) -> None:
         c[spawner].mlflow_send_token = mlflow.proxy
         c[spawner].start_timeout = slurm.start_timeout
         c[spawner].min_uid = site.auth.min_uid
+        # JupyterLab warns before the culler stops an idle server (the lab extension).
+        c[spawner].idle_timeout = site.culling.timeout if site.culling.enabled else 0
     slurm_spawner = c.WerkbankSlurmSpawner
     slurm_spawner.slurm_conf = str(base / slurm.conf) if slurm.conf else ""
     slurm_spawner.slurm_bin_dir = str(base / slurm.bin_dir)
