@@ -107,6 +107,18 @@ def tracking_uri() -> str:
     return uri
 
 
+def run_url(run_id: str, experiment_id: str) -> str:
+    """The run in MLflow's UI as the user's browser reaches it: through this session's own server,
+    ``<server>/werkbank/mlflow/#/experiments/<id>/runs/<run>`` (the same origin as JupyterLab, on
+    any hub). "" outside a werkbank session. MLflow's client prints a link of its own at the end of
+    a run, made of ``MLFLOW_TRACKING_URI``: the address jobs reach MLflow at, which a browser may
+    not (werkbank's sessions switch that off, ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``)."""
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
+    if not prefix:
+        return ""
+    return f"{prefix.rstrip('/')}/werkbank/mlflow/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def user_folder(value: str, parameter: str) -> Path:
     """The folder ``value`` (``~`` expanded, resolved), which must be under the user's home or the
     working directory: a template writes nowhere else. Raises ``ValueError`` naming

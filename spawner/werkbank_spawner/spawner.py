@@ -723,6 +723,11 @@ def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[s
         out["MLFLOW_TRACKING_URI"] = spawner.mlflow_tracking_uri
         if spawner.mlflow_send_token and env.get("JUPYTERHUB_API_TOKEN"):
             out["MLFLOW_TRACKING_TOKEN"] = env["JUPYTERHUB_API_TOKEN"]
+        if spawner.mlflow_send_token:
+            # MLflow's "View run at <MLFLOW_TRACKING_URI>/#/..." would show the address jobs reach
+            # the hub's MLflow at, which a browser cannot use; werkbank_lab.tracking.run_url gives
+            # the one it can.
+            out["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         if env.get("JUPYTERHUB_USER"):
             out["MLFLOW_EXPERIMENT_NAME"] = f"{env['JUPYTERHUB_USER']}/default"
     return out

@@ -290,3 +290,14 @@ def test_configure_and_session_tags(mlflow_server, monkeypatch):
     assert tags["werkbank.slurm_job_id"] == "4242"
     assert tags["werkbank.profile"].startswith("cpu:")
     assert tags["werkbank.user"]
+
+
+def test_a_runs_link_is_the_one_the_users_browser_reaches(monkeypatch):
+    """Through the session's own server (same origin as JupyterLab), whatever address jobs use."""
+    from werkbank_lab.tracking import run_url
+
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001/services/mlflow")
+    assert run_url("abc123", "7") == "/user/alice/werkbank/mlflow/#/experiments/7/runs/abc123"
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX")
+    assert run_url("abc123", "7") == ""  # not in a werkbank session: no link to give

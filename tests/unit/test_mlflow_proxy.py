@@ -336,6 +336,8 @@ def test_servers_get_their_own_token_only_for_the_proxy():
         "MLFLOW_TRACKING_URI": "http://hub:8000/services/mlflow",
         "MLFLOW_TRACKING_TOKEN": "server-token",
         "MLFLOW_EXPERIMENT_NAME": "alice/default",  # not MLflow's shared experiment 0
+        # MLflow's own "View run at" link would name the jobs' address of the proxy.
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         **no_telemetry,
     }
     bare = SimpleNamespace(mlflow_tracking_uri="http://mlflow:5000", mlflow_send_token=False)
