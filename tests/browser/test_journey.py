@@ -74,6 +74,10 @@ def test_1_login_choose_the_gpu_profile_wait_and_get_jupyterlab(
         expect(message).to_contain_text(
             re.compile(r"Slurm job \d+ is pending \(reason: (Resources|Priority)\)")
         )
+        # The blocker has a time limit, so Slurm's backfill (every 2 s here) estimates the start.
+        expect(message).to_contain_text(
+            re.compile(r"; estimated start \d{4}-\d\d-\d\dT\d\d:\d\d"), timeout=60_000
+        )
         job_id = re.search(r"Slurm job (\d+)", message.inner_text()).group(1)
         assert job_id == hub.job_id(USER)
         assert "PENDING" in squeue("--jobs", job_id, "--format=%T")
