@@ -83,6 +83,20 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
   return JSON.parse(text) as T;
 }
 
+let sessionRequest: Promise<ISessionInfo> | null = null;
+
+/** GET werkbank/session, asked once for both plugins (the clock asks again now and then);
+ * null, with a note in the console, where the server extension does not answer. */
+async function sessionInfo(): Promise<ISessionInfo | null> {
+  sessionRequest = sessionRequest ?? request<ISessionInfo>('werkbank/session');
+  try {
+    return await sessionRequest;
+  } catch (error) {
+    console.warn('werkbank: no session information', error);
+    return null;
+  }
+}
+
 /** "3:41" (hours:minutes) or "12 min" for what is left. */
 export function formatLeft(seconds: number): string {
   if (seconds <= 0) {
@@ -145,13 +159,11 @@ const sessionPlugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   optional: [IStatusBar],
   activate: async (app: JupyterFrontEnd, statusBar: IStatusBar | null) => {
-    let info: ISessionInfo;
-    try {
-      info = await request<ISessionInfo>('werkbank/session');
-    } catch (error) {
-      console.warn('werkbank: no session information', error);
+    const known = await sessionInfo();
+    if (known === null) {
       return;
     }
+    let info: ISessionInfo = known;
     const item = new TimeLeft();
     if (statusBar && info.ends_at !== null) {
       statusBar.registerStatusItem('@werkbank/lab:time-left', {
@@ -218,13 +230,11 @@ const launcherPlugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   requires: [ILauncher],
   activate: async (app: JupyterFrontEnd, launcher: ILauncher) => {
-    let info: ISessionInfo;
-    try {
-      info = await request<ISessionInfo>('werkbank/session');
-    } catch (error) {
-      console.warn('werkbank: no session information', error);
+    const known = await sessionInfo();
+    if (known === null) {
       return;
     }
+    let info: ISessionInfo = known;
     app.commands.addCommand('werkbank:open-template', {
       label: args => String(args.label ?? 'Open a werkbank template'),
       caption: args => String(args.caption ?? ''),
