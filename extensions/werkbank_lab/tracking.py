@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -108,15 +109,22 @@ def tracking_uri() -> str:
 
 
 def run_url(run_id: str, experiment_id: str) -> str:
-    """The run in MLflow's UI as the user's browser reaches it: through this session's own server,
-    ``<server>/werkbank/mlflow/#/experiments/<id>/runs/<run>`` (the same origin as JupyterLab, on
-    any hub). "" outside a werkbank session. MLflow's client prints a link of its own at the end of
-    a run, made of ``MLFLOW_TRACKING_URI``: the address jobs reach MLflow at, which a browser may
-    not (werkbank's sessions switch that off, ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``)."""
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
-    if not prefix:
+    """The run in MLflow's UI as the user's browser reaches it, a path on the hub's public origin
+    (JupyterLab's too): the hub's MLflow service, ``<hub base>/services/mlflow/#/experiments/<id>/
+    runs/<run>``, which stays valid after the session ends; with an MLflow server outside the hub,
+    this session's own ``<server>/werkbank/mlflow/``. "" outside a werkbank session.
+
+    MLflow's client prints a link of its own at the end of a run, made of ``MLFLOW_TRACKING_URI``:
+    the address jobs reach the service at, which a browser may not (werkbank's sessions switch
+    that off, ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``). The site file requires the service's
+    path there to be the one on the hub's public URL."""
+    if not os.environ.get("JUPYTERHUB_SERVICE_PREFIX"):
         return ""
-    return f"{prefix.rstrip('/')}/werkbank/mlflow/#/experiments/{experiment_id}/runs/{run_id}"
+    fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
+    service = urlsplit(os.environ.get("MLFLOW_TRACKING_URI", "")).path.rstrip("/")
+    if service.endswith("/services/mlflow"):
+        return f"{service}/{fragment}"
+    return f"{os.environ['JUPYTERHUB_SERVICE_PREFIX'].rstrip('/')}/werkbank/mlflow/{fragment}"
 
 
 def user_folder(value: str, parameter: str) -> Path:

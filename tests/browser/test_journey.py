@@ -231,19 +231,19 @@ def test_5_a_template_from_the_launcher_runs_and_its_run_is_the_users_alone(
         screenshot(page, "onboarding ran")
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{errors[0].get('ename')}: {errors[0].get('evalue')}"
-    # The notebook links its run in MLflow's UI as this browser reaches it (not the jobs' address
-    # MLflow's client would print), and the link leads there.
+    # The notebook links its run in MLflow's UI on the hub (not the jobs' address MLflow's client
+    # would print), and the link leads there.
     outputs = "".join(
         str(o.get("data", {}).get("text/html", "")) + str(o.get("text", ""))
         for c in executed.cells
         for o in c.get("outputs", [])
     )
     assert "View run" not in outputs and "127.0.0.1:15001" not in outputs
-    link = re.search(rf'href="(/user/{USER}/werkbank/mlflow/#/experiments/\d+/runs/\w+)"', outputs)
+    link = re.search(r'href="(/services/mlflow/#/experiments/\d+/runs/\w+)"', outputs)
     assert link, outputs[-2000:]
     page.goto(link.group(1))
     expect(page.get_by_text("environment-check").first).to_be_visible(timeout=60_000)
-    screenshot(page, "the run in mlflow through the session")
+    screenshot(page, "the run in mlflow")
     # The run, in MLflow's UI through the hub, with this browser's hub login (the service's own
     # OAuth login happens on the way) ...
     page.goto("/services/mlflow/")

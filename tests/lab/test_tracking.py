@@ -293,11 +293,15 @@ def test_configure_and_session_tags(mlflow_server, monkeypatch):
 
 
 def test_a_runs_link_is_the_one_the_users_browser_reaches(monkeypatch):
-    """Through the session's own server (same origin as JupyterLab), whatever address jobs use."""
+    """A path on the hub's public origin, whatever address jobs use."""
     from werkbank_lab.tracking import run_url
 
-    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001/services/mlflow")
-    assert run_url("abc123", "7") == "/user/alice/werkbank/mlflow/#/experiments/7/runs/abc123"
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/jhub/user/alice/")
+    # The hub's MLflow service, on the hub's public origin (where jobs reach it at another address).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5001/jhub/services/mlflow")
+    assert run_url("abc123", "7") == "/jhub/services/mlflow/#/experiments/7/runs/abc123"
+    # An MLflow server outside the hub: through the session's own server.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.cluster:5000")
+    assert run_url("abc123", "7") == "/jhub/user/alice/werkbank/mlflow/#/experiments/7/runs/abc123"
     monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX")
     assert run_url("abc123", "7") == ""  # not in a werkbank session: no link to give
