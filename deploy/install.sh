@@ -112,7 +112,7 @@ for pkg in core:werkbank_core spawner:werkbank_spawner extensions:werkbank_lab; 
     else
         pkg_want=$( (echo "built $REPO/$dir"; cd "$REPO/$dir" \
             && find . -type f -not -path '*/build/*' -not -path '*.egg-info/*' \
-                -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum) \
+                -not -path '*/__pycache__/*' -not -path '*/node_modules/*' -print0 | sort -z | xargs -0 sha256sum) \
             | sha256sum | cut -d' ' -f1)
         installed_from="$VENV/"
         args=("$REPO/$dir")
