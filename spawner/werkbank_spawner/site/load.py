@@ -53,8 +53,9 @@ for _first in "+-0123456789":
     )
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Read the site file. Returns its top-level mapping (an empty file is ``{}``).
+def load(path: str | os.PathLike, what: str = "sections (hub:, auth:, ...)") -> dict:
+    """Read the site file (or another werkbank YAML file: ``what`` its top level holds). Returns
+    its top-level mapping (an empty file is ``{}``).
 
     Raises :class:`SiteConfigError` (path: the file name) if it cannot be read, is not
     YAML, or is not a mapping.
@@ -77,7 +78,7 @@ def load(path: str | os.PathLike) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SiteConfigError(name, f"expected a mapping of sections (hub:, auth:, ...), got {kind_of(data)}")
+        raise SiteConfigError(name, f"expected a mapping of {what}, got {kind_of(data)}")
     return data
 
 
@@ -90,7 +91,7 @@ def validate(data: object) -> Site:
     try:
         site = Site.model_validate(dict(data))
     except ValidationError as e:
-        raise _first_problem(e) from None
+        raise first_problem(e) from None
     rules.check(site)
     return site
 
@@ -125,7 +126,8 @@ _TYPE_NAMES = {
 }
 
 
-def _first_problem(error: ValidationError) -> SiteConfigError:
+def first_problem(error: ValidationError) -> SiteConfigError:
+    """The first problem pydantic found, as ``<key.path>: <what is wrong>`` in the admin's words."""
     problem = error.errors(include_url=False)[0]
     kind, loc, value, ctx = (
         problem["type"],

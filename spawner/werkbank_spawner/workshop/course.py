@@ -1,0 +1,254 @@
+"""The course file a trainer writes: one YAML file per workshop, read into a typed, frozen
+:class:`Course` (pydantic, the same strictness and error messages as the site file)::
+
+    name: llm-finetuning-2027-01
+    trainers: [alice]
+    participants: 30            # or a list of existing accounts
+    accounts: pool              # create course accounts <account_prefix>01.. ; "existing" with a list
+    login: event-code           # one code for everyone (each picks a nickname), or: sheet
+    profile: {gpus: 1, cpus: 4, memory: 16G, walltime: 3h}   # locked for participants
+    starts: 2027-01-20T13:00
+    ends: 2027-01-20T18:00
+    reservation: true           # a Slurm reservation for the course's accounts and window
+    material: {repo: /srv/courses/llm.git, branch: main}
+    idle_timeout: 30m
+
+:func:`validate` (and ``werkbank-workshop check FILE``) report the first problem as
+``<key.path>: <what is wrong>``; times are the hub's local time unless they name a zone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic_core import PydanticCustomError
+
+from werkbank_core.policy import (
+    MAX_CPUS,
+    MAX_GPUS,
+    PolicyError,
+    parse_count,
+    parse_memory,
+    parse_name,
+    parse_walltime,
+)
+from werkbank_core.script import USERNAME
+
+from ..site.load import first_problem, kind_of, load
+from ..site.schema import Amount, Names, Section, SiteConfigError, section, setting
+
+#: A course's name: also its JupyterHub group (``course-<name>``) and Slurm reservation.
+COURSE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{2,39}\Z")
+#: The most participants one course may have (a hub's and a reservation's sense of scale).
+MAX_PARTICIPANTS = 200
+#: The longest course: a week of daily sessions at most; longer is a project, not a workshop.
+MAX_LENGTH = timedelta(days=14)
+#: A git repository werkbank may pull material from: a path on the cluster, or a URL.
+_REPO = re.compile(r"(/[^\s]+|(https?|ssh|git|file)://[^\s]+|[\w.-]+@[\w.-]+:[^\s]+)\Z")
+_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}\Z")
+
+
+def _moment(value: object) -> datetime:
+    """A time of day and date: a YAML timestamp, or ISO text such as ``2027-01-20T13:00``."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise PydanticCustomError("moment", "expected a date and time like 2027-01-20T13:00")
+
+
+Moment = Annotated[datetime, PlainValidator(_moment)]
+
+
+def _participants(value: object) -> int | tuple[str, ...]:
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise PydanticCustomError("participants", "expected a number of participants or a list of accounts")
+    if isinstance(value, int):
+        return value
+    if not all(isinstance(v, str) for v in value):
+        raise PydanticCustomError("participants", "expected a list of account names")
+    return tuple(value)
+
+
+class CourseProfile(Section):
+    """What each participant's server gets, the same for everyone and locked."""
+
+    gpus: Amount = setting(0, "GPUs per participant.")
+    cpus: Amount = setting(1, "CPU cores per participant.")
+    memory: Amount = setting("2G", "Memory per participant, e.g. 16G.")
+    walltime: Amount = setting("1h", "Time limit of a participant's server, e.g. 3h.")
+    partition: StrictStr = setting("", "Slurm partition; empty: the site's first profile with these GPUs.")
+
+
+class Material(Section):
+    """The course's notebooks, pulled into each participant's home with nbgitpuller."""
+
+    repo: StrictStr = Field(
+        description="A git repository: a path on the cluster or a URL compute nodes reach."
+    )
+    branch: StrictStr = setting("main", "The branch participants get.")
+
+
+class Course(Section):
+    """A workshop."""
+
+    name: StrictStr = Field(description="Short id: lower-case letters, digits and '-', 3 to 40.")
+    trainers: Names = Field(description="Hub users who run the course (no hub admin rights needed).")
+    participants: Annotated[int | tuple[str, ...], PlainValidator(_participants)] = Field(
+        description="How many course accounts to make, or a list of existing accounts."
+    )
+    accounts: Literal["pool", "existing"] = setting(
+        "pool", "pool: course accounts made for the course; existing: the accounts listed in participants."
+    )
+    account_prefix: StrictStr = setting(
+        "", "Names of pool accounts: <prefix>01, ...; empty: the course name's first word."
+    )
+    login: Literal["event-code", "sheet"] = setting(
+        "event-code",
+        "event-code: one code for everyone, each participant picks a nickname and gets the next free "
+        "account; sheet: a printed login per participant.",
+    )
+    profile: CourseProfile = section(CourseProfile, "What each participant's server gets, locked.")
+    starts: Moment = Field(description="When course accounts start to work (the hub's local time).")
+    ends: Moment = Field(description="When the course ends; accounts work until ends + grace.")
+    grace: Amount = setting("1h", "How long after ends participants may still log in and save.")
+    reservation: StrictBool = setting(False, "A Slurm reservation for the course's accounts and window.")
+    material: Material | None = setting(None, "The course's notebooks (nbgitpuller); none: no material.")
+    idle_timeout: Amount = setting("30m", "A participant's idle server is stopped after this long.")
+    retention: Literal["lock", "delete"] = setting(
+        "lock", "After the course: lock pool accounts (homes kept), or delete them and their homes."
+    )
+    max_participants: StrictInt = setting(MAX_PARTICIPANTS, "Refuse more than this many.", ge=1, le=1000)
+
+    @property
+    def group(self) -> str:
+        """The course's JupyterHub group."""
+        return f"course-{self.name}"
+
+    @property
+    def prefix(self) -> str:
+        return self.account_prefix or self.name.split("-")[0]
+
+    def account_names(self) -> tuple[str, ...]:
+        """The participants' accounts: made for the course (``train01``, ...) or listed."""
+        if isinstance(self.participants, tuple):
+            return self.participants
+        width = max(2, len(str(self.participants)))
+        return tuple(f"{self.prefix}{i:0{width}d}" for i in range(1, self.participants + 1))
+
+
+def validate(data: object) -> Course:
+    """The :class:`Course` a course file's mapping describes; :class:`SiteConfigError` (``path:
+    message``) for the first problem, of shape, then of the rules between keys."""
+    if not isinstance(data, Mapping):
+        raise SiteConfigError("(top level)", f"expected a mapping, got {kind_of(data)}")
+    try:
+        course = Course.model_validate(dict(data))
+    except ValidationError as e:
+        raise first_problem(e) from None
+    check(course)
+    return course
+
+
+def check(course: Course) -> None:
+    """The rules between a course's keys."""
+    if not COURSE_NAME.match(course.name):
+        raise SiteConfigError(
+            "name", f"{course.name!r}: lower-case letters, digits and '-', 3 to 40, first not '-'"
+        )
+    if not course.trainers:
+        raise SiteConfigError("trainers", "name at least one trainer")
+    for i, user in enumerate(course.trainers):
+        if not USERNAME.match(user):
+            raise SiteConfigError(f"trainers[{i}]", f"{user!r} is not a valid user name")
+    _check_participants(course)
+    _check_window(course)
+    _check_profile(course)
+    if course.material is not None:
+        if not _REPO.match(course.material.repo):
+            raise SiteConfigError("material.repo", f"{course.material.repo!r}: a path (/...) or a git URL")
+        if not _BRANCH.match(course.material.branch) or ".." in course.material.branch:
+            raise SiteConfigError("material.branch", f"{course.material.branch!r} is not a branch name")
+    _policy(lambda: parse_walltime(course.idle_timeout, "idle_timeout"))
+    _policy(lambda: parse_walltime(course.grace, "grace"))
+
+
+def _check_participants(course: Course) -> None:
+    listed = isinstance(course.participants, tuple)
+    count = len(course.participants) if listed else course.participants
+    if not 1 <= count <= course.max_participants:
+        raise SiteConfigError(
+            "participants", f"{count}: from 1 to {course.max_participants} (max_participants)"
+        )
+    if listed != (course.accounts == "existing"):
+        raise SiteConfigError(
+            "accounts",
+            "existing goes with a list of participants' accounts, pool with a number of accounts to make",
+        )
+    if course.login == "event-code" and course.accounts != "pool":
+        raise SiteConfigError("login", "event-code hands out pool accounts; with existing accounts use sheet")
+    names = course.account_names()
+    for i, name in enumerate(names):
+        if not USERNAME.match(name):
+            where = f"participants[{i}]" if listed else "account_prefix"
+            raise SiteConfigError(where, f"{name!r} is not a valid user name")
+    if len(set(names)) != len(names):
+        raise SiteConfigError("participants", "an account is listed twice")
+    both = sorted(set(names) & set(course.trainers))
+    if both:
+        raise SiteConfigError("trainers", f"{both[0]!r} is also a participant")
+
+
+def _check_window(course: Course) -> None:
+    starts, ends = course.starts, course.ends
+    if (starts.tzinfo is None) != (ends.tzinfo is None):
+        raise SiteConfigError("ends", "give both times with a zone, or neither (the hub's local time)")
+    if ends <= starts:
+        raise SiteConfigError("ends", f"{ends.isoformat()} is not after starts ({starts.isoformat()})")
+    if ends - starts > MAX_LENGTH:
+        raise SiteConfigError("ends", f"a course lasts at most {MAX_LENGTH.days} days")
+
+
+def _check_profile(course: Course) -> None:
+    p = course.profile
+    _policy(lambda: parse_count(p.gpus, "profile.gpus", minimum=0, maximum=MAX_GPUS))
+    _policy(lambda: parse_count(p.cpus, "profile.cpus", minimum=1, maximum=MAX_CPUS))
+    _policy(lambda: parse_memory(p.memory, "profile.memory"))
+    _policy(lambda: parse_walltime(p.walltime, "profile.walltime"))
+    if p.partition:
+        _policy(lambda: parse_name(p.partition, "profile.partition"))
+
+
+def _policy(parse) -> None:
+    """Run a policy parser; its error as the course file's."""
+    try:
+        parse()
+    except PolicyError as e:
+        raise SiteConfigError(e.field, e.message) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``werkbank-workshop check FILE``: validate a course file without changing anything."""
+    parser = argparse.ArgumentParser(prog="werkbank-workshop", description="Workshops from a course file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_command = commands.add_parser("check", help="validate a course file without changing anything")
+    check_command.add_argument("file", help="the course file, e.g. course.yaml")
+    args = parser.parse_args(argv)
+    try:
+        course = validate(load(args.file, what="course settings (name:, trainers:, ...)"))
+    except SiteConfigError as e:
+        print(f"FATAL: {e}", file=sys.stderr)
+        return 1
+    accounts = course.account_names()
+    window = f"{course.starts:%Y-%m-%d %H:%M} to {course.ends:%Y-%m-%d %H:%M}"
+    print(f"ok: {args.file}: course {course.name}, {len(accounts)} participants ({accounts[0]}..), {window}")
+    return 0
