@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from . import rules
-from .schema import Site, SiteConfigError
+from .schema import Section, Site, SiteConfigError
+
+M = TypeVar("M", bound=Section)
 
 
 class _SiteLoader(yaml.SafeLoader):
@@ -86,14 +89,20 @@ def validate(data: object) -> Site:
     """The :class:`Site` a site file's mapping (as from :func:`load`) describes, every absent key
     with its default; ``data`` is not changed. Raises :class:`SiteConfigError` for the first
     problem: of shape (types, ranges, unknown keys), then of the rules between keys."""
+    return validated(Site, data, rules.check)
+
+
+def validated(model: type[M], data: object, check: Callable[[M], None]) -> M:
+    """``model`` from a werkbank YAML file's mapping: its shape (pydantic), then ``check``, the
+    rules between its keys; the first problem as :class:`SiteConfigError`."""
     if not isinstance(data, Mapping):
         raise SiteConfigError("(top level)", f"expected a mapping, got {kind_of(data)}")
     try:
-        site = Site.model_validate(dict(data))
+        result = model.model_validate(dict(data))
     except ValidationError as e:
         raise first_problem(e) from None
-    rules.check(site)
-    return site
+    check(result)
+    return result
 
 
 def defaults() -> Site:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import Field, PlainValidator, StrictBool, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 from werkbank_core.policy import (
@@ -40,7 +40,7 @@ from werkbank_core.policy import (
 )
 from werkbank_core.script import USERNAME
 
-from ..site.load import first_problem, kind_of, load
+from ..site.load import load, validated
 from ..site.schema import Amount, Names, Section, SiteConfigError, section, setting
 
 #: A course's name: also its JupyterHub group (``course-<name>``) and Slurm reservation.
@@ -149,14 +149,7 @@ class Course(Section):
 def validate(data: object) -> Course:
     """The :class:`Course` a course file's mapping describes; :class:`SiteConfigError` (``path:
     message``) for the first problem, of shape, then of the rules between keys."""
-    if not isinstance(data, Mapping):
-        raise SiteConfigError("(top level)", f"expected a mapping, got {kind_of(data)}")
-    try:
-        course = Course.model_validate(dict(data))
-    except ValidationError as e:
-        raise first_problem(e) from None
-    check(course)
-    return course
+    return validated(Course, data, check)
 
 
 def check(course: Course) -> None:
