@@ -58,8 +58,26 @@ def screenshot():
 
     def take(page, name: str) -> Path:
         taken.append(name)
-        path = SCREENSHOTS / f"{len(taken):02d}-{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
+        slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+        path = SCREENSHOTS / f"{len(taken):02d}-{slug}.png"
         page.screenshot(path=str(path), full_page=True)
         return path
 
     return take
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test leaves a screenshot of where its page was (``NN-failed-<test>.png``):
+    what a human needs first when CI says a journey broke."""
+    report = yield
+    page = item.funcargs.get("page") if hasattr(item, "funcargs") else None
+    if report.failed and call.when == "call" and page is not None and not page.is_closed():
+        take = item.funcargs.get("screenshot")
+        try:
+            if take is not None:
+                path = take(page, f"failed {item.name}")
+                report.sections.append(("screenshot", str(path)))
+        except Exception as e:  # the page may be gone with the failure
+            report.sections.append(("screenshot", f"none: {e}"))
+    return report
