@@ -139,12 +139,15 @@ def parse_time(text: str) -> int | None:
     return (int(days or 0) * 24 + hours) * 3600 + minutes * 60 + seconds
 
 
+def time_left_argv(job_id: str, squeue: str = "squeue") -> list[str]:
+    """``squeue`` asking for ``job_id``'s time left (``%L``, read by :func:`parse_time`)."""
+    return [squeue, "--noheader", "--jobs", job_id, "--format", "%L"]
+
+
 def time_left(job_id: str, *, squeue: str = "squeue", timeout: float = 15) -> str:
     """What ``squeue -h -j <job> -o %L`` prints for ``job_id``: the time left, e.g. ``3:41:07``
     ("" if Slurm no longer lists the job). Raises :class:`SlurmCommandError`."""
-    return (
-        run_sync([squeue, "--noheader", "--jobs", job_id, "--format", "%L"], timeout=timeout).check().strip()
-    )
+    return run_sync(time_left_argv(job_id, squeue), timeout=timeout).check().strip()
 
 
 def _plain_hostname(nodelist: str) -> str | None:

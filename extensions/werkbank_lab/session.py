@@ -58,9 +58,9 @@ class JobClock:
             return None
         if time.monotonic() - self._asked >= self.refresh:
             self._asked = time.monotonic()
-            argv = [self.squeue, "--noheader", "--jobs", self.job_id, "--format", "%L"]
             try:
-                left = slurm.parse_time((await slurm.run(argv, timeout=15)).check())
+                answer = await slurm.run(slurm.time_left_argv(self.job_id, self.squeue), timeout=15)
+                left = slurm.parse_time(answer.check())
             except slurm.SlurmCommandError:
                 left = None  # Slurm busy or gone: keep what was known, ask again next time
                 self._asked -= self.refresh * 0.9  # and soon
