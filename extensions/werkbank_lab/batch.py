@@ -62,6 +62,12 @@ class SubmitError(ValueError):
     """A submission refused before ``sbatch``; the message says what to change."""
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line (refusals and ``werkbank jobs`` print a line each), cut at ``limit``."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class Submission:
     """A validated notebook job, ready for ``sbatch``."""

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug or an unforeseen refusal: one line, the traceback on request
         if os.environ.get("WERKBANK_DEBUG"):
             raise
-        text = " ".join(str(e).split())[:300]
+        text = batch.one_line(e)
         print(
             f"werkbank {args.command}: {type(e).__name__}: {text} (WERKBANK_DEBUG=1 shows the traceback)",
             file=sys.stderr,
@@ -163,7 +163,7 @@ def read_parameters_file(path: str) -> dict[str, object]:
             f"{path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})"
         ) from None
     except yaml.YAMLError as e:
-        raise batch.SubmitError(f"{path}: not YAML ({' '.join(str(e).split())[:200]})") from None
+        raise batch.SubmitError(f"{path}: not YAML ({batch.one_line(e, 200)})") from None
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):

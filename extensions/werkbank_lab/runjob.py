@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from werkbank_core import slurm
-from werkbank_lab.batch import jobs_dir
+from werkbank_lab.batch import jobs_dir, one_line
 
 
 def write_status(job_id: str, **status) -> None:
@@ -25,12 +25,6 @@ def write_status(job_id: str, **status) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"job_id": job_id, "finished": time.time(), **status}, indent=1))
     tmp.replace(path)  # a reader never sees half a file
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line (``werkbank jobs`` prints a line per job), cut at ``limit``."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def output_path(spec: dict, job_id: str) -> Path:
