@@ -94,7 +94,8 @@ class WerkbankLab(Configurable):
 
     @default("mlflow_new_browser_tab")
     def _default_mlflow_new_browser_tab(self):
-        return self.mlflow_route().kind == "redirect" and "://" in self.mlflow_route().url
+        route = self.mlflow_route()
+        return route.kind == "redirect" and "://" in route.url
 
     def catalogue(self) -> Catalogue | None:
         return Catalogue(Path(self.templates_dir).expanduser()) if self.templates_dir else None
@@ -102,14 +103,14 @@ class WerkbankLab(Configurable):
     def mlflow_route(self) -> mlflow_ui.Route:
         return mlflow_ui.mlflow_route(self.mlflow_tracking_uri, self.mlflow_ui_url, os.environ)
 
-    def session_settings(self) -> dict:
-        """What the lab extension learns from ``GET werkbank/session`` besides the times."""
-        route = self.mlflow_route()
+    def session_settings(self, route: mlflow_ui.Route, found: Catalogue | None) -> dict:
+        """What the lab extension learns from ``GET werkbank/session`` besides the times, from the
+        MLflow route and the catalogue the server extension loaded with."""
         return {
             "mlflow_ui": f"{mlflow_ui.PROXY_BASE}/" if route.kind != "none" else "",
             "mlflow_new_tab": self.mlflow_new_browser_tab,
             "launcher_category": self.launcher_category,
-            "template_cards": self.template_launchers and self.catalogue() is not None,
+            "template_cards": self.template_launchers and found is not None,
             "mlflow_card": self.mlflow_launcher,
         }
 
@@ -136,7 +137,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
         ".*$",
         handlers.handlers(base_url, found, workspace, unavailable)
         + mlflow_ui.handlers(base_url, route)
-        + session.handlers(base_url, clock, **lab.session_settings()),
+        + session.handlers(base_url, clock, **lab.session_settings(route, found)),
     )
     serverapp.log.info(
         "werkbank: templates from %s, copies to %s/, MLflow UI: %s",
