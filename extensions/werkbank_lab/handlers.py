@@ -54,8 +54,8 @@ class _CatalogueMixin:
             self.log.error("werkbank template catalogue: %s", e)
             raise http_error(500, f"The template catalogue cannot be read: {e}") from e
 
-    def template(self, template_id: str) -> Template:
-        templates = self.templates()
+    def template(self, template_id: str, templates: list[Template] | None = None) -> Template:
+        templates = self.templates() if templates is None else templates
         for template in templates:
             if template.id == template_id:
                 return template
@@ -63,9 +63,10 @@ class _CatalogueMixin:
         raise http_error(404, f"No template {template_id!r} in the catalogue (templates: {known})")
 
     async def copy(self, template_id: str) -> tuple[Template, str]:
-        template = self.template(template_id)
+        templates = self.templates()  # read once: the template, and the links to the others
+        template = self.template(template_id, templates)
         try:
-            open_urls = {t.id: self.open_url(t.id) for t in self.templates()}
+            open_urls = {t.id: self.open_url(t.id) for t in templates}
             path = await self.workspace.copy(template, open_urls)
         except (OSError, ValueError) as e:
             raise http_error(500, f"Could not copy {template.id}: {e}") from e
