@@ -219,6 +219,8 @@ class JobRequest:
     walltime_min: int
     gpus: int = 0
     account: str = ""
+    #: A Slurm reservation (a course's); never from the user's options.
+    reservation: str = ""
 
     def describe(self) -> str:
         """One line for users and for ``WERKBANK_PROFILE``."""
@@ -226,6 +228,8 @@ class JobRequest:
         text += f" · partition {self.partition}"
         if self.account:
             text += f" · account {self.account}"
+        if self.reservation:
+            text += f" · reservation {self.reservation}"
         return text
 
 

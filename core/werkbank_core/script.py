@@ -84,7 +84,9 @@ def resource_options(request: JobRequest) -> list[tuple[str, str]]:
         options.append(("account", request.account))
     if request.gpus:
         options.append(("gres", f"gpu:{request.gpus}"))
-    for name in (request.partition, request.account or "x"):
+    if request.reservation:
+        options.append(("reservation", request.reservation))
+    for name in (request.partition, request.account or "x", request.reservation or "x"):
         if not SAFE_NAME.match(name):
             raise ScriptError(f"unsafe name {name!r}")
     return options

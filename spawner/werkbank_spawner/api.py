@@ -1,5 +1,6 @@
 """The hub API endpoints werkbank adds: where a starting job reports the port its server listens on,
-and where a session gets a token of its own for a batch job (``werkbank submit``).
+where a session gets a token of its own for a batch job (``werkbank submit``), and where the
+workshop service grants a course's trainers their role.
 
 batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* posted key
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
@@ -20,8 +21,15 @@ import re
 
 import batchspawner.api  # noqa: F401  (registers the handler we replace below)
 from batchspawner import BatchSpawnerBase
+from jupyterhub import orm
+from jupyterhub import roles as jupyterhub_roles
 from jupyterhub.apihandlers import APIHandler, default_handlers
 from tornado import web
+
+from werkbank_core.script import USERNAME
+
+from .workshop import roles
+from .workshop.course import COURSE_NAME
 
 ROUTE = r"/api/batchspawner"
 
@@ -105,12 +113,80 @@ class JobTokenHandler(APIHandler):
         raise web.HTTPError(403, "job tokens are given to a session's own token only")
 
 
+COURSE_ROLES_ROUTE = r"/api/werkbank/course-roles/([^/]+)"
+
+
+class CourseRolesHandler(APIHandler):
+    """The trainer role of a course (:mod:`werkbank_spawner.workshop.roles`), for the holder of
+    :data:`~werkbank_spawner.workshop.roles.COURSE_ROLES_SCOPE` (the workshop service): JupyterHub
+    has no REST API for roles. The scopes come from the course's name, never from the request.
+
+    - PUT ``{"trainers": [<user>, ...]}``: create or update the role, granted to exactly these
+      (existing) users.
+    - GET: the role's name, scopes and users; 404 if there is none.
+    - DELETE: remove the role (204 also when there was none).
+    """
+
+    def _course(self, name: str) -> str:
+        if roles.COURSE_ROLES_SCOPE not in self.expanded_scopes:
+            raise web.HTTPError(403, f"this needs the scope {roles.COURSE_ROLES_SCOPE}")
+        if not COURSE_NAME.match(name):
+            raise web.HTTPError(400, f"{name!r} is not a course name")
+        return name
+
+    @web.authenticated
+    def get(self, name):
+        role = orm.Role.find(self.db, roles.role_name(self._course(name)))
+        if role is None:
+            raise web.HTTPError(404, f"no trainer role for course {name}")
+        self.finish(
+            json.dumps(
+                {"name": role.name, "scopes": role.scopes, "users": sorted(u.name for u in role.users)}
+            )
+        )
+
+    @web.authenticated
+    def put(self, name):
+        course = self._course(name)
+        body = self.get_json_body()
+        trainers = body.get("trainers") if isinstance(body, dict) and set(body) == {"trainers"} else None
+        if not isinstance(trainers, list) or not all(
+            isinstance(t, str) and USERNAME.match(t) for t in trainers
+        ):
+            raise web.HTTPError(400, 'expected {"trainers": [<user name>, ...]}')
+        users = [orm.User.find(self.db, t) for t in trainers]
+        if None in users:
+            raise web.HTTPError(400, f"no hub user {trainers[users.index(None)]!r}")
+        spec = roles.trainer_role(course, [])
+        role = jupyterhub_roles.create_role(self.db, {k: spec[k] for k in ("name", "description", "scopes")})
+        for user in list(role.users):
+            if user.name not in trainers:
+                jupyterhub_roles.strip_role(self.db, entity=user, role=role.name)
+        for user in users:
+            if user not in role.users:
+                jupyterhub_roles.grant_role(self.db, entity=user, role=role.name)
+        self.log.info("werkbank: trainers of course %s: %s", course, ", ".join(trainers))
+        self.set_status(200)
+        self.finish(json.dumps({"name": role.name, "scopes": role.scopes, "users": sorted(trainers)}))
+
+    @web.authenticated
+    def delete(self, name):
+        role_name = roles.role_name(self._course(name))
+        if orm.Role.find(self.db, role_name) is not None:
+            jupyterhub_roles.delete_role(self.db, role_name)
+            self.log.info("werkbank: removed the trainer role of course %s", name)
+        self.set_status(204)
+        self.finish()
+
+
 def install_handler() -> None:
-    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler`
-    (idempotent)."""
-    default_handlers[:] = [h for h in default_handlers if h[0] not in (ROUTE, JOB_TOKEN_ROUTE)]
+    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler` and
+    :class:`CourseRolesHandler` (idempotent)."""
+    ours = (ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE)
+    default_handlers[:] = [h for h in default_handlers if h[0] not in ours]
     default_handlers.append((ROUTE, PortReportHandler))
     default_handlers.append((JOB_TOKEN_ROUTE, JobTokenHandler))
+    default_handlers.append((COURSE_ROLES_ROUTE, CourseRolesHandler))
 
 
 install_handler()

@@ -13,7 +13,7 @@ from werkbank_core.policy import format_memory, format_walltime
 
 def render_options_form(spawner) -> str:
     """HTML for JupyterHub's spawn page (``Spawner.options_form`` callable)."""
-    policy = spawner.policy
+    policy = spawner.user_policy
     groups = spawner.user_groups
     profiles = policy.profiles_for(groups)
     previous = (spawner.user_options or {}).get("profile")

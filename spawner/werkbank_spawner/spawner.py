@@ -23,6 +23,7 @@ import os
 import pwd
 import sys
 import time
+from dataclasses import replace
 from typing import ClassVar
 
 from batchspawner import SlurmSpawner
@@ -50,6 +51,8 @@ from .form import render_options_form
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .tracking import NO_TELEMETRY
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
+from .workshop.sessions import course_policy, participant_course
+from .workshop.store import CourseRecord, CourseStore
 
 
 def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
@@ -153,9 +156,11 @@ class SessionSetup(LoggingConfigurable):
 def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
     """JupyterHub's ``apply_user_options`` hook: validate, or answer 400 with the reason."""
     try:
-        spawner.job_request = spawner.policy.validate(user_options or {}, spawner.user_groups)
+        request = spawner.user_policy.validate(user_options or {}, spawner.user_groups)
     except PolicyError as e:
         raise web.HTTPError(400, f"Invalid server options: {e}") from None
+    course = spawner.course
+    spawner.job_request = replace(request, reservation=course.reservation) if course else request
 
 
 #: batchspawner's configurable traits, which WerkbankSlurmSpawner inherits but never reads: its
@@ -338,6 +343,27 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     def user_groups(self) -> list[str]:
         return [g.name for g in getattr(self.user, "groups", [])]
 
+    workshops_dir = Unicode(
+        "",
+        help="""The hub's course store (werkbank_spawner.workshop.store): a participant of an
+        open course gets the course's profile only, in its reservation. Empty: no courses.""",
+    ).tag(config=True)
+
+    @property
+    def course(self) -> CourseRecord | None:
+        """The open course this user takes part in, if any (read at every use: courses are
+        created and ended while the hub runs)."""
+        if not self.workshops_dir:
+            return None
+        record = participant_course(CourseStore(self.workshops_dir), self.user.name, self.user_groups)
+        return record if record is not None and record.is_open() else None
+
+    @property
+    def user_policy(self) -> Policy:
+        """What this user may choose: their open course's profile, or the site's policy."""
+        course = self.course
+        return course_policy(course) if course is not None else self.policy
+
     def _slurm_env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.slurm_conf:
@@ -385,7 +411,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
-        env["WERKBANK_POLICY"] = json.dumps(self.policy.view_for(self.user_groups), separators=(",", ":"))
+        env["WERKBANK_POLICY"] = json.dumps(
+            self.user_policy.view_for(self.user_groups), separators=(",", ":")
+        )
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf
         env[PORT_RANGE_ENV] = "{}-{}".format(*self.port_range)

@@ -10,7 +10,8 @@ import pytest
 
 from werkbank_spawner.site import SiteConfigError
 from werkbank_spawner.site.load import load
-from werkbank_spawner.workshop.course import Course, main, validate
+from werkbank_spawner.workshop.cli import main
+from werkbank_spawner.workshop.course import Course, validate
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "course.example.yaml"
@@ -45,7 +46,7 @@ def test_the_example_course_file_is_valid():
 
 def test_defaults_and_a_frozen_course():
     minimal = validate(course())
-    assert (minimal.accounts, minimal.login, minimal.retention) == ("pool", "event-code", "lock")
+    assert (minimal.accounts, minimal.login) == ("pool", "event-code")
     assert minimal.account_names() == ("intro01", "intro02", "intro03", "intro04", "intro05")
     assert minimal.material is None and minimal.reservation is False
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -420,7 +421,10 @@ def test_apply_demo_site(tmp_path):
     site = validate(load(DEMO_SITE))
     c = applied(site)
     assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankSlurmSpawner"
-    assert c.JupyterHub.authenticator_class == "shared-password"
+    # The demo's shared password, with course logins beside it (workshops).
+    assert c.JupyterHub.authenticator_class == (
+        "werkbank_spawner.workshop.logins.CourseSharedPasswordAuthenticator"
+    )
     assert c.SharedPasswordAuthenticator.user_password == "werkbank-demo"
     assert c.Authenticator.allowed_users == {"demo"}
     assert c.Authenticator.admin_users == set()
@@ -454,7 +458,7 @@ def test_apply_demo_site(tmp_path):
     assert c.WerkbankLocalSpawner.mlflow_send_token is True
 
     services = {s["name"]: s for s in c.JupyterHub.services}
-    assert set(services) == {"mlflow-server", "mlflow", "idle-culler"}
+    assert set(services) == {"mlflow-server", "mlflow", "idle-culler", "werkbank-workshop"}
     # Only the proxy has a url (the hub's proxy routes /services/mlflow/ to it); the MLflow
     # server is reached through it alone.
     assert [name for name, s in services.items() if "url" in s] == ["mlflow"]
@@ -479,7 +483,7 @@ def test_apply_demo_site(tmp_path):
         assert (environment["MLFLOW_DISABLE_TELEMETRY"], environment["DO_NOT_TRACK"]) == ("true", "true")
     assert server_env["WERKBANK_MLFLOW_SIGNING_KEY"] == secret
     assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/var/lib/werkbank/mlflow/auth.ini"
-    assert not any(secret in arg for s in services.values() for arg in s["command"])
+    assert not any(secret in arg for s in services.values() for arg in s.get("command", []))
     mlflow = services["mlflow-server"]["command"]
     assert mlflow[0] == str(Path(sys.executable).parent / "mlflow")
     assert mlflow[1] == "server"
@@ -512,7 +516,7 @@ def test_apply_demo_site(tmp_path):
     ]
     # Users (browser logins) and their servers' tokens may use the proxy service.
     assert c.JupyterHub.extra_user_scopes == {"access:services!service=mlflow"}
-    server_role, role = c.JupyterHub.load_roles
+    server_role, role, workshop_role = c.JupyterHub.load_roles
     assert server_role == {
         "name": "server",
         "scopes": ["users:activity!user", "access:servers!server", "access:services!service=mlflow"],
@@ -524,6 +528,12 @@ def test_apply_demo_site(tmp_path):
         "read:servers",
         "delete:servers",
     }
+    # werkbank-workshop's token (new at every start, written for root alone by prepare_state).
+    assert workshop_role["services"] == ["werkbank-workshop"] == [services["werkbank-workshop"]["name"]]
+    assert "custom:werkbank:course-roles" in workshop_role["scopes"]
+    assert set(services["werkbank-workshop"]) == {"name", "api_token"}
+    store = "/var/lib/werkbank/workshops"
+    assert c.WerkbankSlurmSpawner.workshops_dir == c.CourseLogins.workshops_dir == store
 
 
 def test_apply_shares_nothing_with_the_site():
@@ -549,8 +559,8 @@ def test_apply_sets_whole_lists_and_does_not_append():
     c.JupyterHub.load_roles = [{"name": "stale", "scopes": ["admin:users"]}]
     c.JupyterHub.extra_user_scopes = {"admin:users"}
     apply(c, validate(with_value(minimal(), "tracking.mlflow.proxy", False)), config_dir="/")
-    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler"]
-    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler", "werkbank-workshop"]
+    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler", "werkbank-workshop"]
     assert c.JupyterHub.extra_user_scopes == set()
 
 
@@ -558,6 +568,7 @@ def test_apply_without_services():
     site = with_value(minimal(), "tracking.mlflow.manage", False)
     site = with_value(site, "tracking.mlflow.proxy", False)
     site = with_value(site, "culling.enabled", False)
+    site = with_value(site, "workshops.enabled", False)
     c = applied(site)
     assert c.JupyterHub.services == []
     assert c.JupyterHub.load_roles == []
@@ -609,7 +620,7 @@ def test_apply_local_spawner_pam_and_hub_bind_url():
     site = with_value(site, "auth.allow_all", True)
     c = applied(site)
     assert c.JupyterHub.spawner_class == "werkbank_spawner.spawner.WerkbankLocalSpawner"
-    assert c.JupyterHub.authenticator_class == "jupyterhub.auth.PAMAuthenticator"
+    assert c.JupyterHub.authenticator_class == "werkbank_spawner.workshop.logins.CoursePAMAuthenticator"
     assert c.JupyterHub.hub_bind_url == "http://10.1.2.3:8081"
     assert c.Authenticator.admin_users == {"root"}
     assert c.Authenticator.allow_all is True
@@ -665,8 +676,8 @@ def test_apply_mlflow_settings_without_the_proxy(database_drivers):
     # A bare MLflow server must never see the servers' hub tokens.
     assert c.WerkbankSlurmSpawner.mlflow_send_token is False
     assert "--static-prefix" not in mlflow
-    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler"]
-    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow-server", "idle-culler", "werkbank-workshop"]
+    assert [r["name"] for r in c.JupyterHub.load_roles] == ["idle-culler", "werkbank-workshop"]
 
 
 @pytest.fixture
@@ -732,7 +743,7 @@ def test_mlflow_proxy_in_front_of_a_server_the_hub_does_not_manage():
     site = with_value(minimal(), "tracking.mlflow.manage", False)
     site = with_value(site, "tracking.mlflow.url", "http://mlflow.internal:5000")
     c = applied(site)
-    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow", "idle-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["mlflow", "idle-culler", "werkbank-workshop"]
     assert c.JupyterHub.services[0]["command"][-1] == "http://mlflow.internal:5000"
     assert c.WerkbankSlurmSpawner.mlflow_tracking_uri == "http://127.0.0.1:5001/services/mlflow"
 
@@ -851,8 +862,8 @@ def test_mlflow_without_permission_checks(tmp_path, key, value):
     site = with_value(site, f"tracking.mlflow.{key}", value)
     services = {s["name"]: s for s in applied(site).JupyterHub.services}
     for service in services.values():
-        assert "--permissions" not in service["command"]
-        assert "--app-name" not in service["command"]
+        assert "--permissions" not in service.get("command", [])
+        assert "--app-name" not in service.get("command", [])
         assert "WERKBANK_MLFLOW_SIGNING_KEY" not in service.get("environment", {})
     prepared(site, config_dir="/")
     assert not (tmp_path / "mlflow" / "auth.ini").exists()
@@ -886,6 +897,7 @@ def test_another_service_account(accounts):
         "mlflow-server": "mlflow",
         "mlflow": "mlflow",
         "idle-culler": None,
+        "werkbank-workshop": None,
     }
 
 
@@ -1086,7 +1098,7 @@ def test_hub_config_applies_a_good_site_file(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["spawner_class"] == "werkbank_spawner.spawner.WerkbankSlurmSpawner"
-    assert out["services"] == ["mlflow-server", "mlflow", "idle-culler"]
+    assert out["services"] == ["mlflow-server", "mlflow", "idle-culler", "werkbank-workshop"]
     assert (tmp_path / "hub").is_dir()
 
 
@@ -1105,8 +1117,8 @@ def test_hub_config_runs_the_escape_hatch_in_sorted_order(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
     result = run_hub_config(config_file, write(tmp_path, yaml.safe_dump(site)))
     assert result.returncode == 0, result.stderr
-    # Both ran, in name order, after the site file was applied (they saw its 3 services).
-    assert json.loads(result.stdout)["extra"] == ["10-first.py:3", "20-second.py:3"]
+    # Both ran, in name order, after the site file was applied (they saw its 4 services).
+    assert json.loads(result.stdout)["extra"] == ["10-first.py:4", "20-second.py:4"]
 
 
 def test_local_fallback_servers_stop_with_the_hub():
@@ -1144,6 +1156,20 @@ def recorded_form(value: object, key: str | None = None) -> object:
     return value
 
 
+def assert_workshops_added(config: dict, site: Site) -> None:
+    """Check and take out of ``config`` what workshops add to a hub's configuration."""
+    hub = config["JupyterHub"]
+    before = {"pam": "jupyterhub.auth.PAMAuthenticator", "shared-password": "shared-password"}
+    if site.auth.type in before:
+        assert hub["authenticator_class"].startswith("werkbank_spawner.workshop.logins.Course")
+        hub["authenticator_class"] = before[site.auth.type]
+        assert config.pop("CourseLogins")["workshops_dir"].endswith("/workshops")
+    assert config["WerkbankSlurmSpawner"].pop("workshops_dir").endswith("/workshops")
+    assert hub.pop("custom_scopes") == {"custom:werkbank:course-roles": {"description": ANY}}
+    assert hub["services"].pop()["name"] == "werkbank-workshop"
+    assert hub["load_roles"].pop()["name"] == "werkbank-workshop"
+
+
 @pytest.mark.parametrize(
     ("name", "path"),
     [("demo", DEMO_SITE), ("before-pydantic", DATA / "site-before-pydantic.yaml")],
@@ -1162,6 +1188,9 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):
                 assert service["environment"].pop(variable) == "true"
+    # Added on purpose since the recording (issue 14): workshops (course logins in the
+    # authenticator, the course store, the workshop service and its role and scope).
+    assert_workshops_added(config, validate(load(path)))
     # The spawners' policy configuration now names each profile's defaults; the policy built
     # from it (what the spawner runs) is the same.
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):

@@ -16,6 +16,9 @@ from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
+from ..workshop.hub import SERVICE as WORKSHOP_SERVICE
+from ..workshop.hub import write_token
+from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, trainer_role
 from . import services
 from .schema import Site, SiteConfigError
 from .services import (
@@ -38,6 +41,23 @@ AUTHENTICATOR_CLASSES = {
     "shared-password": "shared-password",
     "oauth": "oauthenticator.generic.GenericOAuthenticator",
 }
+#: With workshops: the same logins, and course logins on the login form (event code, sheet).
+COURSE_AUTHENTICATOR_CLASSES = {
+    "pam": "werkbank_spawner.workshop.logins.CoursePAMAuthenticator",
+    "shared-password": "werkbank_spawner.workshop.logins.CourseSharedPasswordAuthenticator",
+}
+#: What werkbank-workshop does through the hub's API: make and remove course accounts and their
+#: group, stop their servers, grant and remove trainer roles.
+WORKSHOP_SCOPES = (
+    "admin:users",
+    "admin:groups",
+    "admin:servers",
+    "list:users",
+    "read:users",
+    "list:groups",
+    "read:groups",
+    COURSE_ROLES_SCOPE,
+)
 #: JupyterHub's own scopes of the `server` role (jupyterhub.roles.get_default_roles), which
 #: werkbank's `server` role keeps; tests/unit/test_site.py checks that they agree.
 DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
@@ -56,8 +76,9 @@ def apply(c: Config, site: Site, *, config_dir: str | os.PathLike) -> None:
     update_spawners(c, site, base)
     mlflow_services, roles = update_tracking(c, site, base)
     culler, culler_roles = services.culler_service(site.culling)
-    c.JupyterHub.services = [*mlflow_services, *culler]
-    c.JupyterHub.load_roles = [*roles, *culler_roles]
+    workshop, workshop_roles = update_workshops(c, site, base)
+    c.JupyterHub.services = [*mlflow_services, *culler, *workshop]
+    c.JupyterHub.load_roles = [*roles, *culler_roles, *workshop_roles]
 
 
 def update_hub(c: Config, site: Site, base: Path) -> None:
@@ -150,6 +171,28 @@ def update_tracking(c: Config, site: Site, base: Path) -> tuple[list[dict], list
     return managed, roles
 
 
+def update_workshops(c: Config, site: Site, base: Path) -> tuple[list[dict], list[dict]]:
+    """Courses: the login page's course logins, the spawner's course store, the
+    ``werkbank-workshop`` service whose token the CLI uses, and the trainer roles of the courses
+    running now (JupyterHub deletes roles its configuration no longer names at start). Reads the
+    course store; returns the service and the roles."""
+    if not site.workshops.enabled:
+        return [], []
+    # Imported here: the course store reads course files, whose schema builds on this package.
+    from ..workshop.store import CourseStore, workshops_dir
+
+    store = workshops_dir(data_dir(site, base))
+    if site.auth.type in COURSE_AUTHENTICATOR_CLASSES:
+        c.JupyterHub.authenticator_class = COURSE_AUTHENTICATOR_CLASSES[site.auth.type]
+        c.CourseLogins.workshops_dir = str(store)
+    c.WerkbankSlurmSpawner.workshops_dir = str(store)
+    c.JupyterHub.custom_scopes = {COURSE_ROLES_SCOPE: {"description": COURSE_ROLES_SCOPE_HELP}}
+    service = {"name": WORKSHOP_SERVICE, "api_token": services.process_secret("workshop")}
+    role = {"name": WORKSHOP_SERVICE, "services": [WORKSHOP_SERVICE], "scopes": list(WORKSHOP_SCOPES)}
+    trainers = [trainer_role(r.name, r.course.trainers) for r in CourseStore(store).running()]
+    return [service], [role, *trainers]
+
+
 def _port_of(url: str) -> int:
     parts = urlsplit(url)
     return parts.port or (443 if parts.scheme == "https" else 80)
@@ -163,7 +206,8 @@ def state_dirs(site: Site, *, config_dir: str | os.PathLike) -> list[Path]:
     ``hub.data_dir`` and, when the hub manages MLflow, its folder (default stores, the
     permission configuration)."""
     state = data_dir(site, config_dir)
-    return [state, mlflow_dir(state)] if site.tracking.mlflow.manage else [state]
+    folders = [state, mlflow_dir(state)] if site.tracking.mlflow.manage else [state]
+    return folders + ([services.workshops_dir(state)] if site.workshops.enabled else [])
 
 
 def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
@@ -180,6 +224,12 @@ def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
         except OSError as e:
             raise SiteConfigError("hub.data_dir", f"cannot create {folder}: {e.strerror}") from None
     mlflow, state = site.tracking.mlflow, data_dir(site, config_dir)
+    if site.workshops.enabled:
+        # The token werkbank-workshop acts with; new at every start, like the services' own.
+        try:
+            write_token(state, services.process_secret("workshop"))
+        except OSError as e:
+            raise SiteConfigError("hub.data_dir", f"cannot write in {state}: {e.strerror}") from None
     account = mlflow_service_account(mlflow, min_uid=site.auth.min_uid) if mlflow.manage else None
     if account:
         _give_folder(mlflow_dir(state), account)

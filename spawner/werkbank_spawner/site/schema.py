@@ -356,6 +356,25 @@ class Culling(Section):
     every: StrictInt = setting(300, "Seconds between culler checks.", ge=10)
 
 
+class Workshops(Section):
+    enabled: StrictBool = setting(
+        True,
+        "Trainers' courses (werkbank-workshop create course.yaml): course logins on the login "
+        "page, a locked profile for participants, trainer roles scoped to the course.",
+    )
+    create_accounts: StrictBool = setting(
+        True,
+        "Pool accounts (<prefix>01, ...) are made for a course (useradd, as the hub runs as root) "
+        "and locked or removed at its end. false: the centre provides them; they must exist, "
+        "and werkbank only hands them out.",
+    )
+    retention: Literal["lock", "delete"] = setting(
+        "lock",
+        "At a course's end, the accounts made for it are locked (homes kept) or deleted with "
+        "their homes; either way the participants' work is archived and handed to the trainers.",
+    )
+
+
 class Site(Section):
     """werkbank's site configuration."""
 
@@ -390,6 +409,7 @@ class Site(Section):
     culling: Culling = section(
         Culling, "Stop servers nobody used for a while (jupyterhub-idle-culler), freeing their GPUs."
     )
+    workshops: Workshops = section(Workshops, "Courses for groups of participants (werkbank-workshop).")
 
     def policy_config(self) -> dict:
         """What :func:`werkbank_core.policy.policy_from_dict` takes: profiles, custom fields and

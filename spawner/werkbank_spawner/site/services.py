@@ -41,6 +41,11 @@ def mlflow_dir(data_dir: Path) -> Path:
     return data_dir.parent / "mlflow"
 
 
+def workshops_dir(data_dir: Path) -> Path:
+    """The course store (:mod:`werkbank_spawner.workshop.store`) beside the hub's folder."""
+    return Path(data_dir).parent / "workshops"
+
+
 def mlflow_auth_config_path(data_dir: Path) -> Path:
     return mlflow_dir(data_dir) / "auth.ini"
 

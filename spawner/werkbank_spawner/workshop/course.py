@@ -19,10 +19,7 @@
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
@@ -40,8 +37,9 @@ from werkbank_core.policy import (
 )
 from werkbank_core.script import USERNAME
 
-from ..site.load import load, validated
+from ..site.load import validated
 from ..site.schema import Amount, Names, Section, SiteConfigError, section, setting
+from .roles import group_name
 
 #: A course's name: also its JupyterHub group (``course-<name>``) and Slurm reservation.
 COURSE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{2,39}\Z")
@@ -124,15 +122,12 @@ class Course(Section):
     reservation: StrictBool = setting(False, "A Slurm reservation for the course's accounts and window.")
     material: Material | None = setting(None, "The course's notebooks (nbgitpuller); none: no material.")
     idle_timeout: Amount = setting("30m", "A participant's idle server is stopped after this long.")
-    retention: Literal["lock", "delete"] = setting(
-        "lock", "After the course: lock pool accounts (homes kept), or delete them and their homes."
-    )
     max_participants: StrictInt = setting(MAX_PARTICIPANTS, "Refuse more than this many.", ge=1, le=1000)
 
     @property
     def group(self) -> str:
         """The course's JupyterHub group."""
-        return f"course-{self.name}"
+        return group_name(self.name)
 
     @property
     def prefix(self) -> str:
@@ -227,21 +222,3 @@ def _policy(parse) -> None:
         parse()
     except PolicyError as e:
         raise SiteConfigError(e.field, e.message) from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``werkbank-workshop check FILE``: validate a course file without changing anything."""
-    parser = argparse.ArgumentParser(prog="werkbank-workshop", description="Workshops from a course file.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check_command = commands.add_parser("check", help="validate a course file without changing anything")
-    check_command.add_argument("file", help="the course file, e.g. course.yaml")
-    args = parser.parse_args(argv)
-    try:
-        course = validate(load(args.file, what="course settings (name:, trainers:, ...)"))
-    except SiteConfigError as e:
-        print(f"FATAL: {e}", file=sys.stderr)
-        return 1
-    accounts = course.account_names()
-    window = f"{course.starts:%Y-%m-%d %H:%M} to {course.ends:%Y-%m-%d %H:%M}"
-    print(f"ok: {args.file}: course {course.name}, {len(accounts)} participants ({accounts[0]}..), {window}")
-    return 0

@@ -1,0 +1,115 @@
+"""The hub's REST API as ``werkbank-workshop`` uses it: with the workshop service's token, which
+the hub writes into its state folder at every start (readable by root only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from ..site.schema import DEFAULT_HUB_BIND_URL, Site
+from .accounts import WorkshopError
+
+#: The file in ``hub.data_dir`` holding the workshop service's API token.
+TOKEN_FILE = "workshop-api-token"
+#: The hub service ``werkbank-workshop`` acts as.
+SERVICE = "werkbank-workshop"
+
+
+def api_url(site: Site) -> str:
+    """Where the hub API listens: ``hub.hub_bind_url`` (JupyterHub's default when empty) with
+    the base URL of ``hub.bind_url`` and ``hub/api``."""
+    base = urlsplit(site.hub.bind_url).path.strip("/")
+    root = (site.hub.hub_bind_url or DEFAULT_HUB_BIND_URL).rstrip("/")
+    return f"{root}/{base + '/' if base else ''}hub/api"
+
+
+class HubAPI:
+    """A few JSON calls; every failure is a :class:`WorkshopError` naming the call."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30):
+        self.url, self._token, self.timeout = url.rstrip("/"), token, timeout
+
+    @classmethod
+    def for_site(cls, site: Site, data_dir: Path) -> HubAPI:
+        try:
+            token = (data_dir / TOKEN_FILE).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise WorkshopError(
+                f"cannot read the workshop service's token ({data_dir / TOKEN_FILE}: {e.strerror}); "
+                "is the hub running, and are you root on its host?"
+            ) from None
+        return cls(api_url(site), token)
+
+    def call(self, method: str, path: str, body: object = None, *, missing_ok: bool = False) -> object:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                text = answer.read()
+        except urllib.error.HTTPError as e:
+            if missing_ok and e.code == 404:
+                return None
+            raise WorkshopError(f"hub API {method} {path}: {e.code} {_message(e)}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise WorkshopError(f"hub API at {self.url} did not answer: {getattr(e, 'reason', e)}") from None
+        return json.loads(text) if text.strip() else None
+
+    # -- the calls a course needs
+
+    def user(self, name: str) -> dict | None:
+        return self.call("GET", f"/users/{quote(name, safe='')}", missing_ok=True)
+
+    def ensure_user(self, name: str) -> None:
+        if self.user(name) is None:
+            self.call("POST", f"/users/{quote(name, safe='')}", {})
+
+    def delete_user(self, name: str) -> None:
+        self.call("DELETE", f"/users/{quote(name, safe='')}", missing_ok=True)
+
+    def stop_server(self, name: str) -> None:
+        user = self.user(name)
+        if user and (user.get("servers") or user.get("pending")):
+            self.call("DELETE", f"/users/{quote(name, safe='')}/server", missing_ok=True)
+
+    def group(self, name: str) -> dict | None:
+        return self.call("GET", f"/groups/{quote(name, safe='')}", missing_ok=True)
+
+    def create_group(self, name: str, users: list[str]) -> None:
+        self.call("POST", f"/groups/{quote(name, safe='')}", {"users": users})
+
+    def delete_group(self, name: str) -> None:
+        self.call("DELETE", f"/groups/{quote(name, safe='')}", missing_ok=True)
+
+    def set_trainers(self, course: str, trainers: list[str]) -> None:
+        self.call("PUT", f"/werkbank/course-roles/{quote(course, safe='')}", {"trainers": trainers})
+
+    def remove_trainers(self, course: str) -> None:
+        self.call("DELETE", f"/werkbank/course-roles/{quote(course, safe='')}", missing_ok=True)
+
+    def role_exists(self, course: str) -> bool:
+        return (
+            self.call("GET", f"/werkbank/course-roles/{quote(course, safe='')}", missing_ok=True) is not None
+        )
+
+
+def _message(error: urllib.error.HTTPError) -> str:
+    try:
+        return json.loads(error.read()).get("message", error.reason)
+    except (ValueError, AttributeError, OSError):
+        return str(error.reason)
+
+
+def write_token(data_dir: Path, token: str) -> None:
+    """The hub's side: the service token where :meth:`HubAPI.for_site` reads it (owner only)."""
+    fd = os.open(data_dir / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")

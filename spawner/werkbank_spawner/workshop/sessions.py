@@ -1,0 +1,48 @@
+"""What a participant's server gets while their course is open: the course's profile and nothing
+else (no other profile, no custom field), in the course's reservation, its time limit cut to the
+course's end so that the session's walltime clock tells the truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from werkbank_core.policy import Limits, Policy, Profile, describe, parse_count, parse_memory, parse_walltime
+
+from .roles import group_name
+from .store import CourseRecord, CourseStore
+
+#: The one profile a participant is offered.
+COURSE_PROFILE = "course"
+
+
+def participant_course(store: CourseStore, user: str, groups: list[str]) -> CourseRecord | None:
+    """The running course ``user`` takes part in (listed as its participant and in its group)."""
+    record = store.course_of(user)
+    if record is not None and group_name(record.name) in groups:
+        return record
+    return None
+
+
+def course_policy(record: CourseRecord, at: datetime | None = None) -> Policy:
+    """A policy with the course's profile as the only choice and its values as the limits."""
+    p = record.course.profile
+    at = at or record.now()
+    left = int((record.closes - at).total_seconds() // 60)
+    walltime = max(1, min(parse_walltime(p.walltime), left))
+    gpus = parse_count(p.gpus, "gpus", minimum=0, maximum=1024)
+    cpus = parse_count(p.cpus, "cpus", minimum=1, maximum=4096)
+    memory = parse_memory(p.memory)
+    profile = Profile(
+        name=COURSE_PROFILE,
+        partition=record.partition,
+        cpus=cpus,
+        memory_mb=memory,
+        walltime_min=walltime,
+        gpus=gpus,
+        display_name=f"Course {record.name} · " + describe(gpus, cpus, memory, walltime),
+        description=f"The same for every participant of the course ({record.window()}).",
+    )
+    limits = Limits(
+        gpus=gpus, cpus=cpus, memory_mb=memory, walltime_min=walltime, partitions=(record.partition,)
+    )
+    return Policy(profiles=(profile,), default_limits=limits)

@@ -1,0 +1,229 @@
+"""Workshops end to end: ``werkbank-workshop`` against the real hub and Slurm, course logins on the
+hub's login form, the locked profile in the course's reservation, a trainer without admin rights,
+and an end that leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import subprocess
+import tarfile
+from contextlib import closing
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.cluster import VENV_BIN, Hub, job_field, run, squeue, wait_for
+
+pytestmark = pytest.mark.integration
+
+PARTICIPANTS = 5
+
+
+def workshop(hub: Hub, *args: str) -> subprocess.CompletedProcess:
+    """``werkbank-workshop ARGS --site <the hub's site file>`` as the hub's admin (root) runs it."""
+    return run(
+        str(VENV_BIN / "werkbank-workshop"), *args, "--site", hub.env["WERKBANK_SITE_CONFIG"], check=False
+    )
+
+
+def hub_data_dir(hub: Hub) -> Path:
+    return Path(yaml.safe_load(Path(hub.env["WERKBANK_SITE_CONFIG"]).read_text())["hub"]["data_dir"])
+
+
+def workshop_api(hub: Hub, method: str, path: str, **kw) -> httpx.Response:
+    """The hub API with the workshop service's token (which the hub wrote for root)."""
+    token = (hub_data_dir(hub) / "workshop-api-token").read_text().strip()
+    return hub.api(method, path, token=token, **kw)
+
+
+def write_course(tmp_path: Path, **changes) -> tuple[Path, dict]:
+    now = datetime.now().replace(microsecond=0)
+    course = {
+        "name": f"itest-{secrets.token_hex(3)}",
+        "trainers": ["alice"],
+        "participants": PARTICIPANTS,
+        "account_prefix": f"p{secrets.token_hex(2)}x",
+        "profile": {"cpus": 1, "memory": "1G", "walltime": "30m"},
+        "starts": (now - timedelta(minutes=1)).isoformat(),
+        "ends": (now + timedelta(hours=1)).isoformat(),
+        "grace": "10m",
+        "reservation": True,
+        **changes,
+    }
+    path = tmp_path / f"{course['name']}.yaml"
+    path.write_text(yaml.safe_dump(course))
+    return path, course
+
+
+def course_login(hub: Hub, nickname: str, code: str) -> tuple[httpx.Client, httpx.Response]:
+    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
+    client.get("/hub/login")
+    r = client.post(
+        "/hub/login", data={"username": nickname, "password": code, "_xsrf": client.cookies.get("_xsrf", "")}
+    )
+    return client, r
+
+
+def logged_in_as(client: httpx.Client) -> str:
+    """The hub user the client's cookie belongs to."""
+    r = client.get("/hub/api/user")
+    assert r.status_code == 200, r.text
+    return r.json()["name"]
+
+
+@pytest.fixture(scope="module")
+def course(hub, tmp_path_factory):
+    """A course of 5 created with the CLI; ended at the end of the module if a test did not."""
+    path, spec = write_course(tmp_path_factory.mktemp("course"))
+    result = workshop(hub, "create", str(path))
+    assert result.returncode == 0, result.stderr
+    code = re.search(r"event code: (\S+)", result.stdout).group(1)
+    accounts = [f"{spec['account_prefix']}{i:02d}" for i in range(1, PARTICIPANTS + 1)]
+    yield {
+        **spec,
+        "code": code,
+        "accounts": accounts,
+        "group": f"course-{spec['name']}",
+        "out": result.stdout,
+    }
+    if hub.api("GET", f"/groups/course-{spec['name']}").status_code == 200:
+        workshop(hub, "end", spec["name"])
+
+
+def test_create_made_accounts_group_reservation_and_trainer_role(hub, course):
+    for name in course["accounts"]:
+        assert pwd.getpwnam(name).pw_dir == f"/home/{name}"
+    group = hub.api("GET", f"/groups/{course['group']}").json()
+    assert sorted(group["users"]) == course["accounts"]
+    reservation = run("scontrol", "show", "reservation", course["group"]).stdout
+    assert f"Users={','.join(course['accounts'])}" in reservation and "CoreCnt=5" in reservation
+    role = workshop_api(hub, "GET", f"/werkbank/course-roles/{course['name']}").json()
+    assert role["users"] == ["alice"] and f"servers!group={course['group']}" in role["scopes"]
+    # A second course with the same name is refused before anything changes.
+    again = workshop(
+        hub, "create", str(write_course(Path(os.environ.get("TMPDIR", "/tmp")), name=course["name"])[0])
+    )
+    assert again.returncode == 1 and f"a course named {course['name']} exists" in again.stderr
+
+
+def test_participants_log_in_with_the_event_code(hub, course):
+    seen = {}
+    for i in range(PARTICIPANTS):
+        client, r = course_login(hub, f"Participant {i}", course["code"])
+        with closing(client):
+            assert r.status_code == 200, r.text[:300]
+            seen[f"Participant {i}"] = logged_in_as(client)
+    assert sorted(seen.values()) == course["accounts"]
+    # The same nickname again: the same account, whatever the case and spacing.
+    client, r = course_login(hub, "  participant   0 ", course["code"])
+    with closing(client):
+        assert logged_in_as(client) == seen["Participant 0"]
+    # Every account taken: a sixth nickname is told so; a wrong code is an ordinary failure.
+    client, r = course_login(hub, "latecomer", course["code"])
+    client.close()
+    assert r.status_code == 403 and f"The course {course['name']} is full" in r.text
+    client, r = course_login(hub, "guesser", "abcd-efgh")
+    client.close()
+    assert r.status_code == 403 and "Invalid username or password" in r.text
+    status = workshop(hub, "status", course["name"])
+    assert status.returncode == 0 and "participant 1" in status.stdout
+
+
+def test_a_participant_gets_the_locked_profile_in_the_reservation(hub, course):
+    participant = course["accounts"][0]
+    r = hub.spawn(participant, {"profile": "gpu1"})
+    assert r.status_code == 400 and "unknown profile 'gpu1'; choose one of: course" in r.json()["message"]
+    r = hub.spawn(participant, {"profile": "course", "cpus": "4"})
+    assert r.status_code == 400 and "does not allow changing it" in r.json()["message"]
+    assert hub.spawn(participant, {"profile": "course"}).status_code in (201, 202)
+    hub.wait_ready(participant)
+    job = hub.job_id(participant)
+    assert job_field(job, "Reservation") == course["group"]
+    assert job_field(job, "UserId").startswith(participant + "(")
+    assert job_field(job, "TimeLimit") == "00:30:00"
+
+
+def test_a_trainer_sees_and_stops_only_the_course_servers(hub, course):
+    participant = course["accounts"][0]
+    if not (hub.server(participant) or {}).get("ready"):
+        hub.spawn(participant, {"profile": "course"})
+        hub.wait_ready(participant)
+    hub.spawn("bob", {"profile": "cpu"})
+    hub.wait_ready("bob")
+    # The trainer role is in the hub's configuration too: it survives a restart of the hub.
+    hub.restart()
+    trainer = hub.new_token("alice")
+    assert not hub.user_model("alice")["admin"]
+    listed = hub.api("GET", "/users", token=trainer)
+    assert listed.status_code == 200
+    assert sorted(u["name"] for u in listed.json()) == course["accounts"]  # nobody else
+    assert hub.api("DELETE", "/users/bob/server", token=trainer).status_code in (403, 404)
+    assert (hub.server("bob") or {}).get("ready")
+    assert hub.api("DELETE", f"/users/{participant}/server", token=trainer).status_code in (202, 204)
+    wait_for(lambda: hub.server(participant) is None, 60, f"{participant}'s server to stop")
+    hub.stop_server("bob")
+
+
+def test_logins_outside_the_window_are_refused_with_the_course_and_its_window(hub, tmp_path):
+    starts = (datetime.now() + timedelta(days=1)).replace(hour=13, minute=0, second=0, microsecond=0)
+    path, spec = write_course(
+        tmp_path,
+        participants=1,
+        reservation=False,
+        starts=starts.isoformat(),
+        ends=(starts + timedelta(hours=5)).isoformat(),
+    )
+    result = workshop(hub, "create", str(path))
+    assert result.returncode == 0, result.stderr
+    try:
+        code = re.search(r"event code: (\S+)", result.stdout).group(1)
+        client, r = course_login(hub, "early bird", code)
+        client.close()
+        assert r.status_code == 403
+        assert f"The course {spec['name']} runs from {starts:%Y-%m-%d} 13:00 to 18:10" in r.text
+    finally:
+        assert workshop(hub, "end", spec["name"]).returncode == 0
+        run("userdel", "--remove", f"{spec['account_prefix']}01", check=False)
+
+
+def test_end_leaves_nothing_behind(hub, course):
+    participant = course["accounts"][1]
+    home = Path(pwd.getpwnam(participant).pw_dir)
+    (home / "my-notes.txt").write_text("what I learnt\n")
+    entry = pwd.getpwnam(participant)
+    os.chown(home / "my-notes.txt", entry.pw_uid, entry.pw_gid)
+    assert hub.spawn(participant, {"profile": "course"}).status_code in (201, 202)
+    hub.wait_ready(participant)
+    # A process of a participant outside Slurm (e.g. left over from a terminal).
+    subprocess.Popen(["sudo", "-u", participant, "sleep", "600"], start_new_session=True)
+
+    result = workshop(hub, "end", course["name"])
+    assert result.returncode == 0, result.stderr
+
+    accounts = course["accounts"]
+    assert squeue(f"--user={','.join(accounts)}", "--format=%i %T") == ""  # none pending or running
+    assert run("pgrep", "--uid", ",".join(accounts), check=False).stdout == ""
+    for name in accounts:  # the site keeps them locked (retention: lock), their homes kept
+        assert pwd.getpwnam(name).pw_shell == "/usr/sbin/nologin"
+        assert hub.api("GET", f"/users/{name}").status_code == 404
+    assert hub.api("GET", f"/groups/{course['group']}").status_code == 404
+    assert workshop_api(hub, "GET", f"/werkbank/course-roles/{course['name']}").status_code == 404
+    assert "ReservationName" not in run("scontrol", "show", "reservation", check=False).stdout
+    # Logins with the code are over; the trainer got the participants' work.
+    client, r = course_login(hub, "Participant 0", course["code"])
+    client.close()
+    assert r.status_code == 403
+    handed = re.search(r"participants' work: (\S+)", result.stdout).group(1)
+    assert Path(handed).parent == Path(pwd.getpwnam("alice").pw_dir) / "werkbank-courses"
+    assert Path(handed).stat().st_uid == pwd.getpwnam("alice").pw_uid
+    with tarfile.open(handed) as tar:
+        assert tar.extractfile(f"{participant}/my-notes.txt").read() == b"what I learnt\n"
+    Path(handed).unlink()
+    for name in accounts:
+        run("userdel", "--remove", name, check=False)
