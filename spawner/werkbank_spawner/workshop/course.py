@@ -23,7 +23,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import Field, PlainValidator, StrictBool, StrictInt, StrictStr
+from pydantic import Field, PlainSerializer, PlainValidator, StrictBool, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 from werkbank_core.policy import (
@@ -64,7 +64,8 @@ def _moment(value: object) -> datetime:
     raise PydanticCustomError("moment", "expected a date and time like 2027-01-20T13:00")
 
 
-Moment = Annotated[datetime, PlainValidator(_moment)]
+#: Written back as ISO text (the course store keeps it as JSON).
+Moment = Annotated[datetime, PlainValidator(_moment), PlainSerializer(datetime.isoformat, when_used="json")]
 
 
 def _participants(value: object) -> int | tuple[str, ...]:
@@ -75,6 +76,10 @@ def _participants(value: object) -> int | tuple[str, ...]:
     if not all(isinstance(v, str) for v in value):
         raise PydanticCustomError("participants", "expected a list of account names")
     return tuple(value)
+
+
+def _plain(value: int | tuple[str, ...]) -> int | list[str]:
+    return value if isinstance(value, int) else list(value)
 
 
 class CourseProfile(Section):
@@ -101,9 +106,9 @@ class Course(Section):
 
     name: StrictStr = Field(description="Short id: lower-case letters, digits and '-', 3 to 40.")
     trainers: Names = Field(description="Hub users who run the course (no hub admin rights needed).")
-    participants: Annotated[int | tuple[str, ...], PlainValidator(_participants)] = Field(
-        description="How many course accounts to make, or a list of existing accounts."
-    )
+    participants: Annotated[
+        int | tuple[str, ...], PlainValidator(_participants), PlainSerializer(_plain, when_used="json")
+    ] = Field(description="How many course accounts to make, or a list of existing accounts.")
     accounts: Literal["pool", "existing"] = setting(
         "pool", "pool: course accounts made for the course; existing: the accounts listed in participants."
     )
