@@ -121,11 +121,14 @@ def render_script(
     *,
     path_prefix: str = "",
     prologue: str = "",
+    git_safe_directory: str = "",
 ) -> str:
     """The whole batch script.
 
     ``command`` is an argument vector (admin's ``cmd`` + JupyterHub's args); it is joined with
     ``shlex.join`` so every element stays one word. ``prologue`` is trusted admin shell code.
+    ``git_safe_directory``: a repository on the cluster owned by someone else (a course's
+    material) that git in the session may read (:func:`git_safe_directory_lines`).
     """
     if not USERNAME.match(ctx.username):
         raise ScriptError(f"unsafe user name {ctx.username!r}")
@@ -141,6 +144,8 @@ def render_script(
         lines.append(f'export PATH={shlex.quote(path_prefix)}:"$PATH"')
     if prologue.strip():
         lines += ["# --- site prologue ---", prologue.rstrip("\n"), "# --- end prologue ---"]
+    if git_safe_directory:
+        lines += git_safe_directory_lines(git_safe_directory)
     lines += [
         "# Pick a port, report it to the hub, bind Jupyter to it.",
         "JUPYTERHUB_SERVICE_URL=$(python3 - <<'WERKBANK_PORT_REPORT'",
@@ -152,6 +157,30 @@ def render_script(
         "exec " + shlex.join(command),
     ]
     return "\n".join(lines) + "\n"
+
+
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{1,4000}\Z")
+
+
+def git_safe_directory_lines(repository: str) -> list[str]:
+    """Shell lines that let git read ``repository`` although another account owns it.
+
+    git refuses such a repository ("dubious ownership") unless the user's own (global) or the
+    system configuration names it in ``safe.directory``; it ignores ``-c`` and
+    ``GIT_CONFIG_COUNT`` for the local clone's reading side. So the session gets a global
+    configuration of its own that includes the user's ``~/.gitconfig`` and adds the one
+    repository, and the user's files stay untouched.
+    """
+    if not _SAFE_PATH.match(repository) or "/../" in f"{repository}/":
+        raise ScriptError(f"unsafe repository path {repository!r}")
+    config = '"$HOME/.werkbank/gitconfig"'
+    return [
+        "# The course material's repository belongs to its trainer: let git read it.",
+        'mkdir -p "$HOME/.werkbank"',
+        f"printf '[include]\\n\\tpath = ~/.gitconfig\\n[safe]\\n\\tdirectory = %s\\n' "
+        f"{shlex.quote(repository)} > {config}",
+        f"export GIT_CONFIG_GLOBAL={config}",
+    ]
 
 
 def sbatch_argv(sudo: list[str], sbatch: list[str], username: str, env_names: list[str]) -> list[str]:

@@ -51,7 +51,7 @@ from .form import render_options_form
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .tracking import NO_TELEMETRY
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
-from .workshop.sessions import course_policy, participant_course
+from .workshop.sessions import course_policy, local_repository, material_url, participant_course
 from .workshop.store import CourseRecord, CourseStore
 
 
@@ -408,6 +408,12 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         env = super().get_env()
         env.update(mlflow_env(self, env))
         env.update(self.session_env())
+        course = self.course
+        if course is not None:
+            # The course's own idle timeout (its culler, the workshop service, stops the server),
+            # which JupyterLab warns before; and the course's name for the session.
+            env["WERKBANK_IDLE_TIMEOUT"] = str(course.idle_seconds)
+            env["WERKBANK_COURSE"] = course.name
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
@@ -466,6 +472,16 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             job_name=self.job_name,
         )
 
+    def get_args(self) -> list[str]:
+        """JupyterHub's arguments; a participant of a course with material starts at the
+        nbgitpuller link that brings the material (JupyterLab once it is there)."""
+        args = super().get_args()
+        course = self.course
+        if course is not None and course.course.material is not None:
+            flag = "--SingleUserNotebookApp.default_url="
+            args = [a for a in args if not a.startswith(flag)] + [flag + material_url(course)]
+        return args
+
     def _server_command(self) -> list[str]:
         # No batchspawner-singleuser: the script reports the port itself (script.PORT_REPORT).
         return [*self.cmd, *self.get_args()]
@@ -477,12 +493,14 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         if self.job_request is None:  # apply_user_options did not run (e.g. overridden)
             validate_user_options(self, self.user_options)
         ctx = self._job_context()
+        course = self.course
         script = render_script(
             self.job_request,
             ctx,
             self._server_command(),
             path_prefix=self.server_path,
             prologue=self.job_prologue,
+            git_safe_directory=local_repository(course) if course else "",
         )
         if not os.path.isdir(ctx.log_dir):
             # As the user, never as root: a symlink in their home must not make root write.

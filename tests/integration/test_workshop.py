@@ -4,12 +4,15 @@ and an end that leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import secrets
+import shutil
 import subprocess
 import tarfile
+import tempfile
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -77,10 +80,51 @@ def logged_in_as(client: httpx.Client) -> str:
     return r.json()["name"]
 
 
+def as_alice(*argv: str, cwd: Path | None = None) -> None:
+    """A git command as the trainer, who owns the course's material."""
+    run(
+        "sudo",
+        "-u",
+        "alice",
+        "git",
+        "-c",
+        "user.name=Alice",
+        "-c",
+        "user.email=alice@example.org",
+        *argv,
+        cwd=cwd,
+    )
+
+
+NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n'
+
+
 @pytest.fixture(scope="module")
-def course(hub, tmp_path_factory):
+def material():
+    """The trainer's repository of course material on the cluster (a path, as at an HPC centre),
+    with a working copy to push fixes from during the course."""
+    root = Path(tempfile.mkdtemp(prefix="werkbank-material-"))
+    os.chmod(root, 0o755)
+    shutil.chown(root, "alice")
+    repo, work = root / "course.git", root / "work"
+    as_alice("init", "--quiet", "--bare", "--initial-branch=main", str(repo))
+    as_alice("clone", "--quiet", str(repo), str(work))
+    (work / "lesson.ipynb").write_text(NOTEBOOK)
+    (work / "README.md").write_text("Welcome\n")
+    run("chown", "-R", "alice", str(work))
+    as_alice("add", ".", cwd=work)
+    as_alice("commit", "--quiet", "-m", "lesson 1", cwd=work)
+    as_alice("push", "--quiet", "origin", "main", cwd=work)
+    yield {"repo": str(repo), "work": work}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def course(hub, tmp_path_factory, material):
     """A course of 5 created with the CLI; ended at the end of the module if a test did not."""
-    path, spec = write_course(tmp_path_factory.mktemp("course"))
+    path, spec = write_course(
+        tmp_path_factory.mktemp("course"), material={"repo": material["repo"], "branch": "main"}
+    )
     result = workshop(hub, "create", str(path))
     assert result.returncode == 0, result.stderr
     code = re.search(r"event code: (\S+)", result.stdout).group(1)
@@ -147,6 +191,75 @@ def test_a_participant_gets_the_locked_profile_in_the_reservation(hub, course):
     assert job_field(job, "Reservation") == course["group"]
     assert job_field(job, "UserId").startswith(participant + "(")
     assert job_field(job, "TimeLimit") == "00:30:00"
+
+
+def pull(hub: Hub, user: str, token: str, course: dict) -> list[dict]:
+    """What nbgitpuller's pull API (the participant's first page calls it) reports."""
+    query = {"repo": course["material"]["repo"], "branch": "main", "targetpath": course["name"]}
+    with httpx.stream(
+        "GET",
+        f"{hub.url}/user/{user}/git-pull/api",
+        params=query,
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200, r.read()
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events and events[-1]["phase"] == "finished", events
+    return events
+
+
+def test_material_arrives_and_a_participants_edit_survives_a_re_pull(hub, course, material):
+    participant = course["accounts"][0]
+    if not (hub.server(participant) or {}).get("ready"):
+        hub.spawn(participant, {"profile": "course"})
+        hub.wait_ready(participant)
+    # The server opens at the nbgitpuller link that brings the material.
+    first_page = job_argument(hub.job_id(participant), "--SingleUserNotebookApp.default_url=")
+    assert first_page.startswith("/git-pull?repo=") and f"targetpath={course['name']}" in first_page
+    token = hub.new_token(participant)
+    pull(hub, participant, token, course)
+    folder = Path(pwd.getpwnam(participant).pw_dir) / course["name"]
+    assert (folder / "lesson.ipynb").read_text() == NOTEBOOK
+    assert folder.stat().st_uid == pwd.getpwnam(participant).pw_uid
+    # The participant edits the lesson; the trainer pushes a fix and a new lesson.
+    mine = {
+        "cells": [{"cell_type": "markdown", "metadata": {}, "source": "my notes"}],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    r = httpx.put(
+        f"{hub.url}/user/{participant}/api/contents/{course['name']}/lesson.ipynb",
+        json={"type": "notebook", "content": mine},
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    work = material["work"]
+    (work / "README.md").write_text("Welcome, with a fix\n")
+    (work / "lesson2.ipynb").write_text(NOTEBOOK)
+    run("chown", "-R", "alice", str(work))
+    as_alice("add", ".", cwd=work)
+    as_alice("commit", "--quiet", "-m", "lesson 2", cwd=work)
+    as_alice("push", "--quiet", "origin", "main", cwd=work)
+    pull(hub, participant, token, course)
+    assert "".join(json.loads((folder / "lesson.ipynb").read_text())["cells"][0]["source"]) == "my notes"
+    assert (folder / "lesson2.ipynb").exists()
+    assert (folder / "README.md").read_text() == "Welcome, with a fix\n"
+
+
+def job_argument(job_id: str, prefix: str) -> str:
+    """The value of an argument of the job's jupyterhub-singleuser (read from /proc as root)."""
+    for line in run("scontrol", "listpids", job_id).stdout.splitlines()[1:]:
+        try:
+            argv = Path(f"/proc/{line.split()[0]}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        for arg in argv:
+            if arg.startswith(prefix):
+                return arg[len(prefix) :]
+    raise AssertionError(f"no {prefix} in job {job_id}")
 
 
 def test_a_trainer_sees_and_stops_only_the_course_servers(hub, course):

@@ -48,7 +48,10 @@ MAX_PARTICIPANTS = 200
 #: The longest course: a week of daily sessions at most; longer is a project, not a workshop.
 MAX_LENGTH = timedelta(days=14)
 #: A git repository werkbank may pull material from: a path on the cluster, or a URL.
-_REPO = re.compile(r"(/[^\s]+|(https?|ssh|git|file)://[^\s]+|[\w.-]+@[\w.-]+:[^\s]+)\Z")
+#: Plain characters only: a path goes into the job's git configuration, a URL into a link.
+_REPO = re.compile(
+    r"(/[A-Za-z0-9._/+@-]+|(https?|ssh|git|file)://[A-Za-z0-9._~:/@%+=-]+|[\w.-]+@[\w.-]+:[A-Za-z0-9._/+-]+)\Z"
+)
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}\Z")
 
 

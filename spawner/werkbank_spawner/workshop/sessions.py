@@ -5,6 +5,7 @@ course's end so that the session's walltime clock tells the truth."""
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlencode
 
 from werkbank_core.policy import Limits, Policy, Profile, describe, parse_count, parse_memory, parse_walltime
 
@@ -46,3 +47,30 @@ def course_policy(record: CourseRecord, at: datetime | None = None) -> Policy:
         gpus=gpus, cpus=cpus, memory_mb=memory, walltime_min=walltime, partitions=(record.partition,)
     )
     return Policy(profiles=(profile,), default_limits=limits)
+
+
+def material_folder(record: CourseRecord) -> str:
+    """Where the course's material lands in a participant's home: the course's name."""
+    return record.name
+
+
+def material_url(record: CourseRecord) -> str:
+    """The participant's first page: nbgitpuller pulls the material into ``~/<course>`` (merging,
+    never overwriting the participant's own edits) and opens it in JupyterLab."""
+    material = record.course.material
+    query = urlencode(
+        {
+            "repo": material.repo,
+            "branch": material.branch,
+            "targetpath": material_folder(record),
+            "urlpath": f"lab/tree/{material_folder(record)}",
+        }
+    )
+    return f"/git-pull?{query}"
+
+
+def local_repository(record: CourseRecord) -> str:
+    """The material's repository when it is a path on the cluster (which git refuses to read
+    from another user's account unless named safe), else empty."""
+    material = record.course.material
+    return material.repo if material is not None and material.repo.startswith("/") else ""

@@ -68,6 +68,11 @@ class CourseRecord:
         """When course accounts stop working: ``ends`` plus the grace period."""
         return self.course.ends + timedelta(minutes=parse_walltime(self.course.grace, "grace"))
 
+    @property
+    def idle_seconds(self) -> int:
+        """After how long without activity a participant's server is stopped."""
+        return 60 * parse_walltime(self.course.idle_timeout, "idle_timeout")
+
     def now(self) -> datetime:
         """The current time as the course's times are written (the hub's local time unless they
         name a zone)."""
