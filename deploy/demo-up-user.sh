@@ -63,6 +63,8 @@ site["hub"].update(
     spawner="local",
 )
 site["auth"]["allowed_users"] = [user]
+# Workshops make accounts and Slurm reservations: root's demo only.
+site["workshops"] = {"enabled": False}
 site["tracking"]["mlflow"].update(
     port=int(mlflow_port),
     url=f"http://127.0.0.1:{mlflow_port}",

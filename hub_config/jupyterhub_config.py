@@ -35,7 +35,7 @@ try:
         data["hub"] = {**hub, "spawner": os.environ["WERKBANK_SPAWNER"]} if isinstance(hub, dict) else hub
     # Validated once: the typed, frozen Site is what everything below receives.
     site = werkbank_site.validate(data)
-    werkbank_site.apply(c, site, config_dir=SITE_FILE.resolve().parent)
+    werkbank_site.apply(c, site, config_dir=SITE_FILE.resolve().parent, site_file=SITE_FILE)
     # JupyterHub writes its cookie secret into hub.data_dir but does not create it; MLflow's
     # permission configuration is written from the site file.
     werkbank_site.prepare_state(site, config_dir=SITE_FILE.resolve().parent)

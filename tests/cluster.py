@@ -109,6 +109,8 @@ def site_for_tests(
         artifacts_destination=str(data_dir / "mlflow" / "artifacts"),
     )
     site["culling"] = {"enabled": False}
+    # The trainer console beside the test hub's API port; its rounds often, for the culling test.
+    site["workshops"] = {"port": api_port + 1, "check_every": 5}
     return site
 
 

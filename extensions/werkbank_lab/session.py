@@ -1,5 +1,6 @@
 """What JupyterLab shows of the session itself (``GET <server>/werkbank/session``): when Slurm ends
-the job, when an idle server is stopped, and where the MLflow UI is. The frontend
+the job, when an idle server is stopped, and where the MLflow UI is; in a workshop, the trainers'
+latest message (``GET <server>/werkbank/broadcast``). The frontend
 (``extensions/labextension``) shows the time left in the status bar and warns before either end.
 
 The job's end comes from Slurm (``squeue %L``: the time left, so neither clock nor time zone of
@@ -19,6 +20,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from werkbank_core import slurm
 
@@ -28,6 +30,8 @@ REFRESH_S = 300
 WALLTIME_WARNINGS = (15, 5)
 #: Minutes before an idle server is stopped at which JupyterLab warns.
 IDLE_WARNING = 10
+#: Seconds a course's latest message is remembered before the hub is asked again.
+BROADCAST_REFRESH_S = 10
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class SessionInfo:
     launcher_category: str = "Werkbank"  # WerkbankLab.launcher_category
     template_cards: bool = True  # WerkbankLab.template_launchers
     mlflow_card: bool = True  # WerkbankLab.mlflow_launcher
+    course: str = ""  # WERKBANK_COURSE: the workshop this session belongs to ("" for none)
 
 
 class JobClock:
@@ -89,6 +94,7 @@ class SessionHandler(APIHandler):
             ends_at=await self.clock.ends_at(),
             profile=os.environ.get("WERKBANK_PROFILE", ""),
             idle_timeout=idle_timeout(dict(os.environ)),
+            course=os.environ.get("WERKBANK_COURSE", ""),
             **self.werkbank_settings,
         )
         self.set_header("Content-Type", "application/json")
@@ -96,8 +102,57 @@ class SessionHandler(APIHandler):
         self.finish(json.dumps(asdict(info)))
 
 
+class Broadcasts:
+    """The course's latest message, from the hub (``<hub API>/werkbank/broadcast``, asked with the
+    session's own token), remembered for :data:`BROADCAST_REFRESH_S` seconds: every open
+    JupyterLab tab asks, the hub is asked once."""
+
+    def __init__(self, environ: dict[str, str], refresh: float = BROADCAST_REFRESH_S):
+        self.url = environ.get("JUPYTERHUB_API_URL", "").rstrip("/") + "/werkbank/broadcast"
+        self.token = environ.get("JUPYTERHUB_API_TOKEN", "")
+        self.enabled = bool(environ.get("WERKBANK_COURSE") and self.token and "://" in self.url)
+        self.refresh = refresh
+        self._message: dict = {}
+        self._asked = -float("inf")
+
+    async def latest(self) -> dict:
+        if self.enabled and time.monotonic() - self._asked >= self.refresh:
+            self._asked = time.monotonic()
+            request = HTTPRequest(
+                self.url, headers={"Authorization": f"token {self.token}"}, request_timeout=10
+            )
+            try:
+                answer = await AsyncHTTPClient().fetch(request)
+                message = json.loads(answer.body)
+                self._message = message if isinstance(message, dict) else {}
+            except (OSError, ValueError, HTTPClientError):
+                pass  # the hub is restarting: keep what was known
+        return self._message
+
+
+class BroadcastHandler(APIHandler):
+    auth_resource = "status"
+
+    def initialize(self, broadcasts: Broadcasts):
+        self.broadcasts = broadcasts
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(await self.broadcasts.latest()))
+
+
 def handlers(base_url: str, clock: JobClock, **settings) -> list:
     """``settings``: the :class:`SessionInfo` fields the server extension's configuration decides
     (the MLflow UI, the launcher cards)."""
     kwargs = {"clock": clock, "settings": settings}
-    return [(url_path_join(base_url, r"werkbank/session"), SessionHandler, kwargs)]
+    return [
+        (url_path_join(base_url, r"werkbank/session"), SessionHandler, kwargs),
+        (
+            url_path_join(base_url, r"werkbank/broadcast"),
+            BroadcastHandler,
+            {"broadcasts": Broadcasts(dict(os.environ))},
+        ),
+    ]

@@ -1,6 +1,7 @@
 """The hub API endpoints werkbank adds: where a starting job reports the port its server listens on,
-where a session gets a token of its own for a batch job (``werkbank submit``), and where the
-workshop service grants a course's trainers their role.
+where a session gets a token of its own for a batch job (``werkbank submit``), where the
+workshop service grants a course's trainers their role, and where a session reads its course's
+latest message.
 
 batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* posted key
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
@@ -30,6 +31,7 @@ from werkbank_core.script import USERNAME
 
 from .workshop import roles
 from .workshop.course import COURSE_NAME
+from .workshop.store import CourseStore
 
 ROUTE = r"/api/batchspawner"
 
@@ -179,14 +181,34 @@ class CourseRolesHandler(APIHandler):
         self.finish()
 
 
+BROADCAST_ROUTE = r"/api/werkbank/broadcast"
+
+
+class BroadcastHandler(APIHandler):
+    """GET with any token of a user (the session's own): the latest message of the running course
+    the user takes part in or trains, ``{"course", "message", "by", "at"}``, or ``{}``. JupyterLab
+    shows it as a notification (werkbank_lab asks for it); the trainer console writes it."""
+
+    @web.authenticated
+    def get(self):
+        user = self.current_user
+        folder = getattr(getattr(user, "spawner", None), "workshops_dir", "") if user else ""
+        if user is None or not hasattr(user, "spawners"):
+            raise web.HTTPError(403, "a user's token only")
+        message = CourseStore(folder).broadcast_for(user.name) if folder else None
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(message or {}))
+
+
 def install_handler() -> None:
     """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler` and
     :class:`CourseRolesHandler` (idempotent)."""
-    ours = (ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE)
+    ours = (ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE, BROADCAST_ROUTE)
     default_handlers[:] = [h for h in default_handlers if h[0] not in ours]
     default_handlers.append((ROUTE, PortReportHandler))
     default_handlers.append((JOB_TOKEN_ROUTE, JobTokenHandler))
     default_handlers.append((COURSE_ROLES_ROUTE, CourseRolesHandler))
+    default_handlers.append((BROADCAST_ROUTE, BroadcastHandler))
 
 
 install_handler()

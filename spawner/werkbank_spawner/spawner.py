@@ -410,9 +410,10 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         env.update(self.session_env())
         course = self.course
         if course is not None:
-            # The course's own idle timeout (its culler, the workshop service, stops the server),
-            # which JupyterLab warns before; and the course's name for the session.
-            env["WERKBANK_IDLE_TIMEOUT"] = str(course.idle_seconds)
+            # The course's idle timeout (the workshop service stops the server; the site's culler
+            # too, if it is shorter), which JupyterLab warns before; the course's name.
+            timeouts = [course.idle_seconds, *([self.idle_timeout] if self.idle_timeout else [])]
+            env["WERKBANK_IDLE_TIMEOUT"] = str(min(timeouts))
             env["WERKBANK_COURSE"] = course.name
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()

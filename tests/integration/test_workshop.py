@@ -4,6 +4,7 @@ and an end that leaves nothing behind."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pwd
@@ -262,6 +263,132 @@ def job_argument(job_id: str, prefix: str) -> str:
     raise AssertionError(f"no {prefix} in job {job_id}")
 
 
+def console(hub: Hub, method: str, path: str, token: str, **kw) -> httpx.Response:
+    """The trainer console's REST API, through the hub's proxy as a browser or script reaches it."""
+    return httpx.request(
+        method,
+        f"{hub.url}/services/werkbank-workshop/api/{path}",
+        headers={"Authorization": f"token {token}"},
+        timeout=120,
+        **kw,
+    )
+
+
+def ready(hub: Hub, user: str) -> None:
+    if not (hub.server(user) or {}).get("ready"):
+        if not hub.server(user):
+            assert hub.spawn(user, {"profile": "course"}).status_code in (201, 202)
+        hub.wait_ready(user)
+
+
+def test_the_console_is_the_trainers_and_the_admins_alone(hub, course):
+    wait_for(lambda: answers_json(f"{hub.url}/services/werkbank-workshop/api/courses"), 60, "the console")
+    trainer, other = hub.new_token("alice"), hub.new_token("bob")
+    mine = console(hub, "GET", "courses", trainer)
+    assert mine.status_code == 200, mine.text
+    assert course["name"] in [c["name"] for c in mine.json()]
+    assert all("alice" in c["trainers"] for c in mine.json())
+    detail = console(hub, "GET", f"courses/{course['name']}", trainer).json()
+    assert [p["account"] for p in detail["participants"]] == course["accounts"]
+    # bob trains nothing: the hub refuses him the service; the course is not his either way.
+    for method, path in (
+        ("GET", "courses"),
+        ("GET", f"courses/{course['name']}"),
+        ("POST", f"courses/{course['name']}/end"),
+    ):
+        assert console(hub, method, path, other).status_code == 403
+    # Trainers run their courses; only hub admins create courses.
+    new = console(hub, "POST", "courses", trainer, json={"course": {"name": "x" * 5}})
+    assert new.status_code == 403 and "only hub admins" in new.json()["message"]
+
+
+def answers_json(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code in (200, 302, 401, 403)
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_broadcast_reaches_the_participants_jupyterlab_and_hub_pages(hub, course):
+    participant = course["accounts"][0]
+    ready(hub, participant)
+    sent = console(
+        hub,
+        "POST",
+        f"courses/{course['name']}/broadcast",
+        hub.new_token("alice"),
+        json={"message": "Break until 15:00 <b>!</b>"},
+    )
+    assert sent.status_code == 200, sent.text
+    token = hub.new_token(participant)
+    # What JupyterLab asks its server for (which asks the hub with the session's own token).
+    got = wait_for(
+        lambda: (
+            (
+                r := httpx.get(
+                    f"{hub.url}/user/{participant}/werkbank/broadcast",
+                    headers={"Authorization": f"token {token}"},
+                    timeout=10,
+                )
+            )
+            .json()
+            .get("message")
+            and r.json()
+        ),
+        30,
+        "the message in the session",
+    )
+    assert (
+        got["message"] == "Break until 15:00 <b>!</b>"
+        and got["by"] == "alice"
+        and got["course"] == course["name"]
+    )
+    # The hub's pages show it to the course's participants (escaped), and to nobody else.
+    client, _ = course_login(hub, "Participant 0", course["code"])
+    with closing(client):
+        home = client.get("/hub/home").text
+    assert "Break until 15:00 &lt;b&gt;!&lt;/b&gt;" in home and 'id="werkbank-broadcast"' in home
+    with closing(login_as_bob(hub)) as bob:
+        assert "Break until 15:00" not in bob.get("/hub/home").text
+
+
+def login_as_bob(hub: Hub) -> httpx.Client:
+    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
+    client.get("/hub/login")
+    client.post(
+        "/hub/login",
+        data={"username": "bob", "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
+    )
+    return client
+
+
+def test_start_all_collect_reset_and_stop_all_from_the_console(hub, course):
+    trainer, name = hub.new_token("alice"), course["name"]
+    started = console(hub, "POST", f"courses/{name}/servers", trainer)
+    assert started.status_code == 200, started.text
+    for account in course["accounts"]:
+        hub.wait_ready(account, timeout=120)
+    rows = console(hub, "GET", f"courses/{name}", trainer).json()["participants"]
+    assert {r["server"] for r in rows} == {"running"} and {r["node"] for r in rows} == {"node1"}
+    # Everyone's course folder in one archive (participant 1 pulled the material earlier).
+    collected = console(hub, "POST", f"courses/{name}/collect", trainer)
+    assert collected.status_code == 200 and collected.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(collected.content)) as tar:
+        assert f"{course['accounts'][0]}/{name}/lesson2.ipynb" in tar.getnames()
+    # A participant's material put aside (never deleted): the next pull brings a fresh copy.
+    first = course["accounts"][0]
+    reset = console(hub, "POST", f"courses/{name}/participants/{first}/reset", trainer)
+    assert reset.status_code == 200, reset.text
+    home = Path(pwd.getpwnam(first).pw_dir)
+    assert not (home / name).exists() and (home / reset.json()["put_aside_as"] / "lesson2.ipynb").exists()
+    # Someone else's account is not the course's business.
+    assert console(hub, "POST", f"courses/{name}/participants/bob/reset", trainer).status_code == 409
+    stopped = console(hub, "DELETE", f"courses/{name}/servers", trainer)
+    assert sorted(stopped.json()["stopped"]) == course["accounts"]
+    for account in course["accounts"]:
+        wait_for(lambda a=account: hub.server(a) is None, 60, f"{account}'s server to stop")
+
+
 def test_a_trainer_sees_and_stops_only_the_course_servers(hub, course):
     participant = course["accounts"][0]
     if not (hub.server(participant) or {}).get("ready"):
@@ -281,6 +408,39 @@ def test_a_trainer_sees_and_stops_only_the_course_servers(hub, course):
     assert hub.api("DELETE", f"/users/{participant}/server", token=trainer).status_code in (202, 204)
     wait_for(lambda: hub.server(participant) is None, 60, f"{participant}'s server to stop")
     hub.stop_server("bob")
+
+
+def test_idle_servers_are_stopped_and_a_course_ends_when_it_closes(hub, tmp_path):
+    """The console's rounds (every 5 s in the tests): a course with a one-minute idle timeout that
+    closes 100 s after it was made."""
+    now = datetime.now().replace(microsecond=0)
+    path, spec = write_course(
+        tmp_path,
+        participants=1,
+        reservation=False,
+        idle_timeout="1m",
+        grace="0m",
+        starts=(now - timedelta(minutes=1)).isoformat(),
+        ends=(now + timedelta(seconds=100)).isoformat(),
+    )
+    assert workshop(hub, "create", str(path)).returncode == 0
+    account = f"{spec['account_prefix']}01"
+    try:
+        assert hub.spawn(account, {"profile": "course"}).status_code in (201, 202)
+        hub.wait_ready(account)
+        wait_for(lambda: hub.server(account) is None, 90, "the idle server to be stopped")
+        assert datetime.now() < now + timedelta(seconds=100), (
+            "stopped for being idle, before the course closed"
+        )
+        wait_for(
+            lambda: hub.api("GET", f"/groups/course-{spec['name']}").status_code == 404,
+            60,
+            "the course to end",
+        )
+        assert pwd.getpwnam(account).pw_shell == "/usr/sbin/nologin"
+    finally:
+        workshop(hub, "end", spec["name"])
+        run("userdel", "--remove", account, check=False)
 
 
 def test_logins_outside_the_window_are_refused_with_the_course_and_its_window(hub, tmp_path):

@@ -1166,6 +1166,7 @@ def assert_workshops_added(config: dict, site: Site) -> None:
         assert config.pop("CourseLogins")["workshops_dir"].endswith("/workshops")
     assert config["WerkbankSlurmSpawner"].pop("workshops_dir").endswith("/workshops")
     assert hub.pop("custom_scopes") == {"custom:werkbank:course-roles": {"description": ANY}}
+    assert set(hub.pop("template_vars")) == {"announcement"}
     assert hub["services"].pop()["name"] == "werkbank-workshop"
     assert hub["load_roles"].pop()["name"] == "werkbank-workshop"
 

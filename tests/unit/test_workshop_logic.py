@@ -203,5 +203,36 @@ def test_codes_are_easy_to_read_and_random():
 def test_the_trainer_role_is_scoped_to_the_course_group():
     role = trainer_role("intro-ml", ["alice"])
     assert role["name"] == "course-intro-ml-trainers" and role["users"] == ["alice"]
-    for scope in role["scopes"]:
-        assert scope == "admin-ui" or scope.endswith("!group=course-intro-ml")
+    assert role["scopes"][:2] == ["access:services!service=werkbank-workshop", "admin-ui"]
+    for scope in role["scopes"][2:]:
+        assert scope.endswith("!group=course-intro-ml")
+
+
+def test_the_hub_pages_show_the_courses_message_escaped_to_its_people_only(tmp_path):
+    from types import SimpleNamespace
+
+    from werkbank_spawner.workshop.announcement import CourseAnnouncement
+
+    store = CourseStore(tmp_path)
+    store.save(record())
+    announce = CourseAnnouncement(str(tmp_path))
+    assert announce(SimpleNamespace(name="intro01")) == ""  # no message yet
+    store.set_broadcast("intro-ml", "Break <script>x</script>", "alice")
+    shown = announce(SimpleNamespace(name="intro01"))
+    assert "Break &lt;script&gt;x&lt;/script&gt;" in shown and "<script>" not in shown
+    assert announce(SimpleNamespace(name="alice")) == shown  # the trainer sees it too
+    assert announce(SimpleNamespace(name="bob")) == "" and announce(None) == ""
+
+
+def test_idle_time_counts_from_the_last_activity_of_a_ready_server():
+    from datetime import timezone
+
+    from werkbank_spawner.workshop.lifecycle import _idle_seconds
+
+    ago = (datetime.now(timezone.utc) - timedelta(minutes=3)).isoformat().replace("+00:00", "Z")
+    ready = {"servers": {"": {"ready": True, "pending": None, "last_activity": ago}}}
+    assert 170 < _idle_seconds(ready) < 200
+    assert (
+        _idle_seconds({"servers": {"": {"ready": False, "pending": "spawn", "last_activity": ago}}}) is None
+    )
+    assert _idle_seconds({"servers": {}}) is None and _idle_seconds(None) is None

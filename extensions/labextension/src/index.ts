@@ -7,6 +7,7 @@
  * - Launcher cards for the lifecycle templates (with their description as tooltip) that copy the
  *   template into the user's workspace and open the copy in this JupyterLab; a card for the
  *   MLflow UI.
+ * - In a workshop, the trainers' messages as notifications (GET werkbank/broadcast).
  *
  * Everything comes from the werkbank server extension: GET werkbank/session (times, settings) and
  * GET werkbank/templates (the catalogue); a copy is POST werkbank/templates/<id>/copy.
@@ -36,6 +37,15 @@ interface ISessionInfo {
   launcher_category: string;
   template_cards: boolean;
   mlflow_card: boolean;
+  course: string;
+}
+
+/** What GET werkbank/broadcast answers: the course's latest message, or {}. */
+interface IBroadcast {
+  course?: string;
+  message?: string;
+  by?: string;
+  at?: string;
 }
 
 /** One template of GET werkbank/templates. */
@@ -212,6 +222,9 @@ const sessionPlugin: JupyterFrontEndPlugin<void> = {
     window.setInterval(tick, 15_000);
     window.setInterval(() => void checkIdle().catch(console.warn), 60_000);
     void checkIdle().catch(console.warn);
+    if (info.course) {
+      watchBroadcasts(info.course);
+    }
     // Slurm's word on the end again now and then (an admin may extend the walltime).
     window.setInterval(async () => {
       try {
@@ -222,6 +235,26 @@ const sessionPlugin: JupyterFrontEndPlugin<void> = {
     }, 300_000);
   }
 };
+
+/** Seconds between two looks for a trainer's message (the server asks the hub at most every 10 s). */
+const BROADCAST_POLL_S = 20;
+
+/** A workshop's trainers' messages as notifications, each once (also across reloads). */
+function watchBroadcasts(course: string): void {
+  const seenKey = `werkbank:broadcast-seen:${course}`;
+  const look = async () => {
+    const latest = await request<IBroadcast>('werkbank/broadcast');
+    if (!latest.message || !latest.at || localStorage.getItem(seenKey) === latest.at) {
+      return;
+    }
+    localStorage.setItem(seenKey, latest.at);
+    Notification.info(`${latest.by ?? 'Your trainer'} (course ${course}): ${latest.message}`, {
+      autoClose: false
+    });
+  };
+  void look().catch(console.warn);
+  window.setInterval(() => void look().catch(console.warn), BROADCAST_POLL_S * 1000);
+}
 
 /** Launcher cards: templates (copy, then open here) and the MLflow UI. */
 const launcherPlugin: JupyterFrontEndPlugin<void> = {

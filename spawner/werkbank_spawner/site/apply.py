@@ -16,9 +16,8 @@ from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
-from ..workshop.hub import SERVICE as WORKSHOP_SERVICE
 from ..workshop.hub import write_token
-from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, trainer_role
+from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
 from .schema import Site, SiteConfigError
 from .services import (
@@ -64,10 +63,14 @@ DEFAULT_SERVER_SCOPES = ("users:activity!user", "access:servers!server")
 SPAWNERS = ("WerkbankSlurmSpawner", "WerkbankLocalSpawner")
 
 
-def apply(c: Config, site: Site, *, config_dir: str | os.PathLike) -> None:
+def apply(
+    c: Config, site: Site, *, config_dir: str | os.PathLike, site_file: str | os.PathLike | None = None
+) -> None:
     """Set the traits ``site`` implies on ``c``. Relative paths in it are taken relative to
-    ``config_dir`` (the site file's folder). Raises :class:`SiteConfigError` for what only the
-    machine can say (MLflow's service account)."""
+    ``config_dir`` (the site file's folder). ``site_file`` (the file itself) is what the trainer
+    console service reads; without it the service does not run (``werkbank-workshop`` on the
+    command line still works). Raises :class:`SiteConfigError` for what only the machine can say
+    (MLflow's service account)."""
     if not isinstance(site, Site):
         raise TypeError(f"apply() takes a validated Site (werkbank_spawner.site.validate), not {type(site)}")
     base = Path(config_dir)
@@ -76,7 +79,7 @@ def apply(c: Config, site: Site, *, config_dir: str | os.PathLike) -> None:
     update_spawners(c, site, base)
     mlflow_services, roles = update_tracking(c, site, base)
     culler, culler_roles = services.culler_service(site.culling)
-    workshop, workshop_roles = update_workshops(c, site, base)
+    workshop, workshop_roles = update_workshops(c, site, base, site_file)
     c.JupyterHub.services = [*mlflow_services, *culler, *workshop]
     c.JupyterHub.load_roles = [*roles, *culler_roles, *workshop_roles]
 
@@ -171,14 +174,18 @@ def update_tracking(c: Config, site: Site, base: Path) -> tuple[list[dict], list
     return managed, roles
 
 
-def update_workshops(c: Config, site: Site, base: Path) -> tuple[list[dict], list[dict]]:
-    """Courses: the login page's course logins, the spawner's course store, the
-    ``werkbank-workshop`` service whose token the CLI uses, and the trainer roles of the courses
-    running now (JupyterHub deletes roles its configuration no longer names at start). Reads the
-    course store; returns the service and the roles."""
+def update_workshops(
+    c: Config, site: Site, base: Path, site_file: str | os.PathLike | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Courses: the login page's course logins, the spawner's course store, the trainers'
+    messages on the hub's pages, the ``werkbank-workshop`` service (the trainer console; its
+    token is also the CLI's), and the trainer roles of the courses running now (JupyterHub
+    deletes roles its configuration no longer names at start). Reads the course store; returns
+    the service and the roles."""
     if not site.workshops.enabled:
         return [], []
     # Imported here: the course store reads course files, whose schema builds on this package.
+    from ..workshop.announcement import CourseAnnouncement
     from ..workshop.store import CourseStore, workshops_dir
 
     store = workshops_dir(data_dir(site, base))
@@ -187,7 +194,8 @@ def update_workshops(c: Config, site: Site, base: Path) -> tuple[list[dict], lis
         c.CourseLogins.workshops_dir = str(store)
     c.WerkbankSlurmSpawner.workshops_dir = str(store)
     c.JupyterHub.custom_scopes = {COURSE_ROLES_SCOPE: {"description": COURSE_ROLES_SCOPE_HELP}}
-    service = {"name": WORKSHOP_SERVICE, "api_token": services.process_secret("workshop")}
+    c.JupyterHub.template_vars = {"announcement": CourseAnnouncement(str(store))}
+    service = services.workshop_service(site, site_file)
     role = {"name": WORKSHOP_SERVICE, "services": [WORKSHOP_SERVICE], "scopes": list(WORKSHOP_SCOPES)}
     trainers = [trainer_role(r.name, r.course.trainers) for r in CourseStore(store).running()]
     return [service], [role, *trainers]

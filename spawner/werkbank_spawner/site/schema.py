@@ -373,6 +373,20 @@ class Workshops(Section):
         "At a course's end, the accounts made for it are locked (homes kept) or deleted with "
         "their homes; either way the participants' work is archived and handed to the trainers.",
     )
+    port: StrictInt = setting(
+        8082,
+        "Port on 127.0.0.1 of the trainer console service (the hub's proxy routes "
+        "<bind_url>/services/werkbank-workshop/ to it).",
+        ge=1,
+        le=65535,
+    )
+    check_every: StrictInt = setting(
+        60,
+        "Seconds between the console service's rounds: stopping participants' servers idle for "
+        "longer than their course's idle_timeout, ending courses whose window has closed.",
+        ge=5,
+        le=3600,
+    )
 
 
 class Site(Section):

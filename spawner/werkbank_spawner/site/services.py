@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from ..tracking import NO_TELEMETRY
 from ..tracking.auth import KEY_ENV
+from ..workshop.roles import WORKSHOP_SERVICE
 from .schema import Culling, Hub, MLflow, Site, SiteConfigError
 
 #: The managed services for MLflow: the authenticating proxy users reach at /services/mlflow/,
@@ -261,6 +262,32 @@ def _mlflow_server_options(mlflow: MLflow, state: Path) -> list[str]:
         "--allowed-hosts",
         ",".join(dict.fromkeys(allowed)),
     ]
+
+
+def workshop_service(site: Site, site_file: str | os.PathLike | None) -> dict:
+    """The trainer console (:mod:`werkbank_spawner.workshop.service`) at
+    ``<hub>/services/werkbank-workshop/``, run as the hub's own account (root: it makes and
+    removes course accounts), with the token ``werkbank-workshop`` on the command line uses too.
+    Without ``site_file`` only the token: the console needs the site file to act."""
+    service = {"name": WORKSHOP_SERVICE, "api_token": process_secret("workshop")}
+    if site_file is None:
+        return service
+    return {
+        **service,
+        "url": f"http://127.0.0.1:{site.workshops.port}",
+        "command": [
+            sys.executable,
+            "-m",
+            "werkbank_spawner.workshop.service",
+            "--site",
+            str(Path(site_file).resolve()),
+            "--check-every",
+            str(site.workshops.check_every),
+        ],
+        "oauth_no_confirm": True,
+        "display": True,
+        "cwd": "/",
+    }
 
 
 def culler_service(culling: Culling) -> tuple[list[dict], list[dict]]:

@@ -230,3 +230,66 @@ def jobs_of(accounts: Sequence[str], squeue: str = "squeue") -> list[str]:
         "DEADLINE",
     )
     return [line for line in out.splitlines() if line.strip() and not line.split()[-1].startswith(ended)]
+
+
+def queue_of(jobs: Sequence[str], squeue: str = "squeue") -> dict[str, dict[str, str]]:
+    """Slurm's word on these jobs: state, node and, for a pending one, the reason."""
+    jobs = [j for j in jobs if j.isdigit()]
+    if not jobs:
+        return {}
+    out = _run(
+        [squeue, "--noheader", f"--jobs={','.join(jobs)}", "--format=%i|%T|%N|%r"],
+        "reading the course's jobs",
+        ok=(0, 1),
+    )
+    found = {}
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            found[parts[0]] = {"state": parts[1], "node": parts[2], "reason": parts[3]}
+    return found
+
+
+def put_aside(account: str, folder: str, aside: str) -> str:
+    """Rename ``~account/folder`` to ``~account/aside``, as the account (root never moves files
+    inside a user's home, where a link could point anywhere); "" when there is no such folder."""
+    (account,) = _checked([account])
+    for name in (folder, aside):
+        if not name or "/" in name or name.startswith("."):
+            raise WorkshopError(f"{name!r} is not a folder name")
+    home = Path(pwd.getpwnam(account).pw_dir)
+    if not (home / folder).is_dir() or (home / folder).is_symlink():
+        return ""
+    _run(
+        [
+            "sudo",
+            "-n",
+            "-u",
+            account,
+            "mv",
+            "--no-target-directory",
+            "--",
+            str(home / folder),
+            str(home / aside),
+        ],
+        f"putting {account}'s {folder} aside",
+    )
+    return aside
+
+
+def archive_folders(names: Iterable[str], folder: str, archive: Path) -> Path | None:
+    """One ``tar.gz`` of ``~<name>/<folder>`` for each account that has it (links are archived as
+    links, never followed); None when nobody has it."""
+    found = []
+    for name in _checked(names):
+        if exists(name):
+            path = Path(pwd.getpwnam(name).pw_dir) / folder
+            if path.is_dir() and not path.is_symlink():
+                found.append((name, path))
+    if not found:
+        return None
+    archive.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, path in found:
+            tar.add(path, arcname=f"{name}/{folder}")
+    return archive

@@ -126,7 +126,9 @@ class Course(Section):
     profile: CourseProfile = section(CourseProfile, "What each participant's server gets, locked.")
     starts: Moment = Field(description="When course accounts start to work (the hub's local time).")
     ends: Moment = Field(description="When the course ends; accounts work until ends + grace.")
-    grace: Amount = setting("1h", "How long after ends participants may still log in and save.")
+    grace: Amount = setting(
+        "1h", "How long after ends participants may still log in and save; 0 for not at all."
+    )
     reservation: StrictBool = setting(False, "A Slurm reservation for the course's accounts and window.")
     material: Material | None = setting(None, "The course's notebooks (nbgitpuller); none: no material.")
     idle_timeout: Amount = setting("30m", "A participant's idle server is stopped after this long.")
@@ -140,6 +142,12 @@ class Course(Section):
     @property
     def prefix(self) -> str:
         return self.account_prefix or self.name.split("-")[0]
+
+    @property
+    def grace_minutes(self) -> int:
+        if self.grace in (0, "0", "0m"):
+            return 0
+        return parse_walltime(self.grace, "grace")
 
     def account_names(self) -> tuple[str, ...]:
         """The participants' accounts: made for the course (``train01``, ...) or listed."""
@@ -175,7 +183,7 @@ def check(course: Course) -> None:
         if not _BRANCH.match(course.material.branch) or ".." in course.material.branch:
             raise SiteConfigError("material.branch", f"{course.material.branch!r} is not a branch name")
     _policy(lambda: parse_walltime(course.idle_timeout, "idle_timeout"))
-    _policy(lambda: parse_walltime(course.grace, "grace"))
+    _policy(lambda: course.grace_minutes)
 
 
 def _check_participants(course: Course) -> None:

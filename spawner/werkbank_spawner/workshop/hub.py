@@ -15,8 +15,6 @@ from .accounts import WorkshopError
 
 #: The file in ``hub.data_dir`` holding the workshop service's API token.
 TOKEN_FILE = "workshop-api-token"
-#: The hub service ``werkbank-workshop`` acts as.
-SERVICE = "werkbank-workshop"
 
 
 def api_url(site: Site) -> str:
@@ -74,6 +72,9 @@ class HubAPI:
 
     def delete_user(self, name: str) -> None:
         self.call("DELETE", f"/users/{quote(name, safe='')}", missing_ok=True)
+
+    def start_server(self, name: str, options: dict) -> None:
+        self.call("POST", f"/users/{quote(name, safe='')}/server", options)
 
     def stop_server(self, name: str) -> None:
         user = self.user(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from werkbank_core.policy import parse_count
@@ -23,6 +23,7 @@ from .accounts import WorkshopError
 from .course import Course
 from .hub import HubAPI
 from .roles import group_name
+from .sessions import COURSE_PROFILE, material_folder
 from .store import CourseRecord, CourseStore
 
 #: Event codes and sheet passwords: letters and digits nobody confuses when read aloud or
@@ -212,3 +213,117 @@ def _wait(done, timeout: float, what: str) -> None:
             raise WorkshopError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(pause)
         pause = min(pause * 2, 2.0)
+
+
+# --- during the course: what the trainer console does ---------------------------------------
+
+
+def status(record: CourseRecord, machine: Machine) -> list[dict]:
+    """Each participant: account, nickname, server (none, pending, running), node, since,
+    last activity and, for a pending job, Slurm's reason."""
+    nicknames = {account: nick for nick, account in machine.store.nicknames(record.name).items()}
+    users = {name: machine.hub.user(name) or {} for name in record.accounts}
+    jobs = {}
+    for name, user in users.items():
+        server = (user.get("servers") or {}).get("") or {}
+        job = (server.get("state") or {}).get("job_id")
+        if job:
+            jobs[job] = name
+    queue = accounts.queue_of(list(jobs), squeue=machine.slurm("squeue"))
+    rows = []
+    for name, user in users.items():
+        server = (user.get("servers") or {}).get("") or {}
+        job = (server.get("state") or {}).get("job_id", "")
+        slurm = queue.get(job, {})
+        state = "none" if not server else ("running" if server.get("ready") else "pending")
+        rows.append(
+            {
+                "account": name,
+                "nickname": nicknames.get(name, ""),
+                "server": state,
+                "job": job,
+                "node": slurm.get("node", ""),
+                "reason": slurm.get("reason", "") if state == "pending" else "",
+                "started": server.get("started") or "",
+                "last_activity": server.get("last_activity") or user.get("last_activity") or "",
+            }
+        )
+    return rows
+
+
+def start_all(record: CourseRecord, machine: Machine) -> list[str]:
+    """Start the course profile for every participant without a server; returns whom."""
+    started = []
+    for name in record.accounts:
+        if not _has_server(machine.hub, name):
+            machine.hub.start_server(name, {"profile": COURSE_PROFILE})
+            started.append(name)
+    return started
+
+
+def stop_all(record: CourseRecord, machine: Machine) -> list[str]:
+    stopped = [name for name in record.accounts if _has_server(machine.hub, name)]
+    for name in stopped:
+        machine.hub.stop_server(name)
+    return stopped
+
+
+def reset_material(record: CourseRecord, account: str) -> str:
+    """Put the participant's copy of the material aside (renamed, never deleted), so that the
+    next pull brings a fresh one; returns the name it was put aside as, or "" if there was none."""
+    if account not in record.accounts:
+        raise WorkshopError(f"{account} takes no part in the course {record.name}")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return accounts.put_aside(
+        account, material_folder(record), f"{material_folder(record)}-before-reset-{stamp}"
+    )
+
+
+def collect(record: CourseRecord, machine: Machine) -> Path | None:
+    """One archive of every participant's course folder (``~/<course>``), kept in the store."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = machine.store.folder / record.name / f"{record.name}-collected-{stamp}.tar.gz"
+    return accounts.archive_folders(record.accounts, material_folder(record), target)
+
+
+def broadcast(record: CourseRecord, machine: Machine, message: str, by: str) -> dict:
+    """A message for the course's participants: JupyterLab shows it as a notification, the hub's
+    pages as an announcement."""
+    text = " ".join(message.split())
+    if not 1 <= len(text) <= MAX_MESSAGE:
+        raise WorkshopError(f"a message has 1 to {MAX_MESSAGE} characters")
+    return machine.store.set_broadcast(record.name, text, by)
+
+
+MAX_MESSAGE = 500
+
+
+# --- housekeeping, every minute or so --------------------------------------------------------
+
+
+def tidy(record: CourseRecord, machine: Machine, log) -> None:
+    """End the course if its window has closed; else stop participants' servers idle for longer
+    than the course's idle timeout."""
+    record = machine.store.get(record.name) or record  # ended meanwhile?
+    if record.ended is not None:
+        return
+    if record.now() > record.closes:
+        log.info("werkbank: course %s closed at %s: ending it", record.name, record.closes)
+        end(record, machine)
+        return
+    for name in record.accounts:
+        idle = _idle_seconds(machine.hub.user(name))
+        if idle is not None and idle > record.idle_seconds:
+            log.info("werkbank: %s's server was idle for %d s: stopping it", name, idle)
+            machine.hub.stop_server(name)
+
+
+def _idle_seconds(user: dict | None) -> float | None:
+    server = ((user or {}).get("servers") or {}).get("")
+    if not server or not server.get("ready") or server.get("pending"):
+        return None
+    last = server.get("last_activity") or server.get("started")
+    if not last:
+        return None
+    moment = datetime.fromisoformat(last.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - moment).total_seconds()

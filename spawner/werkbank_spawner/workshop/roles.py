@@ -6,6 +6,8 @@ roles of running courses at every start (JupyterHub deletes roles that are in ne
 
 from __future__ import annotations
 
+#: The hub service of the trainer console, whose token ``werkbank-workshop`` acts with too.
+WORKSHOP_SERVICE = "werkbank-workshop"
 #: The custom scope allowing to grant and remove course trainer roles: the workshop service's.
 COURSE_ROLES_SCOPE = "custom:werkbank:course-roles"
 COURSE_ROLES_SCOPE_HELP = "Grant and remove the trainer roles of werkbank courses."
@@ -21,10 +23,12 @@ def role_name(course: str) -> str:
 
 
 def trainer_scopes(course: str) -> list[str]:
-    """See the course's participants and their servers on the hub's admin page, start and stop
-    those servers, and open them to help a participant; nothing outside the course's group."""
+    """Use the trainer console; see the course's participants and their servers on the hub's
+    admin page, start and stop those servers, and open them to help a participant; nothing
+    outside the course's group."""
     group = group_name(course)
     return [
+        f"access:services!service={WORKSHOP_SERVICE}",
         "admin-ui",
         f"list:users!group={group}",
         f"read:users!group={group}",

@@ -27,6 +27,7 @@ from .course import Course, validate
 
 COURSE_FILE = "course.json"
 LOGINS_FILE = "logins.json"
+BROADCAST_FILE = "broadcast.json"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class CourseRecord:
     @property
     def closes(self) -> datetime:
         """When course accounts stop working: ``ends`` plus the grace period."""
-        return self.course.ends + timedelta(minutes=parse_walltime(self.course.grace, "grace"))
+        return self.course.ends + timedelta(minutes=self.course.grace_minutes)
 
     @property
     def idle_seconds(self) -> int:
@@ -183,6 +184,26 @@ class CourseStore:
         for record in self.running():
             if account in record.accounts:
                 return record
+        return None
+
+    # -- the trainers' messages (written by the workshop service, read by the hub)
+
+    def set_broadcast(self, name: str, message: str, by: str) -> dict:
+        data = {"course": name, "message": message, "by": by, "at": datetime.now().astimezone().isoformat()}
+        _write(self.folder / name / BROADCAST_FILE, data)
+        return data
+
+    def broadcast(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.folder / name / BROADCAST_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def broadcast_for(self, user: str) -> dict | None:
+        """The latest message of the running course ``user`` takes part in or trains."""
+        for record in self.running():
+            if user in record.accounts or user in record.course.trainers:
+                return self.broadcast(record.name)
         return None
 
     # -- event-code logins (written by the hub only)
