@@ -4,7 +4,7 @@ trainer role. The real hub and Slurm are in tests/integration/test_workshop.py."
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from tornado import web
@@ -225,11 +225,10 @@ def test_the_hub_pages_show_the_courses_message_escaped_to_its_people_only(tmp_p
 
 
 def test_idle_time_counts_from_the_last_activity_of_a_ready_server():
-    from datetime import timezone
 
     from werkbank_spawner.workshop.lifecycle import _idle_seconds
 
-    ago = (datetime.now(timezone.utc) - timedelta(minutes=3)).isoformat().replace("+00:00", "Z")
+    ago = (datetime.now(UTC) - timedelta(minutes=3)).isoformat().replace("+00:00", "Z")
     ready = {"servers": {"": {"ready": True, "pending": None, "last_activity": ago}}}
     assert 170 < _idle_seconds(ready) < 200
     assert (
