@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 TEST_USERS = ("alice", "bob")
+TEST_ADMIN = "werkbank-admin"
 # Their Linux password, for the PAM login test (the demo site's shared password is separate).
 TEST_PASSWORD = "werkbank-" + os.urandom(6).hex()
 HUB_PORT = 18000
@@ -92,7 +93,8 @@ def site_for_tests(
         bind_url=f"http://127.0.0.1:{port}",
         hub_bind_url=f"http://127.0.0.1:{api_port}",
         data_dir=str(data_dir / "hub"),
-        admin_users=[],
+        # A hub admin with no Linux account and no login: tests act as it with its API tokens.
+        admin_users=[TEST_ADMIN],
     )
     site["auth"].update(allowed_users=[*TEST_USERS])
     site["slurm"] = dict(site.get("slurm") or {}, poll_interval=2.0, unreachable_grace=600)

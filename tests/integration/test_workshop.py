@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import VENV_BIN, Hub, job_field, run, squeue, wait_for
+from tests.cluster import TEST_ADMIN, VENV_BIN, Hub, job_field, run, squeue, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -297,9 +297,42 @@ def test_the_console_is_the_trainers_and_the_admins_alone(hub, course):
         ("POST", f"courses/{course['name']}/end"),
     ):
         assert console(hub, method, path, other).status_code == 403
+    # The printable sheet, for the trainers alone: it holds the event code.
+    sheet = httpx.get(
+        f"{hub.url}/services/werkbank-workshop/courses/{course['name']}/sheet.pdf",
+        headers={"Authorization": f"token {trainer}"},
+        timeout=30,
+    )
+    assert sheet.status_code == 200 and sheet.content.startswith(b"%PDF")
+    page = httpx.get(
+        f"{hub.url}/services/werkbank-workshop/courses/{course['name']}/sheet.html",
+        headers={"Authorization": f"token {trainer}"},
+        timeout=30,
+    )
+    assert course["code"] in page.text and f"{hub.url}/hub/login" in page.text
     # Trainers run their courses; only hub admins create courses.
     new = console(hub, "POST", "courses", trainer, json={"course": {"name": "x" * 5}})
     assert new.status_code == 403 and "only hub admins" in new.json()["message"]
+
+
+def test_a_hub_admin_creates_and_ends_a_course_through_the_console(hub, tmp_path):
+    admin = hub.new_token(TEST_ADMIN)
+    _, spec = write_course(tmp_path, participants=1, reservation=False)
+    created = console(hub, "POST", "courses", admin, json={"course": spec})
+    assert created.status_code == 201, created.text
+    assert re.fullmatch(r"[a-z2-9]{4}-[a-z2-9]{4}", created.json()["event_code"])
+    bad = console(hub, "POST", "courses", admin, json={"course": {**spec, "participants": 0}})
+    assert bad.status_code == 400 and "participants" in bad.json()["message"]
+    # The CLI writes the same sheet, for root alone.
+    sheet = workshop(
+        hub, "sheet", spec["name"], "--html", str(tmp_path / "s.html"), "--pdf", str(tmp_path / "s.pdf")
+    )
+    assert sheet.returncode == 0, sheet.stderr
+    assert (tmp_path / "s.pdf").stat().st_mode & 0o077 == 0
+    assert created.json()["event_code"] in (tmp_path / "s.html").read_text()
+    ended = console(hub, "POST", f"courses/{spec['name']}/end", admin)
+    assert ended.status_code == 200 and ended.json()["ended"]
+    run("userdel", "--remove", f"{spec['account_prefix']}01", check=False)
 
 
 def answers_json(url: str) -> bool:

@@ -235,3 +235,29 @@ def test_idle_time_counts_from_the_last_activity_of_a_ready_server():
         _idle_seconds({"servers": {"": {"ready": False, "pending": "spawn", "last_activity": ago}}}) is None
     )
     assert _idle_seconds({"servers": {}}) is None and _idle_seconds(None) is None
+
+
+def test_the_sheet_says_where_how_and_when(tmp_path):
+    from werkbank_spawner.workshop.sheet import sheet_html, sheet_pdf
+
+    event = record()
+    html = sheet_html(event, "https://hub.example.org/")
+    assert "https://hub.example.org/hub/login" in html and "abcd-efgh" in html
+    assert "<svg" in html and "2027-01-20 13:00 to 18:30" in html and "1 GPU · 4 cores · 16 GB · 3 h" in html
+    pdf = sheet_pdf(event, "https://hub.example.org/")
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 1
+    cards = record(
+        event_code="", passwords={f"intro0{i}": f"pw{i}" for i in (1, 2, 3)}, course={"login": "sheet"}
+    )
+    html = sheet_html(cards, "http://127.0.0.1:8000")
+    assert html.count('class="card"') == 3 and "pw3" in html
+    # Five cards: two pages of at most four.
+    five = record(
+        event_code="",
+        passwords={f"intro0{i}": f"pw{i}" for i in range(1, 6)},
+        course={"login": "sheet", "participants": 5},
+    )
+    assert (
+        sheet_pdf(five, "http://x").count(b"/Type /Page") - sheet_pdf(five, "http://x").count(b"/Type /Pages")
+        == 2
+    )

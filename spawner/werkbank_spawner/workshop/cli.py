@@ -6,6 +6,7 @@
     werkbank-workshop create course.yaml --site S    # accounts, reservation, group, trainer role
     werkbank-workshop list --site S
     werkbank-workshop status NAME --site S           # accounts, nicknames, servers
+    werkbank-workshop sheet NAME --site S            # NAME-sheet.html and NAME-sheet.pdf
     werkbank-workshop end NAME --site S              # stop, archive, remove; nothing left
 
 ``--site`` defaults to ``$WERKBANK_SITE_CONFIG``, the file the hub reads. Errors are one line,
@@ -28,6 +29,7 @@ from .accounts import WorkshopError
 from .course import validate
 from .hub import HubAPI
 from .lifecycle import Machine, create, end
+from .sheet import sheet_html, sheet_pdf
 from .store import CourseRecord, CourseStore, workshops_dir
 
 COURSE_FILE_TOP = "course settings (name:, trainers:, ...)"
@@ -42,13 +44,17 @@ def _parser() -> argparse.ArgumentParser:
         ("create", "create the course: accounts, reservation, hub group, trainer role"),
         ("list", "the hub's courses"),
         ("status", "a course's accounts, nicknames and servers"),
+        ("sheet", "write the printable sheet (HTML and PDF) with the hub's address and the logins"),
         ("end", "end a course: stop its servers and jobs, hand out the work, remove what it made"),
     ):
         command = commands.add_parser(name, help=text)
         if name == "create":
             command.add_argument("file", help="the course file")
-        elif name in ("status", "end"):
+        elif name in ("status", "end", "sheet"):
             command.add_argument("name", help="the course's name")
+        if name == "sheet":
+            command.add_argument("--html", help="where to write the HTML sheet (default: NAME-sheet.html)")
+            command.add_argument("--pdf", help="where to write the PDF sheet (default: NAME-sheet.pdf)")
         command.add_argument(
             "--site", default=os.environ.get("WERKBANK_SITE_CONFIG", ""), help="the hub's site file"
         )
@@ -149,6 +155,21 @@ def _end(args, machine: Machine) -> int:
     return 0
 
 
+def _sheet(args, machine: Machine) -> int:
+    record = _record(machine, args.name)
+    hub = machine.site.hub.bind_url
+    for path, text in (
+        (args.html or f"{record.name}-sheet.html", sheet_html(record, hub).encode()),
+        (args.pdf or f"{record.name}-sheet.pdf", sheet_pdf(record, hub)),
+    ):
+        # It holds the logins: readable by whoever runs this (root) alone.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        print(f"wrote {path}")
+    return 0
+
+
 def _record(machine: Machine, name: str) -> CourseRecord:
     record = machine.store.get(name)
     if record is None:
@@ -157,4 +178,4 @@ def _record(machine: Machine, name: str) -> CourseRecord:
     return record
 
 
-COMMANDS = {"create": _create, "list": _list, "status": _status, "end": _end}
+COMMANDS = {"create": _create, "list": _list, "status": _status, "sheet": _sheet, "end": _end}

@@ -14,6 +14,7 @@ REST, under ``api/`` (JSON; cookie-authenticated requests need JupyterHub's XSRF
     GET    api/courses                                   the courses you may run
     POST   api/courses                    {"course": {...}}   create (hub admins)
     GET    api/courses/<name>                            the course and its participants
+    (pages: ``courses/<name>``, the printable ``courses/<name>/sheet.html`` and ``sheet.pdf``)
     POST   api/courses/<name>/servers                    start every participant's server
     DELETE api/courses/<name>/servers                    stop them all
     DELETE api/courses/<name>/participants/<account>/server
@@ -51,6 +52,7 @@ from .accounts import WorkshopError
 from .cli import _machine
 from .course import validate
 from .lifecycle import Machine
+from .sheet import sheet_html, sheet_pdf
 from .store import CourseRecord
 
 log = logging.getLogger("werkbank.workshop")
@@ -81,6 +83,7 @@ class Console:
         handlers = [
             (rf"{p}/?", IndexPage),
             (rf"{p}/courses/{course}/?", CoursePage),
+            (rf"{p}/courses/{course}/sheet\.(?P<kind>html|pdf)", SheetPage),
             (rf"{p}/api/courses/?", CoursesAPI),
             (rf"{p}/api/courses/{course}/?", CourseAPI),
             (rf"{p}/api/courses/{course}/servers/?", ServersAPI),
@@ -341,7 +344,23 @@ class CoursePage(Page):
         record = self.course(name)
         participants = await asyncio.to_thread(lifecycle.status, record, self.machine)
         message = self.machine.store.broadcast(name)
-        self.page(f"Course {record.name}", course_body(record, participants, message))
+        here = f"{self.console.prefix.rstrip('/')}/courses/{record.name}"
+        self.page(f"Course {record.name}", course_body(record, participants, message, here))
+
+
+class SheetPage(Base):
+    """The printable sheet (it holds the course's logins: its trainers and hub admins only)."""
+
+    @web.authenticated
+    async def get(self, name, kind):
+        record = self.course(name)
+        hub = self.machine.site.hub.bind_url
+        if kind == "pdf":
+            self.set_header("Content-Type", "application/pdf")
+            self.set_header("Content-Disposition", f'inline; filename="{record.name}-sheet.pdf"')
+            self.finish(await asyncio.to_thread(sheet_pdf, record, hub))
+        else:
+            self.finish(sheet_html(record, hub))
 
 
 def cells(*html: str) -> str:
@@ -357,6 +376,10 @@ def button(label: str, action: str, style: str = "btn-outline-secondary", **data
     return f'<button class="btn {style}" data-action="{escape(action)}"{extra}>{escape(label)}</button>'
 
 
+def link(label: str, href: str) -> str:
+    return f'<a class="btn btn-outline-secondary" href="{escape(href)}" target="_blank">{escape(label)}</a>'
+
+
 def participant_row(p: dict) -> str:
     account = p["account"]
     actions = button("Stop", f"DELETE participants/{account}/server", "btn-sm btn-outline-danger") + button(
@@ -370,7 +393,8 @@ def participant_row(p: dict) -> str:
     )
 
 
-def course_body(record: CourseRecord, participants: list[dict], message: dict | None) -> str:
+def course_body(record: CourseRecord, participants: list[dict], message: dict | None, here: str) -> str:
+    """The course page's content; ``here`` is the page's own path (links are made from it)."""
     running = sum(p["server"] == "running" for p in participants)
     facts = [record.window(), f"{len(record.accounts)} participants", f"{running} servers running"]
     facts.append(f"partition {record.partition}")
@@ -388,6 +412,8 @@ def course_body(record: CourseRecord, participants: list[dict], message: dict | 
             + button("Start all", "POST servers", "btn-primary")
             + button("Stop all", "DELETE servers", "btn-outline-danger")
             + button("Collect work", "POST collect", download="1")
+            + link("Sheet", f"{here}/sheet.html")
+            + link("Sheet (PDF)", f"{here}/sheet.pdf")
             + button("End course", "POST end", "btn-danger float-end", confirm=confirm)
             + "</div>"
             + BROADCAST_FORM
