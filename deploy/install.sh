@@ -90,6 +90,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         || { echo "install: the Python environment is incomplete" >&2; exit 1; }
     echo "$want" >"$stamp"
 fi
+# rfc3987-syntax (pulled in by jsonschema[format-nongpl] through jupyter-events and nbformat)
+# builds ~35 Earley parsers when imported, and every Jupyter server imports it: 0.6 of the 1.65
+# CPU seconds a session needs to start (measured in a job here). No Jupyter schema uses the
+# "iri" formats it checks, and jsonschema skips them without it. Without it, 30 sessions
+# starting at once in a workshop need 18 CPU seconds less (benchmarks/workshop_burst.py).
+"$VENV/bin/pip" uninstall -y -q rfc3987-syntax 2>&1 | grep -v -e '^WARNING: Location' -e 'not installed' || true
 # The project's packages: editable from this checkout with --dev, otherwise built from it
 # into the environment. Reinstalled when the mode, the checkout or (for an install that is not
 # editable) any file of the package changed; a checkout elsewhere (or a deleted CI clone) must
