@@ -94,17 +94,7 @@ def participant(hub_url: str, nickname: str, code: str, start: float, timeout: f
             if r.status_code not in (302, 303):
                 raise RuntimeError(f"spawn form answered {r.status_code}")
         admin = {"Authorization": f"token {SERVICE_TOKEN}"}
-        deadline = time.monotonic() + timeout
-        while True:
-            model = httpx.get(f"{hub_url}/hub/api/users/{user}", headers=admin, timeout=30).json()
-            server = (model.get("servers") or {}).get("")
-            if server and server.get("ready"):
-                break
-            if not server and time.monotonic() - start > 5:
-                raise RuntimeError("the spawn failed (no server)")
-            if time.monotonic() > deadline:
-                raise RuntimeError("not ready in time")
-            time.sleep(0.25)
+        wait_ready(hub_url, user, admin, timeout)
         attempt.ready = time.monotonic() - start
         token = httpx.post(
             f"{hub_url}/hub/api/users/{user}/tokens", headers=admin, json={"expires_in": 3600}, timeout=30
@@ -116,6 +106,21 @@ def participant(hub_url: str, nickname: str, code: str, start: float, timeout: f
     except Exception as e:  # reported, not raised: a burst counts its failures
         attempt.error = f"{type(e).__name__}: {e}"
     return attempt
+
+
+def wait_ready(hub_url: str, user: str, headers: dict, timeout: float) -> None:
+    """Follow the spawn's progress stream, as the spawn-pending page does (no polling)."""
+    url = f"{hub_url}/hub/api/users/{user}/server/progress"
+    with httpx.stream("GET", url, headers=headers, timeout=timeout) as events:
+        for line in events.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if event.get("ready"):
+                return
+            if event.get("failed"):
+                raise RuntimeError(f"the spawn failed: {event.get('message')}")
+    raise RuntimeError("the progress stream ended before the server was ready")
 
 
 async def run_cell(hub_url: str, user: str, token: str, code: str, timeout: float = 120) -> str:
@@ -203,7 +208,16 @@ class HubSampler(threading.Thread):
                 continue
         return cpu, rss
 
+    @staticmethod
+    def machine_busy() -> tuple[float, float]:
+        """Seconds every core together was busy and was there, from /proc/stat."""
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + fields[4]
+        return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
     def run(self):
+        self.machine_start = self.machine_busy()
         self.cpu_start, _ = self.cpu_and_rss()
         while not self.stop_event.wait(self.interval):
             cpu, rss = self.cpu_and_rss()
@@ -212,6 +226,12 @@ class HubSampler(threading.Thread):
     def stop(self):
         self.stop_event.set()
         self.join()
+        self.machine_end = self.machine_busy()
+
+    def machine_share(self) -> tuple[float, float]:
+        """CPU seconds the whole machine used over the run, and the share of all cores."""
+        busy = self.machine_end[0] - self.machine_start[0]
+        return busy, busy / (self.machine_end[1] - self.machine_start[1])
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -341,6 +361,9 @@ def main(argv=None) -> int:
             f"hub (with proxy and services) over the burst: {cpu:.1f} CPU s "
             f"({100 * cpu / elapsed:.0f} % of one core), peak memory {sampler.rss_peak / 2**20:.0f} MiB"
         )
+        busy, share = sampler.machine_share()
+        cores = os.cpu_count()
+        say(f"the machine over the burst: {busy:.0f} CPU s, {100 * share:.0f} % of its {cores} cores busy")
         stopping = stop_all(hub.url, course)
         say(f"stop all from the trainer console: {stopping:.1f} s until every server was gone")
     finally:

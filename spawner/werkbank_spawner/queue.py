@@ -153,10 +153,15 @@ class SlurmQueue:
         return self._info.get(job_id) if job_id else None
 
     async def wait_for_update(self, timeout: float | None = None) -> None:
-        """Wait until the next refresh completes (or ``timeout`` passes)."""
+        """Wait until the next refresh completes (or ``timeout`` passes).
+
+        ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 the latter returns normally
+        when it is cancelled in the moment the event fires, and a cancelled progress generator
+        that carries on hangs JupyterHub's progress stream (tests/unit/test_queue.py)."""
         event = self._updated
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await event.wait()
         except TimeoutError:
             pass
 

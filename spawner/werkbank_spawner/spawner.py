@@ -582,7 +582,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         """
         while True:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 1)
+                # asyncio.timeout: a cancelled spawn stays cancelled (see SlurmQueue.wait_for_update).
+                async with asyncio.timeout(1):
+                    _, writer = await asyncio.open_connection(address, port)
             except (OSError, TimeoutError):
                 self._raise_if_gone()
                 await asyncio.sleep(0.05)

@@ -144,3 +144,25 @@ async def test_a_hung_sinfo_does_not_hold_up_spawns(tmp_path):
     assert addresses.calls == 2
     for pid in (tmp_path / "pids").read_text().split():  # each sinfo was killed, not waited for
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+async def test_a_cancelled_wait_for_update_stays_cancelled():
+    """JupyterHub's progress stream cancels the spawner's progress generator when the spawn ends;
+    if that generator swallowed the cancellation (asyncio.wait_for on Python 3.11 does when the
+    awaited event fired in the same moment), it would carry on waiting for a next message, the
+    stream with it, and the spawn-pending page would never hear "ready" (seen once in 30 in a
+    workshop burst)."""
+    queue = SlurmQueue(["squeue"])
+
+    async def progress():  # as WerkbankSlurmSpawner.progress waits between its messages
+        while True:
+            await queue.wait_for_update(30)
+
+    generator = asyncio.ensure_future(progress())
+    await asyncio.sleep(0)  # waiting now
+    fired, queue._updated = queue._updated, asyncio.Event()  # a refresh completes, as _query does
+    fired.set()
+    await asyncio.sleep(0)  # ... the wait's inner steps run
+    generator.cancel()  # in the same moment the stream gives up on the generator
+    done, _ = await asyncio.wait([generator], timeout=2)
+    assert done and generator.cancelled()
