@@ -111,8 +111,11 @@ def participant(hub_url: str, nickname: str, code: str, start: float, timeout: f
 def wait_ready(hub_url: str, user: str, headers: dict, timeout: float) -> None:
     """Follow the spawn's progress stream, as the spawn-pending page does (no polling)."""
     url = f"{hub_url}/hub/api/users/{user}/server/progress"
+    deadline = time.monotonic() + timeout
     with httpx.stream("GET", url, headers=headers, timeout=timeout) as events:
-        for line in events.iter_lines():
+        for line in events.iter_lines():  # the hub sends a keepalive line every few seconds
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no 'ready' in the progress stream after {timeout:g} s")
             if not line.startswith("data:"):
                 continue
             event = json.loads(line[5:])
