@@ -136,7 +136,9 @@ async def run_cell(hub_url: str, user: str, token: str, code: str, timeout: floa
     async with httpx.AsyncClient(base_url=f"{hub_url}/user/{user}", headers=headers, timeout=60) as client:
         kernel = (await client.post("/api/kernels", json={"name": "python3"})).json()["id"]
         url = f"{hub_url.replace('http', 'ws', 1)}/user/{user}/api/kernels/{kernel}/channels"
-        ws = await websocket_connect(HTTPRequest(url, headers=headers))
+        ws = await websocket_connect(
+            HTTPRequest(url, headers=headers, connect_timeout=timeout, request_timeout=timeout)
+        )
         msg_id = uuid.uuid4().hex
         await ws.write_message(
             json.dumps(
