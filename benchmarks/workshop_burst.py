@@ -374,7 +374,10 @@ def main(argv=None) -> int:
     finally:
         if course:
             try:
-                workshop(site, "end", course)
+                ended = workshop(site, "end", course)
+                for line in ended.splitlines():  # the trainer's copy of the (empty) work
+                    if "participants' work: " in line:
+                        Path(line.split("participants' work: ", 1)[1].strip()).unlink(missing_ok=True)
             except RuntimeError as e:
                 say(f"cleanup: {e}")
         hub.stop()
