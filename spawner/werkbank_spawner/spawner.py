@@ -415,6 +415,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             timeouts = [course.idle_seconds, *([self.idle_timeout] if self.idle_timeout else [])]
             env["WERKBANK_IDLE_TIMEOUT"] = str(min(timeouts))
             env["WERKBANK_COURSE"] = course.name
+            if course.course.material is not None:
+                # The first page: nbgitpuller brings the material, then JupyterLab opens it.
+                env["JUPYTERHUB_DEFAULT_URL"] = material_url(course)
         if self.job_request is not None:
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
@@ -472,16 +475,6 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             log_dir=self.job_log_dir.replace("{homedir}", home),
             job_name=self.job_name,
         )
-
-    def get_args(self) -> list[str]:
-        """JupyterHub's arguments; a participant of a course with material starts at the
-        nbgitpuller link that brings the material (JupyterLab once it is there)."""
-        args = super().get_args()
-        course = self.course
-        if course is not None and course.course.material is not None:
-            flag = "--SingleUserNotebookApp.default_url="
-            args = [a for a in args if not a.startswith(flag)] + [flag + material_url(course)]
-        return args
 
     def _server_command(self) -> list[str]:
         # No batchspawner-singleuser: the script reports the port itself (script.PORT_REPORT).

@@ -9,69 +9,29 @@ import json
 import os
 import pwd
 import re
-import secrets
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.cluster import TEST_ADMIN, VENV_BIN, Hub, job_field, run, squeue, wait_for
+from tests.cluster import TEST_ADMIN, Hub, job_field, run, squeue, wait_for
+from tests.workshops import (
+    NOTEBOOK,
+    PARTICIPANTS,
+    as_alice,
+    course_login,
+    make_material,
+    workshop,
+    workshop_api,
+    write_course,
+)
 
 pytestmark = pytest.mark.integration
-
-PARTICIPANTS = 5
-
-
-def workshop(hub: Hub, *args: str) -> subprocess.CompletedProcess:
-    """``werkbank-workshop ARGS --site <the hub's site file>`` as the hub's admin (root) runs it."""
-    return run(
-        str(VENV_BIN / "werkbank-workshop"), *args, "--site", hub.env["WERKBANK_SITE_CONFIG"], check=False
-    )
-
-
-def hub_data_dir(hub: Hub) -> Path:
-    return Path(yaml.safe_load(Path(hub.env["WERKBANK_SITE_CONFIG"]).read_text())["hub"]["data_dir"])
-
-
-def workshop_api(hub: Hub, method: str, path: str, **kw) -> httpx.Response:
-    """The hub API with the workshop service's token (which the hub wrote for root)."""
-    token = (hub_data_dir(hub) / "workshop-api-token").read_text().strip()
-    return hub.api(method, path, token=token, **kw)
-
-
-def write_course(tmp_path: Path, **changes) -> tuple[Path, dict]:
-    now = datetime.now().replace(microsecond=0)
-    course = {
-        "name": f"itest-{secrets.token_hex(3)}",
-        "trainers": ["alice"],
-        "participants": PARTICIPANTS,
-        "account_prefix": f"p{secrets.token_hex(2)}x",
-        "profile": {"cpus": 1, "memory": "1G", "walltime": "30m"},
-        "starts": (now - timedelta(minutes=1)).isoformat(),
-        "ends": (now + timedelta(hours=1)).isoformat(),
-        "grace": "10m",
-        "reservation": True,
-        **changes,
-    }
-    path = tmp_path / f"{course['name']}.yaml"
-    path.write_text(yaml.safe_dump(course))
-    return path, course
-
-
-def course_login(hub: Hub, nickname: str, code: str) -> tuple[httpx.Client, httpx.Response]:
-    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
-    client.get("/hub/login")
-    r = client.post(
-        "/hub/login", data={"username": nickname, "password": code, "_xsrf": client.cookies.get("_xsrf", "")}
-    )
-    return client, r
 
 
 def logged_in_as(client: httpx.Client) -> str:
@@ -81,43 +41,13 @@ def logged_in_as(client: httpx.Client) -> str:
     return r.json()["name"]
 
 
-def as_alice(*argv: str, cwd: Path | None = None) -> None:
-    """A git command as the trainer, who owns the course's material."""
-    run(
-        "sudo",
-        "-u",
-        "alice",
-        "git",
-        "-c",
-        "user.name=Alice",
-        "-c",
-        "user.email=alice@example.org",
-        *argv,
-        cwd=cwd,
-    )
-
-
-NOTEBOOK = '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n'
-
-
 @pytest.fixture(scope="module")
 def material():
     """The trainer's repository of course material on the cluster (a path, as at an HPC centre),
     with a working copy to push fixes from during the course."""
-    root = Path(tempfile.mkdtemp(prefix="werkbank-material-"))
-    os.chmod(root, 0o755)
-    shutil.chown(root, "alice")
-    repo, work = root / "course.git", root / "work"
-    as_alice("init", "--quiet", "--bare", "--initial-branch=main", str(repo))
-    as_alice("clone", "--quiet", str(repo), str(work))
-    (work / "lesson.ipynb").write_text(NOTEBOOK)
-    (work / "README.md").write_text("Welcome\n")
-    run("chown", "-R", "alice", str(work))
-    as_alice("add", ".", cwd=work)
-    as_alice("commit", "--quiet", "-m", "lesson 1", cwd=work)
-    as_alice("push", "--quiet", "origin", "main", cwd=work)
-    yield {"repo": str(repo), "work": work}
-    shutil.rmtree(root, ignore_errors=True)
+    made = make_material()
+    yield made
+    shutil.rmtree(made["root"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +146,7 @@ def test_material_arrives_and_a_participants_edit_survives_a_re_pull(hub, course
         hub.spawn(participant, {"profile": "course"})
         hub.wait_ready(participant)
     # The server opens at the nbgitpuller link that brings the material.
-    first_page = job_argument(hub.job_id(participant), "--SingleUserNotebookApp.default_url=")
+    first_page = job_environment(hub.job_id(participant))["JUPYTERHUB_DEFAULT_URL"]
     assert first_page.startswith("/git-pull?repo=") and f"targetpath={course['name']}" in first_page
     token = hub.new_token(participant)
     pull(hub, participant, token, course)
@@ -250,17 +180,18 @@ def test_material_arrives_and_a_participants_edit_survives_a_re_pull(hub, course
     assert (folder / "README.md").read_text() == "Welcome, with a fix\n"
 
 
-def job_argument(job_id: str, prefix: str) -> str:
-    """The value of an argument of the job's jupyterhub-singleuser (read from /proc as root)."""
+def job_environment(job_id: str) -> dict[str, str]:
+    """The environment of the job's jupyterhub-singleuser (read from /proc as root)."""
     for line in run("scontrol", "listpids", job_id).stdout.splitlines()[1:]:
+        pid = line.split()[0]
         try:
-            argv = Path(f"/proc/{line.split()[0]}/cmdline").read_bytes().decode().split("\0")
+            if b"jupyterhub-singleuser" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
         except OSError:
             continue
-        for arg in argv:
-            if arg.startswith(prefix):
-                return arg[len(prefix) :]
-    raise AssertionError(f"no {prefix} in job {job_id}")
+        return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+    raise AssertionError(f"no jupyterhub-singleuser in job {job_id}")
 
 
 def console(hub: Hub, method: str, path: str, token: str, **kw) -> httpx.Response:

@@ -111,17 +111,21 @@ def remove_account(name: str) -> None:
 
 def archive_homes(names: Iterable[str], archive: Path) -> Path | None:
     """One ``tar.gz`` of these accounts' homes (the files a participant made, without the
-    hidden ones at the top: caches, logs, settings); None when there is nothing to archive."""
+    hidden ones at the top: caches, logs, settings); None when nobody made anything."""
     homes = [(n, Path(pwd.getpwnam(n).pw_dir)) for n in _checked(names) if exists(n)]
-    homes = [(n, h) for n, h in homes if h.is_dir()]
-    if not homes:
+    work = [
+        (name, entry)
+        for name, home in homes
+        if home.is_dir()
+        for entry in sorted(home.iterdir())
+        if not entry.name.startswith(".")
+    ]
+    if not work:
         return None
     archive.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
-        for name, home in homes:
-            for entry in sorted(home.iterdir()):
-                if not entry.name.startswith("."):
-                    tar.add(entry, arcname=f"{name}/{entry.name}")
+        for name, entry in work:
+            tar.add(entry, arcname=f"{name}/{entry.name}")
     return archive
 
 

@@ -363,6 +363,10 @@ class SheetPage(Base):
             self.finish(sheet_html(record, hub))
 
 
+def counted(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def cells(*html: str) -> str:
     return "".join(f"<td>{h}</td>" for h in html)
 
@@ -396,7 +400,11 @@ def participant_row(p: dict) -> str:
 def course_body(record: CourseRecord, participants: list[dict], message: dict | None, here: str) -> str:
     """The course page's content; ``here`` is the page's own path (links are made from it)."""
     running = sum(p["server"] == "running" for p in participants)
-    facts = [record.window(), f"{len(record.accounts)} participants", f"{running} servers running"]
+    facts = [
+        record.window(),
+        counted(len(record.accounts), "participant"),
+        f"{counted(running, 'server')} running",
+    ]
     facts.append(f"partition {record.partition}")
     if record.reservation:
         facts.append(f"reservation {record.reservation}")
