@@ -113,19 +113,27 @@ def archive_homes(names: Iterable[str], archive: Path) -> Path | None:
     """One ``tar.gz`` of these accounts' homes (the files a participant made, without the
     hidden ones at the top: caches, logs, settings); None when nobody made anything."""
     homes = [(n, Path(pwd.getpwnam(n).pw_dir)) for n in _checked(names) if exists(n)]
-    work = [
-        (name, entry)
-        for name, home in homes
-        if home.is_dir()
-        for entry in sorted(home.iterdir())
-        if not entry.name.startswith(".")
-    ]
-    if not work:
+    return write_archive(
+        archive,
+        [
+            (entry, f"{name}/{entry.name}")
+            for name, home in homes
+            if home.is_dir()
+            for entry in sorted(home.iterdir())
+            if not entry.name.startswith(".")
+        ],
+    )
+
+
+def write_archive(archive: Path, entries: list[tuple[Path, str]]) -> Path | None:
+    """``archive`` (tar.gz, in a folder of root's alone) of ``(path, name in the archive)``;
+    links are archived as links, never followed. None, and no file, without entries."""
+    if not entries:
         return None
     archive.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
-        for name, entry in work:
-            tar.add(entry, arcname=f"{name}/{entry.name}")
+        for path, name in entries:
+            tar.add(path, arcname=name)
     return archive
 
 
@@ -289,11 +297,5 @@ def archive_folders(names: Iterable[str], folder: str, archive: Path) -> Path | 
         if exists(name):
             path = Path(pwd.getpwnam(name).pw_dir) / folder
             if path.is_dir() and not path.is_symlink():
-                found.append((name, path))
-    if not found:
-        return None
-    archive.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, path in found:
-            tar.add(path, arcname=f"{name}/{folder}")
-    return archive
+                found.append((path, f"{name}/{folder}"))
+    return write_archive(archive, found)
