@@ -1198,3 +1198,27 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
         now, before = config[spawner].pop("policy_config"), recorded[spawner].pop("policy_config")
         assert policy_from_dict(now) == policy_from_dict(before)
     assert config == recorded
+
+
+def test_launch_links():
+    from werkbank_spawner.site.links import launch_link
+
+    site = validate(with_value(load(DEMO_SITE), "hub.bind_url", "https://hub.example.org/jhub/"))
+    assert launch_link(site, "gpu1", template="03-training") == (
+        "https://hub.example.org/jhub/hub/spawn?profile=gpu1"
+        "&next=%2Fjhub%2Fhub%2Fuser-redirect%2Fwerkbank%2Fopen%2F03-training"
+    )
+    assert launch_link(site, "cpu", path="course/intro 1.ipynb").endswith(
+        "next=%2Fjhub%2Fhub%2Fuser-redirect%2Flab%2Ftree%2Fcourse%2Fintro%25201.ipynb"
+    )
+    assert launch_link(site, "cpu").endswith("next=%2Fjhub%2Fhub%2Fuser-redirect%2Flab")
+    for kwargs, where in (
+        ({"profile": "gpu9"}, "profile"),
+        ({"profile": "cpu", "template": "../x"}, "template"),
+        ({"profile": "cpu", "path": "/etc/passwd"}, "path"),
+        ({"profile": "cpu", "path": "a/../../b"}, "path"),
+        ({"profile": "cpu", "template": "01-onboarding", "path": "x.ipynb"}, "open"),
+    ):
+        with pytest.raises(SiteConfigError) as info:
+            launch_link(site, **kwargs)
+        assert info.value.path == where
