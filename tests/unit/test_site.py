@@ -1203,7 +1203,8 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
 def test_launch_links():
     from werkbank_spawner.site.links import launch_link
 
-    site = validate(with_value(load(DEMO_SITE), "hub.bind_url", "https://hub.example.org/jhub/"))
+    site = with_value(load(DEMO_SITE), "hub.bind_url", "https://hub.example.org/jhub/")
+    site = validate(with_value(site, "auth", {"type": "pam"}))
     assert launch_link(site, "gpu1", template="03-training") == (
         "https://hub.example.org/jhub/hub/spawn?profile=gpu1"
         "&next=%2Fjhub%2Fhub%2Fuser-redirect%2Fwerkbank%2Fopen%2F03-training"
