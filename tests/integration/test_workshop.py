@@ -316,12 +316,34 @@ def test_a_broadcast_reaches_the_participants_jupyterlab_and_hub_pages(hub, cour
         assert "Break until 15:00" not in bob.get("/hub/home").text
 
 
+def test_the_console_refuses_cookie_requests_without_the_xsrf_token(hub, course):
+    """A page elsewhere on the hub's origin (or another site) can make a trainer's browser send
+    the console's cookie, not its XSRF token: such a change is refused."""
+    with closing(login_as(hub, "alice")) as browser:
+        page = browser.get(f"/services/werkbank-workshop/courses/{course['name']}")
+        assert page.status_code == 200 and "werkbank-participants" in page.text
+        token = re.search(r'data-xsrf="([^"]+)"', page.text).group(1)
+        url = f"/services/werkbank-workshop/api/courses/{course['name']}/broadcast"
+        for headers in ({}, {"X-XSRFToken": "forged"}):
+            forged = browser.post(url, json={"message": "forged"}, headers=headers)
+            assert forged.status_code == 403, forged.text
+        sent = browser.post(url, json={"message": "from the console"}, headers={"X-XSRFToken": token})
+        assert sent.status_code == 200, sent.text
+    assert "forged" not in json.dumps(
+        console(hub, "GET", f"courses/{course['name']}", hub.new_token("alice")).json()
+    )
+
+
 def login_as_bob(hub: Hub) -> httpx.Client:
+    return login_as(hub, "bob")
+
+
+def login_as(hub: Hub, user: str) -> httpx.Client:
     client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
     client.get("/hub/login")
     client.post(
         "/hub/login",
-        data={"username": "bob", "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
+        data={"username": user, "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
     )
     return client
 
