@@ -323,6 +323,9 @@ def test_the_console_refuses_cookie_requests_without_the_xsrf_token(hub, course)
         page = browser.get(f"/services/werkbank-workshop/courses/{course['name']}")
         assert page.status_code == 200 and "werkbank-participants" in page.text
         token = re.search(r'data-xsrf="([^"]+)"', page.text).group(1)
+        # The console's XSRF cookie is its own: at "/" it would shadow JupyterLab's and the hub's.
+        paths = {c.path for c in browser.cookies.jar if c.name == "_xsrf"}
+        assert "/services/werkbank-workshop/" in paths and "/" not in paths, paths
         url = f"/services/werkbank-workshop/api/courses/{course['name']}/broadcast"
         for headers in ({}, {"X-XSRFToken": "forged"}):
             forged = browser.post(url, json={"message": "forged"}, headers=headers)

@@ -98,6 +98,9 @@ class Console:
         return web.Application(
             [(h[0], h[1], h[2] if len(h) > 2 else {"console": self}) for h in handlers],
             cookie_secret=os.urandom(32),
+            # The XSRF cookie for this service's pages only: at "/" (tornado's default) it would
+            # shadow JupyterLab's and the hub's own _xsrf cookies on the same origin.
+            xsrf_cookie_kwargs={"path": self.prefix},
         )
 
     async def housekeeping(self, every: float) -> None:
@@ -154,10 +157,8 @@ class Base(HubOAuthenticated, web.RequestHandler):
 
 
 class API(Base):
-    def check_xsrf_cookie(self):
-        # HubOAuth checks it for cookie-authenticated requests (patched in by HubOAuthenticated);
-        # token-authenticated API clients need none.
-        return super().check_xsrf_cookie()
+    """JSON in and out. A cookie-authenticated request counts only with the XSRF token the pages
+    carry (HubOAuth calls tornado's check); token-authenticated clients need none."""
 
     def json_body(self) -> dict:
         try:
