@@ -177,6 +177,7 @@ def test_participant_course_needs_the_listing_and_the_group(tmp_path):
     assert participant_course(store, "intro01", ["course-intro-ml"]).name == "intro-ml"
     assert participant_course(store, "intro01", []) is None  # removed from the group: the site's policy
     assert participant_course(store, "alice", ["course-intro-ml"]) is None
+    assert participant_course(store, "intro01", ["course-../intro-ml", "course-"]) is None
 
 
 def test_partition_from_the_sites_profiles():

@@ -23,7 +23,7 @@ from pathlib import Path
 from werkbank_core.policy import parse_walltime
 
 from ..site.services import workshops_dir  # noqa: F401  (where the store is)
-from .course import Course, validate
+from .course import COURSE_NAME, Course, validate
 
 COURSE_FILE = "course.json"
 LOGINS_FILE = "logins.json"
@@ -144,6 +144,8 @@ class CourseStore:
         return sorted(p.parent.name for p in self.folder.glob(f"*/{COURSE_FILE}"))
 
     def get(self, name: str) -> CourseRecord | None:
+        if not COURSE_NAME.match(name):  # e.g. a hub group named course-<anything>
+            return None
         try:
             data = json.loads((self.folder / name / COURSE_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
