@@ -228,6 +228,18 @@ class Hub:
         return state.get("job_id", "")
 
 
+def login(hub: Hub, user: str, password: str = "werkbank-demo") -> httpx.Client:
+    """A browser-like client logged in to the hub's login form as ``user`` (the test site's
+    shared password by default); it follows redirects and keeps cookies."""
+    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=60)
+    client.get("/hub/login")
+    r = client.post(
+        "/hub/login", data={"username": user, "password": password, "_xsrf": client.cookies.get("_xsrf", "")}
+    )
+    assert r.status_code == 200, r.text[:500]
+    return client
+
+
 def make_hub(
     workdir: Path,
     *,

@@ -9,26 +9,14 @@ from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from tests.cluster import VENV_BIN, Hub, run, squeue, wait_for
+from tests.cluster import VENV_BIN, Hub, login, run, squeue, wait_for
 
 pytestmark = pytest.mark.integration
 
 USER = "bob"
 SITE_CLI = str(VENV_BIN / "werkbank-site")
-
-
-def login(hub: Hub, user: str) -> httpx.Client:
-    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=60)
-    client.get("/hub/login")
-    r = client.post(
-        "/hub/login",
-        data={"username": user, "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
-    )
-    assert r.status_code == 200, r.text[:300]
-    return client
 
 
 def link(hub: Hub, *args: str) -> str:

@@ -15,10 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import MLFLOW_PORT, MLFLOW_PROXY_PORT, SERVICE_TOKEN, Hub, run, wait_for
+from tests.cluster import MLFLOW_PORT, MLFLOW_PROXY_PORT, SERVICE_TOKEN, Hub, login, run, wait_for
 
 from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
-from .test_spawn import login
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from contextlib import closing, contextmanager
 import httpx
 import pytest
 
-from tests.cluster import DEPLOY, SERVICE_TOKEN, Hub, job_field, run, squeue, wait_for
+from tests.cluster import DEPLOY, SERVICE_TOKEN, Hub, job_field, login, run, squeue, wait_for
 
 from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
 
@@ -170,17 +170,6 @@ def test_group_limits_apply(hub):
         assert "04:00:00 requested, your limit is 02:00:00" in r.json()["message"]
     finally:
         hub.api("DELETE", "/groups/workshop")
-
-
-def login(hub: Hub, user: str) -> httpx.Client:
-    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
-    client.get("/hub/login")
-    r = client.post(
-        "/hub/login",
-        data={"username": user, "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
-    )
-    assert r.status_code == 200, r.text[:500]
-    return client
 
 
 def test_spawn_page_lists_profiles_and_shows_errors(hub):

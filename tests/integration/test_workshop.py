@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster import TEST_ADMIN, Hub, job_field, run, squeue, wait_for
+from tests.cluster import TEST_ADMIN, Hub, job_field, login, run, squeue, wait_for
 from tests.workshops import (
     NOTEBOOK,
     PARTICIPANTS,
@@ -30,6 +30,8 @@ from tests.workshops import (
     workshop_api,
     write_course,
 )
+
+from .test_spawn import job_environ
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +148,7 @@ def test_material_arrives_and_a_participants_edit_survives_a_re_pull(hub, course
         hub.spawn(participant, {"profile": "course"})
         hub.wait_ready(participant)
     # The server opens at the nbgitpuller link that brings the material.
-    first_page = job_environment(hub.job_id(participant))["JUPYTERHUB_DEFAULT_URL"]
+    first_page = job_environ(hub.job_id(participant))["JUPYTERHUB_DEFAULT_URL"]
     assert first_page.startswith("/git-pull?repo=") and f"targetpath={course['name']}" in first_page
     token = hub.new_token(participant)
     pull(hub, participant, token, course)
@@ -178,20 +180,6 @@ def test_material_arrives_and_a_participants_edit_survives_a_re_pull(hub, course
     assert "".join(json.loads((folder / "lesson.ipynb").read_text())["cells"][0]["source"]) == "my notes"
     assert (folder / "lesson2.ipynb").exists()
     assert (folder / "README.md").read_text() == "Welcome, with a fix\n"
-
-
-def job_environment(job_id: str) -> dict[str, str]:
-    """The environment of the job's jupyterhub-singleuser (read from /proc as root)."""
-    for line in run("scontrol", "listpids", job_id).stdout.splitlines()[1:]:
-        pid = line.split()[0]
-        try:
-            if b"jupyterhub-singleuser" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
-        except OSError:
-            continue
-        return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
-    raise AssertionError(f"no jupyterhub-singleuser in job {job_id}")
 
 
 def console(hub: Hub, method: str, path: str, token: str, **kw) -> httpx.Response:
@@ -312,14 +300,14 @@ def test_a_broadcast_reaches_the_participants_jupyterlab_and_hub_pages(hub, cour
     with closing(client):
         home = client.get("/hub/home").text
     assert "Break until 15:00 &lt;b&gt;!&lt;/b&gt;" in home and 'id="werkbank-broadcast"' in home
-    with closing(login_as_bob(hub)) as bob:
+    with closing(login(hub, "bob")) as bob:
         assert "Break until 15:00" not in bob.get("/hub/home").text
 
 
 def test_the_console_refuses_cookie_requests_without_the_xsrf_token(hub, course):
     """A page elsewhere on the hub's origin (or another site) can make a trainer's browser send
     the console's cookie, not its XSRF token: such a change is refused."""
-    with closing(login_as(hub, "alice")) as browser:
+    with closing(login(hub, "alice")) as browser:
         page = browser.get(f"/services/werkbank-workshop/courses/{course['name']}")
         assert page.status_code == 200 and "werkbank-participants" in page.text
         token = re.search(r'data-xsrf="([^"]+)"', page.text).group(1)
@@ -335,20 +323,6 @@ def test_the_console_refuses_cookie_requests_without_the_xsrf_token(hub, course)
     assert "forged" not in json.dumps(
         console(hub, "GET", f"courses/{course['name']}", hub.new_token("alice")).json()
     )
-
-
-def login_as_bob(hub: Hub) -> httpx.Client:
-    return login_as(hub, "bob")
-
-
-def login_as(hub: Hub, user: str) -> httpx.Client:
-    client = httpx.Client(base_url=hub.url, follow_redirects=True, timeout=30)
-    client.get("/hub/login")
-    client.post(
-        "/hub/login",
-        data={"username": user, "password": "werkbank-demo", "_xsrf": client.cookies.get("_xsrf", "")},
-    )
-    return client
 
 
 def test_start_all_collect_reset_and_stop_all_from_the_console(hub, course):
