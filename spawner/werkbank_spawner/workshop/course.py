@@ -30,6 +30,7 @@ from werkbank_core.policy import (
     MAX_CPUS,
     MAX_GPUS,
     PolicyError,
+    describe,
     parse_count,
     parse_memory,
     parse_name,
@@ -94,6 +95,29 @@ class CourseProfile(Section):
     walltime: Amount = setting("1h", "Time limit of a participant's server, e.g. 3h.")
     partition: StrictStr = setting("", "Slurm partition; empty: the site's first profile with these GPUs.")
 
+    # The values as numbers, parsed as the course file's check parsed them (PolicyError here
+    # only for a profile that never passed :func:`check`).
+
+    @property
+    def gpu_count(self) -> int:
+        return parse_count(self.gpus, "profile.gpus", minimum=0, maximum=MAX_GPUS)
+
+    @property
+    def cpu_count(self) -> int:
+        return parse_count(self.cpus, "profile.cpus", minimum=1, maximum=MAX_CPUS)
+
+    @property
+    def memory_mb(self) -> int:
+        return parse_memory(self.memory, "profile.memory")
+
+    @property
+    def walltime_min(self) -> int:
+        return parse_walltime(self.walltime, "profile.walltime")
+
+    def describe(self) -> str:
+        """``1 GPU · 4 cores · 16 GB · 3 h``, as the spawn page labels resources."""
+        return describe(self.gpu_count, self.cpu_count, self.memory_mb, self.walltime_min)
+
 
 class Material(Section):
     """The course's notebooks, pulled into each participant's home with nbgitpuller."""
@@ -144,6 +168,10 @@ class Course(Section):
         return self.account_prefix or self.name.split("-")[0]
 
     @property
+    def idle_minutes(self) -> int:
+        return parse_walltime(self.idle_timeout, "idle_timeout")
+
+    @property
     def grace_minutes(self) -> int:
         if self.grace in (0, "0", "0m"):
             return 0
@@ -182,7 +210,7 @@ def check(course: Course) -> None:
             raise SiteConfigError("material.repo", f"{course.material.repo!r}: a path (/...) or a git URL")
         if not _BRANCH.match(course.material.branch) or ".." in course.material.branch:
             raise SiteConfigError("material.branch", f"{course.material.branch!r} is not a branch name")
-    _policy(lambda: parse_walltime(course.idle_timeout, "idle_timeout"))
+    _policy(lambda: course.idle_minutes)
     _policy(lambda: course.grace_minutes)
 
 
@@ -224,10 +252,8 @@ def _check_window(course: Course) -> None:
 
 def _check_profile(course: Course) -> None:
     p = course.profile
-    _policy(lambda: parse_count(p.gpus, "profile.gpus", minimum=0, maximum=MAX_GPUS))
-    _policy(lambda: parse_count(p.cpus, "profile.cpus", minimum=1, maximum=MAX_CPUS))
-    _policy(lambda: parse_memory(p.memory, "profile.memory"))
-    _policy(lambda: parse_walltime(p.walltime, "profile.walltime"))
+    for value in ("gpu_count", "cpu_count", "memory_mb", "walltime_min"):
+        _policy(lambda value=value: getattr(p, value))
     if p.partition:
         _policy(lambda: parse_name(p.partition, "profile.partition"))
 

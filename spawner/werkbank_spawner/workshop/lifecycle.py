@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from werkbank_core.policy import parse_count
+from werkbank_core.policy import MAX_GPUS, parse_count
 
 from ..site.schema import Site
 from . import accounts
@@ -53,9 +53,10 @@ def course_partition(course: Course, site: Site) -> str:
     """The course's partition, or the site's first profile's with the course's GPUs."""
     if course.profile.partition:
         return course.profile.partition
-    gpus = parse_count(course.profile.gpus, "gpus", minimum=0, maximum=1024)
+    gpus = course.profile.gpu_count
     for profile in site.profiles:
-        if parse_count(profile.gpus, "gpus", minimum=0, maximum=1024) >= gpus and (gpus or not profile.gpus):
+        offered = parse_count(profile.gpus, "gpus", minimum=0, maximum=MAX_GPUS)
+        if offered >= gpus and (gpus or not offered):
             return profile.partition
     raise WorkshopError(f"profile: no site profile offers {gpus} GPUs; name a partition")
 
@@ -131,7 +132,7 @@ def _make(record: CourseRecord, machine: Machine) -> CourseRecord:
     if course.reservation:
         record = replace(record, reservation=group_name(course.name))
         machine.store.save(record)
-        cores = len(names) * parse_count(course.profile.cpus, "cpus", minimum=1, maximum=4096)
+        cores = len(names) * course.profile.cpu_count
         accounts.create_reservation(
             record.reservation,
             names,

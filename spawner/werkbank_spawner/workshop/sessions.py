@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from urllib.parse import urlencode
 
-from werkbank_core.policy import Limits, Policy, Profile, describe, parse_count, parse_memory, parse_walltime
+from werkbank_core.policy import Limits, Policy, Profile, describe
 
 from .roles import group_name
 from .store import CourseRecord, CourseStore
@@ -34,10 +34,8 @@ def course_policy(record: CourseRecord, at: datetime | None = None) -> Policy:
     p = record.course.profile
     at = at or record.now()
     left = int((record.closes - at).total_seconds() // 60)
-    walltime = max(1, min(parse_walltime(p.walltime), left))
-    gpus = parse_count(p.gpus, "gpus", minimum=0, maximum=1024)
-    cpus = parse_count(p.cpus, "cpus", minimum=1, maximum=4096)
-    memory = parse_memory(p.memory)
+    walltime = max(1, min(p.walltime_min, left))
+    gpus, cpus, memory = p.gpu_count, p.cpu_count, p.memory_mb
     profile = Profile(
         name=COURSE_PROFILE,
         partition=record.partition,

@@ -20,8 +20,6 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 
-from werkbank_core.policy import describe, parse_count, parse_memory, parse_walltime
-
 from .store import CourseRecord
 
 #: Cards per A4 page with per-participant logins.
@@ -48,13 +46,6 @@ def logins(record: CourseRecord) -> list[Login]:
     if record.passwords:
         return [Login(name, password) for name, password in record.passwords.items()]
     return [Login(name, "your own password") for name in record.accounts]
-
-
-def resources(record: CourseRecord) -> str:
-    p = record.course.profile
-    gpus = parse_count(p.gpus, "gpus", minimum=0, maximum=1024)
-    cpus = parse_count(p.cpus, "cpus", minimum=1, maximum=4096)
-    return describe(gpus, cpus, parse_memory(p.memory), parse_walltime(p.walltime))
 
 
 def qr(text: str, size: float) -> Drawing:
@@ -85,7 +76,7 @@ def sheet_html(record: CourseRecord, hub_url: str) -> str:
  @media print {{ body {{ margin: 0; }} .card {{ page-break-inside: avoid; }} }}
 </style></head><body>
 <h1>Course {escape(record.name)}</h1>
-<p>{escape(record.window())} · each participant gets {escape(resources(record))}</p>
+<p>{escape(record.window())} · each participant gets {escape(record.course.profile.describe())}</p>
 {cards}
 <p>Your work stays in your home folder{_material_note(record)}. Save it before the course ends:
 course accounts stop working at {escape(f"{record.closes:%H:%M on %Y-%m-%d}")}.</p>
@@ -119,13 +110,12 @@ def sheet_pdf(record: CourseRecord, hub_url: str) -> bytes:
     canvas.setTitle(f"Course {record.name}")
     _, height = A4
     cards = logins(record)
+    gets = record.course.profile.describe()
     for page in range(0, len(cards), CARDS_PER_PAGE):
         canvas.setFont("Helvetica-Bold", 18)
         canvas.drawString(20 * mm, height - 20 * mm, f"Course {record.name}")
         canvas.setFont("Helvetica", 10)
-        canvas.drawString(
-            20 * mm, height - 27 * mm, f"{record.window()} · each participant gets {resources(record)}"
-        )
+        canvas.drawString(20 * mm, height - 27 * mm, f"{record.window()} · each participant gets {gets}")
         canvas.drawString(
             20 * mm,
             height - 32 * mm,

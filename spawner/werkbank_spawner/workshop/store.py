@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from werkbank_core.policy import parse_walltime
-
 from ..site.services import workshops_dir  # noqa: F401  (where the store is)
 from .course import COURSE_NAME, Course, validate
 
@@ -72,7 +70,7 @@ class CourseRecord:
     @property
     def idle_seconds(self) -> int:
         """After how long without activity a participant's server is stopped."""
-        return 60 * parse_walltime(self.course.idle_timeout, "idle_timeout")
+        return 60 * self.course.idle_minutes
 
     def now(self) -> datetime:
         """The current time as the course's times are written (the hub's local time unless they
