@@ -192,9 +192,9 @@ class BroadcastHandler(APIHandler):
     @web.authenticated
     def get(self):
         user = self.current_user
-        folder = getattr(getattr(user, "spawner", None), "workshops_dir", "") if user else ""
         if user is None or not hasattr(user, "spawners"):
             raise web.HTTPError(403, "a user's token only")
+        folder = getattr(user.spawner, "workshops_dir", "")
         message = CourseStore(folder).broadcast_for(user.name) if folder else None
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(message or {}))

@@ -155,11 +155,11 @@ class SessionSetup(LoggingConfigurable):
 
 def validate_user_options(spawner: WerkbankSlurmSpawner, user_options: dict) -> None:
     """JupyterHub's ``apply_user_options`` hook: validate, or answer 400 with the reason."""
+    course = spawner.course
     try:
-        request = spawner.user_policy.validate(user_options or {}, spawner.user_groups)
+        request = spawner.policy_for(course).validate(user_options or {}, spawner.user_groups)
     except PolicyError as e:
         raise web.HTTPError(400, f"Invalid server options: {e}") from None
-    course = spawner.course
     spawner.job_request = replace(request, reservation=course.reservation) if course else request
 
 
@@ -361,7 +361,10 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     @property
     def user_policy(self) -> Policy:
         """What this user may choose: their open course's profile, or the site's policy."""
-        course = self.course
+        return self.policy_for(self.course)
+
+    def policy_for(self, course: CourseRecord | None) -> Policy:
+        """The policy for this user when :attr:`course` is ``course`` (read once by the caller)."""
         return course_policy(course) if course is not None else self.policy
 
     def _slurm_env(self) -> dict[str, str]:
@@ -422,7 +425,7 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             env["WERKBANK_PROFILE"] = self.job_request.describe()
         # For `werkbank submit` in the session: the profiles and limits of this user only.
         env["WERKBANK_POLICY"] = json.dumps(
-            self.user_policy.view_for(self.user_groups), separators=(",", ":")
+            self.policy_for(course).view_for(self.user_groups), separators=(",", ":")
         )
         if self.slurm_conf:
             env["SLURM_CONF"] = self.slurm_conf

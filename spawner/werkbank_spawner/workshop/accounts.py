@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from werkbank_core.script import USERNAME
-from werkbank_core.slurm import SlurmCommandError, run_sync
+from werkbank_core.slurm import SlurmCommandError, rows, run_sync
 
 #: The shell a locked account gets: no login, no ssh command.
 NOLOGIN = "/usr/sbin/nologin"
@@ -171,17 +171,13 @@ def create_reservation(
     *,
     cores: int,
     partition: str,
-    starts: datetime,
+    starts: datetime | None,
     ends: datetime,
     scontrol: str = "scontrol",
 ) -> None:
-    """A reservation of ``cores`` cores in ``partition`` for the accounts from ``starts`` (now if
-    that has passed) to ``ends``: other users' jobs keep the rest of the cluster."""
-    start = (
-        "now"
-        if starts <= (datetime.now(starts.tzinfo) if starts.tzinfo else datetime.now())
-        else slurm_time(starts)
-    )
+    """A reservation of ``cores`` cores in ``partition`` for the accounts from ``starts`` (None:
+    now) to ``ends``: other users' jobs keep the rest of the cluster."""
+    start = slurm_time(starts) if starts is not None else "now"
     _run(
         [
             scontrol,
@@ -254,12 +250,9 @@ def queue_of(jobs: Sequence[str], squeue: str = "squeue") -> dict[str, dict[str,
         "reading the course's jobs",
         ok=(0, 1),
     )
-    found = {}
-    for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 4:
-            found[parts[0]] = {"state": parts[1], "node": parts[2], "reason": parts[3]}
-    return found
+    return {
+        job: {"state": state, "node": node, "reason": reason} for job, state, node, reason in rows(out, 4)
+    }
 
 
 def put_aside(account: str, folder: str, aside: str) -> str:

@@ -76,10 +76,17 @@ class HubAPI:
     def start_server(self, name: str, options: dict) -> None:
         self.call("POST", f"/users/{quote(name, safe='')}/server", options)
 
-    def stop_server(self, name: str) -> None:
+    def has_server(self, name: str) -> bool:
+        """Whether ``name`` has a server running, starting or stopping."""
         user = self.user(name)
-        if user and (user.get("servers") or user.get("pending")):
-            self.call("DELETE", f"/users/{quote(name, safe='')}/server", missing_ok=True)
+        return bool(user and (user.get("servers") or user.get("pending")))
+
+    def stop_server(self, name: str) -> bool:
+        """Stop ``name``'s server if there is one; whether there was."""
+        if not self.has_server(name):
+            return False
+        self.call("DELETE", f"/users/{quote(name, safe='')}/server", missing_ok=True)
+        return True
 
     def group(self, name: str) -> dict | None:
         return self.call("GET", f"/groups/{quote(name, safe='')}", missing_ok=True)

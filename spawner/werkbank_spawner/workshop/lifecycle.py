@@ -31,6 +31,11 @@ from .store import CourseRecord, CourseStore
 ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
 
+def stamp() -> str:
+    """For the names of archives and set-aside folders: when, to the second."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def new_code(length: int = 8) -> str:
     """``xxxx-xxxx``: 40 bits, typed in a few seconds from a projector."""
     code = "".join(secrets.choice(ALPHABET) for _ in range(length))
@@ -138,7 +143,7 @@ def _make(record: CourseRecord, machine: Machine) -> CourseRecord:
             names,
             cores=cores,
             partition=record.partition,
-            starts=record.opens,
+            starts=record.opens if record.opens > record.now() else None,
             ends=record.closes,
             scontrol=machine.slurm("scontrol"),
         )
@@ -159,9 +164,7 @@ def end(
     pool = record.course.accounts == "pool"
     for name in names:
         machine.hub.stop_server(name)
-    _wait(
-        lambda: not any(_has_server(machine.hub, n) for n in names), timeout, "the course's servers to stop"
-    )
+    _wait(lambda: not any(machine.hub.has_server(n) for n in names), timeout, "the course's servers to stop")
     if pool:
         accounts.cancel_jobs(names, scancel=machine.slurm("scancel"))
         _wait(
@@ -191,20 +194,14 @@ def end(
 
 def _hand_out_work(record: CourseRecord, machine: Machine) -> tuple[str, ...]:
     """One archive of the participants' homes, kept in the store and copied to each trainer."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     archive = accounts.archive_homes(
-        record.accounts, machine.store.folder / record.name / f"{record.name}-work-{stamp}.tar.gz"
+        record.accounts, machine.store.folder / record.name / f"{record.name}-work-{stamp()}.tar.gz"
     )
     if archive is None:
         return ()
     return tuple(
         str(accounts.hand_to(t, archive, archive.name)) for t in record.course.trainers if accounts.exists(t)
     )
-
-
-def _has_server(hub: HubAPI, name: str) -> bool:
-    user = hub.user(name)
-    return bool(user and (user.get("servers") or user.get("pending")))
 
 
 def _wait(done, timeout: float, what: str) -> None:
@@ -224,29 +221,23 @@ def status(record: CourseRecord, machine: Machine) -> list[dict]:
     last activity and, for a pending job, Slurm's reason."""
     nicknames = {account: nick for nick, account in machine.store.nicknames(record.name).items()}
     users = {name: machine.hub.user(name) or {} for name in record.accounts}
-    jobs = {}
-    for name, user in users.items():
-        server = (user.get("servers") or {}).get("") or {}
-        job = (server.get("state") or {}).get("job_id")
-        if job:
-            jobs[job] = name
-    queue = accounts.queue_of(list(jobs), squeue=machine.slurm("squeue"))
+    servers = {name: (user.get("servers") or {}).get("") or {} for name, user in users.items()}
+    jobs = {name: (server.get("state") or {}).get("job_id", "") for name, server in servers.items()}
+    queue = accounts.queue_of([job for job in jobs.values() if job], squeue=machine.slurm("squeue"))
     rows = []
-    for name, user in users.items():
-        server = (user.get("servers") or {}).get("") or {}
-        job = (server.get("state") or {}).get("job_id", "")
-        slurm = queue.get(job, {})
+    for name, server in servers.items():
+        slurm = queue.get(jobs[name], {})
         state = "none" if not server else ("running" if server.get("ready") else "pending")
         rows.append(
             {
                 "account": name,
                 "nickname": nicknames.get(name, ""),
                 "server": state,
-                "job": job,
+                "job": jobs[name],
                 "node": slurm.get("node", ""),
                 "reason": slurm.get("reason", "") if state == "pending" else "",
                 "started": server.get("started") or "",
-                "last_activity": server.get("last_activity") or user.get("last_activity") or "",
+                "last_activity": server.get("last_activity") or users[name].get("last_activity") or "",
             }
         )
     return rows
@@ -256,17 +247,14 @@ def start_all(record: CourseRecord, machine: Machine) -> list[str]:
     """Start the course profile for every participant without a server; returns whom."""
     started = []
     for name in record.accounts:
-        if not _has_server(machine.hub, name):
+        if not machine.hub.has_server(name):
             machine.hub.start_server(name, {"profile": COURSE_PROFILE})
             started.append(name)
     return started
 
 
 def stop_all(record: CourseRecord, machine: Machine) -> list[str]:
-    stopped = [name for name in record.accounts if _has_server(machine.hub, name)]
-    for name in stopped:
-        machine.hub.stop_server(name)
-    return stopped
+    return [name for name in record.accounts if machine.hub.stop_server(name)]
 
 
 def reset_material(record: CourseRecord, account: str) -> str:
@@ -274,16 +262,13 @@ def reset_material(record: CourseRecord, account: str) -> str:
     next pull brings a fresh one; returns the name it was put aside as, or "" if there was none."""
     if account not in record.accounts:
         raise WorkshopError(f"{account} takes no part in the course {record.name}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return accounts.put_aside(
-        account, material_folder(record), f"{material_folder(record)}-before-reset-{stamp}"
-    )
+    folder = material_folder(record)
+    return accounts.put_aside(account, folder, f"{folder}-before-reset-{stamp()}")
 
 
 def collect(record: CourseRecord, machine: Machine) -> Path | None:
     """One archive of every participant's course folder (``~/<course>``), kept in the store."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = machine.store.folder / record.name / f"{record.name}-collected-{stamp}.tar.gz"
+    target = machine.store.folder / record.name / f"{record.name}-collected-{stamp()}.tar.gz"
     return accounts.archive_folders(record.accounts, material_folder(record), target)
 
 

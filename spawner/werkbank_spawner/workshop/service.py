@@ -69,7 +69,7 @@ class Console:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def act(self, name: str, work, *args):
-        """``work(*args)`` in a thread, one action per course at a time; its error as 400/409."""
+        """``work(*args)`` in a thread, one action per course at a time; its refusal as 409."""
         async with self.lock(name):
             try:
                 return await asyncio.to_thread(work, *args)
