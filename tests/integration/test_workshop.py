@@ -395,12 +395,9 @@ def test_idle_servers_are_stopped_and_a_course_ends_when_it_closes(hub, tmp_path
         assert datetime.now() < now + timedelta(seconds=100), (
             "stopped for being idle, before the course closed"
         )
-        wait_for(
-            lambda: hub.api("GET", f"/groups/course-{spec['name']}").status_code == 404,
-            60,
-            "the course to end",
-        )
-        assert pwd.getpwnam(account).pw_shell == "/usr/sbin/nologin"
+        # Locking the accounts is the end's last step (after the group is gone): wait for it.
+        wait_for(lambda: pwd.getpwnam(account).pw_shell == "/usr/sbin/nologin", 60, "the course to end")
+        assert hub.api("GET", f"/groups/course-{spec['name']}").status_code == 404
     finally:
         workshop(hub, "end", spec["name"])
         run("userdel", "--remove", account, check=False)
