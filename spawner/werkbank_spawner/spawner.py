@@ -34,6 +34,8 @@ from traitlets import Bool, Dict, Float, Integer, List, Tuple, Unicode, default,
 from traitlets.config import Config, LoggingConfigurable
 
 from werkbank_core import slurm
+from werkbank_core.centre import ENV as CENTRE_ENV
+from werkbank_core.centre import to_environ as centre_json
 from werkbank_core.policy import MIN_UID, OPTION_KEYS, JobRequest, Policy, PolicyError, policy_from_dict
 from werkbank_core.script import (
     PORT_RANGE,
@@ -95,9 +97,18 @@ class SessionSetup(LoggingConfigurable):
         before. 0: no culling, no warning.""",
     ).tag(config=True)
 
+    centre = Dict(
+        help="""The site file's ``centre:`` section (werkbank_spawner.site.schema.Centre): what the
+        first-hour template tells clients about the centre, given to the session as
+        WERKBANK_CENTRE (compact JSON). Empty: not given; the template shows the demo's defaults.""",
+    ).tag(config=True)
+
     def session_env(self) -> dict[str, str]:
-        """What both spawners add to a session's environment about the session itself."""
-        return {"WERKBANK_IDLE_TIMEOUT": str(self.idle_timeout)} if self.idle_timeout else {}
+        """What both spawners add to a session's environment about the session itself and the centre."""
+        env = {"WERKBANK_IDLE_TIMEOUT": str(self.idle_timeout)} if self.idle_timeout else {}
+        if self.centre:
+            env[CENTRE_ENV] = centre_json(self.centre)
+        return env
 
     mlflow_send_token = Bool(
         False,

@@ -10,6 +10,8 @@ def set_kernel_env(monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     monkeypatch.setenv("WERKBANK_PROFILE", PROFILE)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    # The centre's details from the site file: absent, as in a session the hub did not start.
+    monkeypatch.delenv("WERKBANK_CENTRE", raising=False)
     # The kernel runs without a display; an inherited MPLBACKEND could point at a GUI backend.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     # Templates never download; a model or tokenizer that is not on disk must fail, not hang on the network.

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 from traitlets.config import Config
 
+from werkbank_core import centre as centre_info
 from werkbank_core.policy import policy_from_dict
 from werkbank_spawner import site as werkbank_site
 from werkbank_spawner.site import (
@@ -192,6 +193,9 @@ def test_a_groups_absent_limits_stay_absent_for_the_policy():
         "profiles[0].gpu",
         "limits.default.gpu",
         "limits.groups.workshop.walltim",
+        "centre.helpurl",
+        "centre.storage.archive",
+        "centre.storage.home.pth",
     ],
 )
 def test_unknown_key_is_an_error_naming_its_path(path):
@@ -222,6 +226,8 @@ def test_unknown_key_is_an_error_naming_its_path(path):
         ("profiles[0]", "cpu", "expected a mapping"),
         ("profiles[0].groups", "staff", "expected a list"),
         ("limits.groups", ["workshop"], "expected a mapping of names"),
+        ("centre.name", 7, "expected a string"),
+        ("centre.storage.scratch.backed_up", "no", "expected true or false"),
     ],
 )
 def test_wrong_type_is_an_error_naming_its_path(path, value, message):
@@ -935,6 +941,127 @@ def test_prepare_state_reports_what_it_cannot_create(tmp_path):
         prepared(site, config_dir="/")
 
 
+# --- the centre: what the first-hour template tells clients ---------------------------------
+
+
+def test_the_centres_defaults_are_what_a_session_without_the_site_file_shows():
+    """One source for both: werkbank_core.centre.DEFAULTS (the session's side needs no hub package)."""
+    assert validate(minimal()).centre.model_dump(mode="json") == centre_info.DEFAULTS
+    demo = validate(load(DEMO_SITE)).centre
+    assert demo == validate(minimal()).centre  # the demo site shows the keys with their defaults
+    assert (demo.name, demo.storage.home.path, demo.storage.scratch.path) == (
+        "AI Factory (demo)",
+        "~",
+        "/tmp",
+    )
+    assert (demo.storage.home.backed_up, demo.storage.scratch.backed_up, demo.storage.project.path) == (
+        True,
+        False,
+        "",
+    )
+
+
+def test_a_storage_area_keeps_the_defaults_it_does_not_name():
+    given = {"path": "/project/$USER", "quota": "5 TB per project"}
+    centre = validate(with_value(minimal(), "centre.storage.project", given)).centre
+    project = centre.storage.project
+    assert (project.path, project.quota, project.backed_up) == ("/project/$USER", "5 TB per project", True)
+    assert project.purpose == centre_info.DEFAULTS["storage"]["project"]["purpose"]
+    assert centre.storage.scratch == werkbank_site.defaults().centre.storage.scratch
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "words"),
+    [
+        ("centre.name", " ", "must not be empty"),
+        ("centre.help_url", "support.example.eu", "expected an http:// or https:// URL"),
+        ("centre.storage.home.path", "", "every session has a home folder"),
+        ("centre.storage.project.path", "projects/acme", "expected an absolute path, or one starting with ~"),
+        ("centre.storage.scratch.path", "scratch", "expected an absolute path"),
+    ],
+)
+def test_the_centres_keys_are_checked(path, value, words):
+    error = error_of(with_value(minimal(), path, value))
+    assert error.path == path
+    assert words in error.message
+
+
+@pytest.mark.parametrize("path", ["/project/acme", "~/work", "$PROJECT/acme", ""])
+def test_storage_paths_may_be_absolute_start_with_home_or_name_variables(path):
+    assert (
+        validate(with_value(minimal(), "centre.storage.project.path", path)).centre.storage.project.path
+        == path
+    )
+
+
+def test_sessions_of_both_spawners_get_the_centre_the_site_file_describes():
+    from types import SimpleNamespace
+
+    from werkbank_spawner.spawner import WerkbankLocalSpawner, WerkbankSlurmSpawner
+
+    centre = {
+        "name": "Example AI Factory",
+        "help": "ai-support@example.eu",
+        "help_url": "https://support.example.eu/ai",
+        "storage": {"project": {"path": "/project/$USER", "quota": "5 TB"}, "scratch": {"backed_up": False}},
+    }
+    site = validate(with_value(minimal(), "centre", centre))
+    c = applied(site)
+    hub = SimpleNamespace(public_host="", api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/")
+    for cls in (WerkbankSlurmSpawner, WerkbankLocalSpawner):
+        assert c[cls.__name__].centre == site.centre.model_dump(mode="json")
+        user = SimpleNamespace(name="alice", groups=[], url="/user/alice/", escaped_name="alice")
+        env = cls(user=user, hub=hub, config=c).get_env()
+        assert json.loads(env["WERKBANK_CENTRE"]) == site.centre.model_dump(mode="json"), cls
+        # What the session reads (werkbank_core.centre) is what the site file says.
+        seen = centre_info.from_environ(env)
+        assert (seen.name, seen.help, seen.help_url, seen.source) == (
+            "Example AI Factory",
+            "ai-support@example.eu",
+            "https://support.example.eu/ai",
+            "the site file",
+        )
+        assert (seen.area("project").path, seen.area("project").quota) == ("/project/$USER", "5 TB")
+        assert seen.area("home") == centre_info.from_environ({}).area("home")
+    # A spawner configured without a site file gives no WERKBANK_CENTRE: the session shows the defaults.
+    assert "WERKBANK_CENTRE" not in WerkbankLocalSpawner().session_env()
+
+
+def test_a_session_reads_the_centre_with_defaults_for_what_is_missing_or_unreadable():
+    absent = centre_info.from_environ({})
+    assert absent.source == "defaults (WERKBANK_CENTRE is not set)"
+    assert (absent.name, absent.help) == ("AI Factory (demo)", "your trainer or the centre's support")
+    assert [area.name for area in absent.storage] == list(centre_info.STORAGE_AREAS)
+    assert [area.path for area in absent.storage] == ["~", "", "/tmp"]
+    assert centre_info.from_environ({"WERKBANK_CENTRE": "{not json"}).source.startswith(
+        "defaults (WERKBANK_CENTRE cannot be read:"
+    )
+    listed = centre_info.from_environ({"WERKBANK_CENTRE": "[1, 2]"})
+    assert (listed.source, listed.name) == (
+        "defaults (WERKBANK_CENTRE is not a JSON object)",
+        "AI Factory (demo)",
+    )
+    # Values of the wrong type and unknown keys are left out; the rest is taken.
+    given = {
+        "name": "X",
+        "help_url": 7,
+        "storage": {"home": "oops", "project": {"path": "/p", "backed_up": 1}},
+    }
+    partial = centre_info.from_environ({"WERKBANK_CENTRE": json.dumps({**given, "colour": "blue"})})
+    assert (partial.source, partial.name, partial.help_url) == ("the site file", "X", "")
+    assert (partial.area("project").path, partial.area("project").backed_up) == ("/p", True)
+    assert partial.area("home") == absent.area("home")
+
+
+def test_storage_paths_expand_in_the_session(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/ada")
+    monkeypatch.setenv("USER", "ada")
+    area = centre_info.StorageArea("scratch", "/scratch/$USER", "", False, "")
+    assert area.expanded() == "/scratch/ada"
+    assert centre_info.from_environ({}).area("home").expanded() == "/home/ada"
+    assert centre_info.from_environ({}).area("project").expanded() == ""  # not offered
+
+
 # --- loading -------------------------------------------------------------------------------
 
 
@@ -1185,6 +1312,9 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     culling = validate(load(path)).culling
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         assert config[spawner].pop("idle_timeout") == (culling.timeout if culling.enabled else 0)
+    # Added on purpose since the recording (issue 15): the centre's details for the sessions.
+    for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
+        assert config[spawner].pop("centre") == centre_info.DEFAULTS
     for service in config["JupyterHub"]["services"]:
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):

@@ -136,6 +136,8 @@ def update_spawners(c: Config, site: Site, base: Path) -> None:
         c[spawner].mlflow_send_token = mlflow.proxy
         c[spawner].start_timeout = slurm.start_timeout
         c[spawner].min_uid = site.auth.min_uid
+        # What the first-hour template tells clients about the centre (WERKBANK_CENTRE).
+        c[spawner].centre = site.centre.model_dump(mode="json")
         # JupyterLab warns before the culler stops an idle server (the lab extension).
         c[spawner].idle_timeout = site.culling.timeout if site.culling.enabled else 0
     slurm_spawner = c.WerkbankSlurmSpawner

@@ -12,12 +12,14 @@ import ipaddress
 import sys
 from urllib.parse import urlsplit
 
+from werkbank_core.centre import STORAGE_AREAS
 from werkbank_core.policy import PolicyError, policy_from_dict
 
 from .schema import (
     DEFAULT_HUB_BIND_URL,
     SHARED_PASSWORD_MIN_LENGTH,
     Auth,
+    Centre,
     Hub,
     MLflow,
     Site,
@@ -45,6 +47,7 @@ def check(site: Site) -> None:
     check_slurm(site.slurm)
     check_policy(site)
     check_tracking(site.tracking.mlflow, site.hub)
+    check_centre(site.centre)
 
 
 def check_url(value: str, path: str) -> None:
@@ -223,6 +226,24 @@ def _check_managed_behind_proxy(mlflow: MLflow, url_host: str | None, url_port: 
             f"a loopback address with port {mlflow.port}, e.g. http://127.0.0.1:{mlflow.port}; "
             f"got {mlflow.url!r}",
         )
+
+
+def check_centre(centre: Centre) -> None:
+    """A name, a help page that is a URL, and storage paths a session can expand; home is required."""
+    if not centre.name.strip():
+        raise SiteConfigError("centre.name", "the centre's name must not be empty")
+    if centre.help_url:
+        check_url(centre.help_url, "centre.help_url")
+    for area in STORAGE_AREAS:
+        path, key = getattr(centre.storage, area).path, f"centre.storage.{area}.path"
+        if not path and area == "home":
+            raise SiteConfigError(
+                key, "every session has a home folder: give its path (~ for the user's home)"
+            )
+        if path and not path.startswith(("/", "~", "$")):
+            raise SiteConfigError(
+                key, f"expected an absolute path, or one starting with ~ or $, got {path!r}"
+            )
 
 
 def check_database_driver(uri: str, key: str) -> None:

@@ -30,6 +30,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from werkbank_core.centre import DEFAULTS as CENTRE_DEFAULTS
+from werkbank_core.centre import STORAGE_AREAS
 from werkbank_core.policy import MIN_UID
 from werkbank_core.script import PORT_RANGE
 
@@ -389,6 +391,69 @@ class Workshops(Section):
     )
 
 
+class StorageArea(Section):
+    """One place for files as clients read about it (the first-hour template checks it in their session)."""
+
+    path: StrictStr = setting(
+        "",
+        "Where it is, as sessions see it: an absolute path, or one starting with ~ or naming "
+        "variables ($USER), expanded in the session; empty: the centre offers no such area.",
+    )
+    purpose: StrictStr = setting("", "What it is for, in a sentence for clients.")
+    backed_up: StrictBool = setting(False, "Whether the centre backs it up.")
+    quota: StrictStr = setting(
+        "", "The quota in words, e.g. '50 GB and 1 million files per user'; empty: not stated."
+    )
+
+
+def _storage_area(name: str) -> type[StorageArea]:
+    """:class:`StorageArea` with the defaults of area ``name`` (from werkbank_core.centre)."""
+    given = CENTRE_DEFAULTS["storage"][name]
+    return create_model(
+        f"{name.title()}Storage",
+        __base__=StorageArea,
+        __doc__=StorageArea.__doc__,
+        **{
+            key: (
+                Annotated[(info.annotation, *info.metadata)],
+                Field(given[key], description=info.description),
+            )
+            for key, info in StorageArea.model_fields.items()
+        },
+    )
+
+
+HomeStorage, ProjectStorage, ScratchStorage = map(_storage_area, STORAGE_AREAS)
+
+
+class CentreStorage(Section):
+    home: HomeStorage = section(HomeStorage, "Each user's home folder; every session has one.")
+    project: ProjectStorage = section(ProjectStorage, "A folder a project's members share.")
+    scratch: ScratchStorage = section(ScratchStorage, "Fast space for large temporary files.")
+
+
+class Centre(Section):
+    """What clients read about the centre (the first-hour template); sessions get it as
+    WERKBANK_CENTRE. Nothing here changes what a job may do."""
+
+    name: StrictStr = setting(CENTRE_DEFAULTS["name"], "The centre's name as clients know it.")
+    help: StrictStr = setting(
+        CENTRE_DEFAULTS["help"],
+        "Who clients ask for help, in words that follow 'ask': a team, an e-mail address, a phone number.",
+    )
+    help_url: StrictStr = setting(
+        CENTRE_DEFAULTS["help_url"], "An http(s) page with documentation or a ticket form; empty: none."
+    )
+    data_protection: StrictStr = setting(
+        CENTRE_DEFAULTS["data_protection"],
+        "The centre's note on personal data (GDPR): where the data-processing agreement allows it, "
+        "and what clients must do (pseudonymise; nothing personal in run names, parameters or tags).",
+    )
+    storage: CentreStorage = section(
+        CentreStorage, "Where clients may keep files: home, project and scratch, with what each is for."
+    )
+
+
 class Site(Section):
     """werkbank's site configuration."""
 
@@ -424,6 +489,9 @@ class Site(Section):
         Culling, "Stop servers nobody used for a while (jupyterhub-idle-culler), freeing their GPUs."
     )
     workshops: Workshops = section(Workshops, "Courses for groups of participants (werkbank-workshop).")
+    centre: Centre = section(
+        Centre, "What the first-hour template tells clients about the centre: its name, help, storage, data."
+    )
 
     def policy_config(self) -> dict:
         """What :func:`werkbank_core.policy.policy_from_dict` takes: profiles, custom fields and
