@@ -125,7 +125,7 @@ c.JupyterHub.services = list(c.JupyterHub.services) + [
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
     {{"name": "werkbank-tests", "services": ["werkbank-tests"],
       "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:groups",
-                 "tokens", "list:users", "read:users"]}}
+                 "tokens", "list:users", "read:users", "read:shares"]}}
 ]
 """
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from traitlets import Bool, Unicode, default
 from traitlets.config import Configurable
 
-from werkbank_lab import catalogue, handlers, mlflow_ui, session, terminal
+from werkbank_lab import catalogue, dashboards, handlers, mlflow_ui, session, terminal
 from werkbank_lab.catalogue import Catalogue
 from werkbank_lab.workspace import Workspace, workspace_api_path
 
@@ -137,8 +137,16 @@ def _load_jupyter_server_extension(serverapp) -> None:
         ".*$",
         handlers.handlers(base_url, found, workspace, unavailable)
         + mlflow_ui.handlers(base_url, route)
-        + session.handlers(base_url, clock, **lab.session_settings(route, found)),
+        + session.handlers(base_url, clock, **lab.session_settings(route, found))
+        + dashboards.handlers(base_url),
     )
+    gated = getattr(serverapp.identity_provider, "is_dashboard_gate", False)
+    if os.environ.get("JUPYTERHUB_API_TOKEN") and not gated:
+        # Started by something other than werkbank's spawner: nothing to share through, and
+        # nothing shared (the hub's shares would open the whole server).
+        serverapp.log.warning(
+            "werkbank: no dashboard gate in this server; dashboards cannot be shared from it"
+        )
     serverapp.log.info(
         "werkbank: templates from %s, copies to %s/, MLflow UI: %s",
         lab.templates_dir or "(none)",

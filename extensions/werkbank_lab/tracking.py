@@ -127,6 +127,36 @@ def run_url(run_id: str, experiment_id: str) -> str:
     return f"{os.environ['JUPYTERHUB_SERVICE_PREFIX'].rstrip('/')}/werkbank/mlflow/{fragment}"
 
 
+def dashboard_viewer() -> str:
+    """Who is looking at this notebook: the hub user a shared dashboard's page was rendered for
+    (``WERKBANK_DASHBOARD_VIEWER``, set by the session's dashboard gate), "" for the session's
+    owner (in JupyterLab, papermill, or their own dashboard)."""
+    return os.environ.get("WERKBANK_DASHBOARD_VIEWER", "")
+
+
+def readable_experiments(experiment_ids: Iterable[str], viewer: str) -> set[str]:
+    """Those of ``experiment_ids`` that ``viewer`` may read in MLflow too (the session's own
+    user may read them, or MLflow would not have listed them): a shared dashboard shows a viewer
+    only what their own MLflow permissions allow. Asks the hub's MLflow service
+    (``<tracking URI>/werkbank/readable-experiments``), with the session's token. Raises
+    ``RuntimeError`` if the service cannot say (an MLflow server outside the hub)."""
+    ids = sorted({str(i) for i in experiment_ids})
+    if not ids or not viewer:
+        return set(ids) if not viewer else set()
+    url = tracking_uri().rstrip("/") + "/werkbank/readable-experiments"
+    try:
+        reply = httpx.get(
+            url, params={"viewer": viewer, "experiment_id": ids}, headers=_auth_headers(), timeout=30
+        )
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"the MLflow service did not answer ({e})") from None
+    if reply.status_code != 200:
+        raise RuntimeError(
+            f"the MLflow service cannot say what {viewer} may read ({reply.status_code}): {reply.text[:200]}"
+        )
+    return set(reply.json()["experiment_ids"]) & set(ids)
+
+
 def user_folder(value: str, parameter: str) -> Path:
     """The folder ``value`` (``~`` expanded, resolved), which must be under the user's home or the
     working directory: a template writes nowhere else. Raises ``ValueError`` naming

@@ -1,7 +1,7 @@
 """The hub API endpoints werkbank adds: where a starting job reports the port its server listens on,
 where a session gets a token of its own for a batch job (``werkbank submit``), where the
-workshop service grants a course's trainers their role, and where a session reads its course's
-latest message.
+workshop service grants a course's trainers their role, where a session reads its course's
+latest message, and where a session shares dashboards (:mod:`werkbank_spawner.dashboards`).
 
 batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* posted key
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
@@ -22,6 +22,7 @@ import re
 
 import batchspawner.api  # noqa: F401  (registers the handler we replace below)
 from batchspawner import BatchSpawnerBase
+from jupyterhub import handlers as page_handlers
 from jupyterhub import orm
 from jupyterhub import roles as jupyterhub_roles
 from jupyterhub.apihandlers import APIHandler, default_handlers
@@ -29,6 +30,7 @@ from tornado import web
 
 from werkbank_core.script import USERNAME
 
+from . import dashboards
 from .workshop import roles
 from .workshop.course import COURSE_NAME
 from .workshop.store import CourseStore
@@ -201,14 +203,16 @@ class BroadcastHandler(APIHandler):
 
 
 def install_handler() -> None:
-    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler` and
-    :class:`CourseRolesHandler` (idempotent)."""
+    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler`,
+    :class:`CourseRolesHandler`, :class:`BroadcastHandler` and the dashboard shares' API and link
+    page (:mod:`werkbank_spawner.dashboards`) (idempotent)."""
     ours = (ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE, BROADCAST_ROUTE)
     default_handlers[:] = [h for h in default_handlers if h[0] not in ours]
     default_handlers.append((ROUTE, PortReportHandler))
     default_handlers.append((JOB_TOKEN_ROUTE, JobTokenHandler))
     default_handlers.append((COURSE_ROLES_ROUTE, CourseRolesHandler))
     default_handlers.append((BROADCAST_ROUTE, BroadcastHandler))
+    dashboards.install_handlers(default_handlers, page_handlers.default_handlers)
 
 
 install_handler()

@@ -74,6 +74,18 @@ def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
     return account
 
 
+#: Arguments every werkbank server starts with: the gate that keeps everyone but the owner and
+#: those with a role out of the server, except for the dashboards shared with them
+#: (werkbank_lab.dashboard_gate, werkbank_lab.dashboards; the hub's side is
+#: werkbank_spawner.dashboards). On the command line, because JupyterHub's single-user app sets
+#: ServerApp.identity_provider_class above every config file, but below the command line.
+SERVER_GATE_ARGS = (
+    "--ServerApp.identity_provider_class=werkbank_lab.dashboard_gate.DashboardGate",
+    "--ServerApp.kernel_manager_class=werkbank_lab.dashboards.DashboardKernelManager",
+    "--ServerApp.kernel_websocket_connection_class=werkbank_lab.dashboards.ViewerKernelConnection",
+)
+
+
 class SessionSetup(LoggingConfigurable):
     """What both werkbank spawners share around a server's start: whose servers may start at
     all, and the MLflow tracking the session gets."""
@@ -109,6 +121,13 @@ class SessionSetup(LoggingConfigurable):
         if self.centre:
             env[CENTRE_ENV] = centre_json(self.centre)
         return env
+
+    dashboards_dir = Unicode(
+        "",
+        help="""The hub's dashboard shares (werkbank_spawner.dashboards), one file per owner.
+        Empty: nobody can share dashboards (servers still keep everyone but their owner and
+        those with a role out).""",
+    ).tag(config=True)
 
     mlflow_send_token = Bool(
         False,
@@ -490,6 +509,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             job_name=self.job_name,
         )
 
+    def get_args(self):
+        return [*super().get_args(), *SERVER_GATE_ARGS]
+
     def _server_command(self) -> list[str]:
         # No batchspawner-singleuser: the script reports the port itself (script.PORT_REPORT).
         return [*self.cmd, *self.get_args()]
@@ -737,6 +759,9 @@ class WerkbankLocalSpawner(LocalProcessSpawner, SessionSetup):
 
     def options_from_form(self, formdata):
         return {}
+
+    def get_args(self):
+        return [*super().get_args(), *SERVER_GATE_ARGS]
 
     async def start(self):
         server_account(self.user.name, self.min_uid)  # before the process is started as them

@@ -13,21 +13,35 @@ REPO = Path(__file__).resolve().parents[2]
 HUB_ONLY = ("werkbank_spawner", "jupyterhub", "batchspawner")
 
 
-def imported_after(package: str) -> set[str]:
-    """Top-level module names a fresh interpreter holds after importing every module of ``package``."""
+#: The one module of the session package that builds on JupyterHub's single-user code (which a
+#: server has when JupyterHub starts it, and only then is the module used).
+SINGLE_USER_ONLY = ("werkbank_lab.dashboard_gate",)
+
+
+def imported_after(package: str, skip: tuple[str, ...] = ()) -> set[str]:
+    """Module names a fresh interpreter holds after importing every module of ``package`` but
+    ``skip`` (top-level names, and jupyterhub's submodules in full)."""
     code = (
         "import importlib, json, pkgutil, sys\n"
         f"import {package}\n"
         f"for m in pkgutil.iter_modules({package}.__path__):\n"
-        f"    importlib.import_module('{package}.' + m.name)\n"
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
+        f"    if '{package}.' + m.name not in {skip!r}:\n"
+        f"        importlib.import_module('{package}.' + m.name)\n"
+        "names = {n if n.startswith('jupyterhub') else n.split('.')[0] for n in sys.modules}\n"
+        "print(json.dumps(sorted(names)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     return set(json.loads(out.stdout))
 
 
 def test_a_session_imports_no_hub_only_code():
-    assert imported_after("werkbank_lab").isdisjoint(HUB_ONLY)
+    assert imported_after("werkbank_lab", skip=SINGLE_USER_ONLY).isdisjoint(HUB_ONLY)
+    # The gate takes JupyterHub's single-user side (and what it imports), never the hub's.
+    with_gate = imported_after("werkbank_lab")
+    assert with_gate.isdisjoint(
+        {"werkbank_spawner", "batchspawner", "jupyterhub.app", "jupyterhub.apihandlers"}
+    )
+    assert "jupyterhub.singleuser" in with_gate
 
 
 def test_the_core_needs_only_the_standard_library():

@@ -1312,9 +1312,16 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     culling = validate(load(path)).culling
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         assert config[spawner].pop("idle_timeout") == (culling.timeout if culling.enabled else 0)
-    # Added on purpose since the recording (issue 15): the centre's details for the sessions.
+    # Added on purpose since the recording (issue 15): the centre's details for the sessions, and
+    # where the hub keeps the dashboard shares (in its own folder).
+    data_dir = validate(load(path)).hub.data_dir
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         assert config[spawner].pop("centre") == centre_info.DEFAULTS
+        assert (
+            config[spawner]
+            .pop("dashboards_dir")
+            .endswith(f"{data_dir.rstrip('/').split('/')[-1]}/dashboard-shares")
+        )
     for service in config["JupyterHub"]["services"]:
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):
@@ -1343,7 +1350,13 @@ def test_launch_links():
         "next=%2Fjhub%2Fhub%2Fuser-redirect%2Flab%2Ftree%2Fcourse%2Fintro%25201.ipynb"
     )
     assert launch_link(site, "cpu").endswith("next=%2Fjhub%2Fhub%2Fuser-redirect%2Flab")
+    assert launch_link(site, "cpu", dashboard="client/overview.ipynb").endswith(
+        "next=%2Fjhub%2Fhub%2Fuser-redirect%2Fvoila%2Frender%2Fclient%2Foverview.ipynb"
+    )
     for kwargs, where in (
+        ({"profile": "cpu", "dashboard": "../x.ipynb"}, "dashboard"),
+        ({"profile": "cpu", "dashboard": "notes.txt"}, "dashboard"),
+        ({"profile": "cpu", "dashboard": "a.ipynb", "path": "a.ipynb"}, "open"),
         ({"profile": "gpu9"}, "profile"),
         ({"profile": "cpu", "template": "../x"}, "template"),
         ({"profile": "cpu", "path": "/etc/passwd"}, "path"),

@@ -22,6 +22,7 @@ from . import services
 from .schema import Site, SiteConfigError
 from .services import (
     MLFLOW_ACCESS_SCOPE,
+    MLFLOW_SERVICE,
     data_dir,
     mlflow_dir,
     mlflow_service_account,
@@ -140,6 +141,7 @@ def update_spawners(c: Config, site: Site, base: Path) -> None:
         c[spawner].centre = site.centre.model_dump(mode="json")
         # JupyterLab warns before the culler stops an idle server (the lab extension).
         c[spawner].idle_timeout = site.culling.timeout if site.culling.enabled else 0
+        c[spawner].dashboards_dir = str(services.dashboards_dir(data_dir(site, base)))
     slurm_spawner = c.WerkbankSlurmSpawner
     slurm_spawner.slurm_conf = str(base / slurm.conf) if slurm.conf else ""
     slurm_spawner.slurm_bin_dir = str(base / slurm.bin_dir)
@@ -172,6 +174,11 @@ def update_tracking(c: Config, site: Site, base: Path) -> tuple[list[dict], list
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
         # business. JupyterHub's default server scopes are kept (roles.get_default_roles).
         roles.append({"name": "server", "scopes": [*DEFAULT_SERVER_SCOPES, MLFLOW_ACCESS_SCOPE]})
+        # The proxy asks the hub who a dashboard's viewer is (groups, admin flag), to tell a
+        # shared dashboard what that viewer may read (ReadableExperimentsHandler).
+        roles.append(
+            {"name": "werkbank-mlflow-proxy", "services": [MLFLOW_SERVICE], "scopes": ["read:users"]}
+        )
     c.JupyterHub.extra_user_scopes = {MLFLOW_ACCESS_SCOPE} if mlflow.proxy else set()
     return managed, roles
 

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = link.add_mutually_exclusive_group()
     target.add_argument("--template", default="", help="a template to copy and open, e.g. 03-training")
     target.add_argument("--path", default="", help="a notebook in the user's home to open")
+    target.add_argument(
+        "--dashboard", default="", help="a notebook in the user's home to open as a dashboard"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "defaults":
@@ -42,7 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "link":
         try:
             print(
-                launch_link(validate(load(args.file)), args.profile, template=args.template, path=args.path)
+                launch_link(
+                    validate(load(args.file)),
+                    args.profile,
+                    template=args.template,
+                    path=args.path,
+                    dashboard=args.dashboard,
+                )
             )
         except SiteConfigError as e:
             print(f"FATAL: {e}", file=sys.stderr)

@@ -47,6 +47,11 @@ def workshops_dir(data_dir: Path) -> Path:
     return Path(data_dir).parent / "workshops"
 
 
+def dashboards_dir(data_dir: Path) -> Path:
+    """The dashboard shares (:mod:`werkbank_spawner.dashboards`), in the hub's own folder."""
+    return Path(data_dir) / "dashboard-shares"
+
+
 def mlflow_auth_config_path(data_dir: Path) -> Path:
     return mlflow_dir(data_dir) / "auth.ini"
 

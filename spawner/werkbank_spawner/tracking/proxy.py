@@ -66,10 +66,11 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado import httputil, web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
@@ -401,7 +402,7 @@ def _too_large(limit: int) -> Rejected:
 def is_api_path(path: str, prefix: str) -> bool:
     """REST and UI-data paths: answered 401 without credentials, never redirected to a login page."""
     rest = path[len(prefix) :] if path.startswith(prefix) else path
-    return rest.startswith(("api/", "ajax-api/", "graphql"))
+    return rest.startswith(("api/", "ajax-api/", "graphql", READABLE_EXPERIMENTS))
 
 
 # --- the application ------------------------------------------------------------------------
@@ -450,6 +451,7 @@ class MlflowProxy:
                 (p + "oauth_callback", OAuthCallbackHandler, {"proxy": self}),
                 (p + "health", HealthHandler, {"proxy": self}),
                 (p + re.escape(XSRF_SCRIPT), XsrfScriptHandler),
+                (p + re.escape(READABLE_EXPERIMENTS), ReadableExperimentsHandler, {"proxy": self}),
                 (p + ".*", ProxyHandler, {"proxy": self}),
                 (re.escape(self.prefix.rstrip("/")), web.RedirectHandler, {"url": self.prefix}),
             ],
@@ -515,6 +517,12 @@ class MlflowProxy:
                 f"{response.body[:300].decode(errors='replace')}",
             )
         return answer
+
+
+#: Path (below the service's) of :class:`ReadableExperimentsHandler`; not an MLflow route.
+READABLE_EXPERIMENTS = "werkbank/readable-experiments"
+#: Experiments one question may name at most.
+MAX_READABLE_QUESTION = 100
 
 
 def unavailable(error: UpstreamError) -> Rejected:
@@ -905,6 +913,71 @@ class ProxyHandler(HubOAuthenticated, _JsonErrors):
                 self.set_header(name, value)  # MLflow sends Date twice (uvicorn's and Flask's)
             else:
                 self.add_header(name, value)
+
+
+class ReadableExperimentsHandler(ProxyHandler):
+    """``GET <service>/werkbank/readable-experiments?viewer=<user>&experiment_id=<id>...``: those
+    of the experiments that the caller AND the hub user ``viewer`` may both read, as MLflow's
+    permission checks decide for each of them (``{"experiment_ids": [...]}``).
+
+    For shared dashboards (werkbank_lab.tracking.readable_experiments): the owner's session
+    renders a page for a viewer and shows only what the viewer's own permissions allow. The
+    caller learns nothing they could not read already, except whether ``viewer`` may read it
+    too. The viewer's groups and admin flag come from the hub, never from the request."""
+
+    async def prepare(self):
+        user = await self._authenticate()
+        if user is None:
+            return
+        self.caller = Caller.from_model(user)
+        self.user_name = self.caller.name
+
+    async def get(self):
+        viewer_name = self.get_argument("viewer", "")
+        ids = self.get_arguments("experiment_id")
+        if not viewer_name or not ids or len(ids) > MAX_READABLE_QUESTION:
+            raise Rejected(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"expected viewer=<user> and 1 to {MAX_READABLE_QUESTION} experiment_id=<id>",
+            )
+        if not all(i.isdigit() for i in ids):
+            raise Rejected(400, "INVALID_PARAMETER_VALUE", "experiment ids are numbers")
+        viewer = await self._hub_user(viewer_name)
+        readable = []
+        for experiment_id in dict.fromkeys(ids) if viewer is not None else ():
+            if await self._may_read(self.caller, experiment_id) and await self._may_read(
+                viewer, experiment_id
+            ):
+                readable.append(experiment_id)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"experiment_ids": readable}))
+
+    async def _hub_user(self, name: str) -> Caller | None:
+        """The hub's word on ``name`` (None for no such user); needs ``read:users`` for this service."""
+        url = f"{self.hub_auth.api_url}/users/{quote(name, safe='')}"
+        request = HTTPRequest(
+            url, headers={"Authorization": f"token {self.hub_auth.api_token}"}, request_timeout=10
+        )
+        try:
+            reply = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            if e.code == 404:
+                return None
+            raise Rejected(
+                502, "TEMPORARILY_UNAVAILABLE", f"the hub did not say who {name} is ({e.code})"
+            ) from None
+        model = json.loads(reply.body)
+        return Caller.from_model(model) if model.get("kind", "user") == "user" else None
+
+    async def _may_read(self, who: Caller, experiment_id: str) -> bool:
+        target = f"{self.proxy.prefix}api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
+        try:
+            response = await self.proxy.mlflow.fetch("GET", target, self.proxy.identify(who, "GET", target))
+        except UpstreamError as e:
+            raise unavailable(e) from None
+        return response.code == 200
 
 
 class _Relay:
