@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 CONSULTANT, CLIENT, GROUP = "alice", "acme-client", "acme"
 NOTEBOOK = "acme/overview.ipynb"
 RUNS = {"baseline": 0.81, "wider": 0.86, "tuned": 0.91}
+PRIVATE_RUN = "consultant-notes"
 
 
 def mlflow(hub: Hub, token: str, path: str, body: dict | None = None) -> dict:
@@ -63,6 +64,16 @@ def project(hub: Hub):
         mlflow(hub, token, "runs/log-batch", {"run_id": run_id, "metrics": metrics})
         mlflow(hub, token, "runs/update", {"run_id": run_id, "status": "FINISHED"})
         run_ids[name] = run_id
+    # And one of the consultant's own, which the client may not read: the dashboard shows its
+    # run to the consultant and hides it from the client.
+    private_id = mlflow(hub, token, "experiments/create", {"name": f"{CONSULTANT}/notes-{stamp}"})[
+        "experiment_id"
+    ]
+    private_run = mlflow(hub, token, "runs/create", {"experiment_id": private_id, "run_name": PRIVATE_RUN})[
+        "run"
+    ]
+    metric = {"key": "val_accuracy", "value": 0.5, "timestamp": 0, "step": 0}
+    mlflow(hub, token, "runs/log-batch", {"run_id": private_run["info"]["run_id"], "metrics": [metric]})
     model = f"acme-classifier-{stamp}"
     mlflow(hub, token, "registered-models/create", {"name": model})
     version = mlflow(
@@ -80,7 +91,7 @@ def project(hub: Hub):
             str(REPO / "notebooks/08-project-overview/project-overview.ipynb"),
             str(prepared),
             parameters={
-                "experiment_names": experiment,
+                "experiment_names": f"{experiment},{CONSULTANT}/notes-{stamp}",
                 "metrics": "val_accuracy",
                 "sort_by": "val_accuracy",
                 "registered_model_name": model,
@@ -156,6 +167,7 @@ def test_1_the_consultant_opens_the_notebook_as_a_dashboard(page, project, share
     dashboard = opened.value
     expect(dashboard).to_have_url(re.compile(rf"/user/{CONSULTANT}/voila/render/{NOTEBOOK}"))
     expect_overview(dashboard, project)
+    expect(dashboard.locator("table").get_by_text(PRIVATE_RUN).first).to_be_visible()  # the owner's view
     screenshot(dashboard, "dashboards the notebook as a dashboard")
     dashboard.close()
 
@@ -189,7 +201,9 @@ def test_3_the_client_opens_the_link_and_sees_results_not_code(client, project, 
         authorize.click()
     expect(client).to_have_url(re.compile(rf"/user/{CONSULTANT}/voila/render/{NOTEBOOK}"))
     expect_overview(client, project)
-    expect(client.get_by_text(f"Showing what {CLIENT} may read").first).to_be_visible()
+    expect(client.get_by_text(f"Showing what {CLIENT} may read: 1 of 2 experiments").first).to_be_visible()
+    expect(client.get_by_text(PRIVATE_RUN)).to_have_count(0)
+    expect(client.get_by_text(f"{CONSULTANT}/notes-")).to_have_count(0)
     screenshot(client, "dashboards the client sees the leaderboard and the champion")
 
 
