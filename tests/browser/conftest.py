@@ -10,6 +10,8 @@ at when a test fails, or to see what users see.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,15 @@ def pytest_runtest_makereport(item, call):
         except Exception as e:  # the page may be gone with the failure
             report.sections.append(("screenshot", f"none: {e}"))
     return report
+
+
+@contextmanager
+def person(browser, hub, timeout_ms: int = 30_000) -> Iterator:
+    """One person's browser for a journey with several people: a context of its own (cookies,
+    logins), the hub as base URL, closed at the end."""
+    context = browser.new_context(base_url=hub.url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(timeout_ms)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -17,6 +17,7 @@ import papermill
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import person
 from tests.cluster import REPO, Hub
 
 pytestmark = pytest.mark.integration
@@ -115,25 +116,17 @@ def project(hub: Hub):
     hub.stop_server(CONSULTANT)
 
 
-def person(browser, hub) -> Page:
-    context = browser.new_context(base_url=hub.url, viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(60_000)
-    return context.new_page()
-
-
 @pytest.fixture(scope="module")
 def page(browser, hub) -> Page:
     """The consultant's browser (named ``page`` so that a failure leaves a screenshot of it)."""
-    consultant = person(browser, hub)
-    yield consultant
-    consultant.context.close()
+    with person(browser, hub, timeout_ms=60_000) as consultant:
+        yield consultant
 
 
 @pytest.fixture(scope="module")
 def client(browser, hub) -> Page:
-    page = person(browser, hub)
-    yield page
-    page.context.close()
+    with person(browser, hub, timeout_ms=60_000) as page:
+        yield page
 
 
 def log_in(page: Page, user: str, password: str) -> None:

@@ -11,6 +11,7 @@ import shutil
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import person
 from tests.cluster import run, wait_for
 from tests.workshops import make_material, workshop, write_course
 
@@ -40,25 +41,17 @@ def course(hub, tmp_path_factory):
     shutil.rmtree(material["root"], ignore_errors=True)
 
 
-def person(browser, hub) -> Page:
-    context = browser.new_context(base_url=hub.url, viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(30_000)
-    return context.new_page()
-
-
 @pytest.fixture(scope="module")
 def participant(browser, hub) -> Page:
-    page = person(browser, hub)
-    yield page
-    page.context.close()
+    with person(browser, hub) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
 def page(browser, hub) -> Page:
     """The trainer's browser (named ``page`` so that a failure leaves a screenshot of it)."""
-    trainer = person(browser, hub)
-    yield trainer
-    trainer.context.close()
+    with person(browser, hub) as trainer:
+        yield trainer
 
 
 def test_1_a_participant_logs_in_with_the_event_code_and_gets_the_material(participant, course, screenshot):

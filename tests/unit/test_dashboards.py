@@ -167,6 +167,7 @@ def test_the_v1_protocol_is_read_the_same_way():
         "a.py",
         "a\\b.ipynb",
         "a\x00.ipynb",
+        "100%.ipynb",
         "x" * 500,
     ],
 )
