@@ -522,11 +522,13 @@ def test_apply_demo_site(tmp_path):
     ]
     # Users (browser logins) and their servers' tokens may use the proxy service.
     assert c.JupyterHub.extra_user_scopes == {"access:services!service=mlflow"}
-    server_role, role, workshop_role = c.JupyterHub.load_roles
+    server_role, proxy_role, role, workshop_role = c.JupyterHub.load_roles
     assert server_role == {
         "name": "server",
         "scopes": ["users:activity!user", "access:servers!server", "access:services!service=mlflow"],
     }
+    # The proxy reads who a shared dashboard's viewer is (their groups) for readable-experiments.
+    assert proxy_role == {"name": "werkbank-mlflow-proxy", "services": ["mlflow"], "scopes": ["read:users"]}
     assert role["services"] == ["idle-culler"]
     assert set(role["scopes"]) == {
         "list:users",
@@ -1326,6 +1328,16 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):
                 assert service["environment"].pop(variable) == "true"
+    # Added on purpose since the recording (issue 15): the MLflow proxy may read users (a shared
+    # dashboard's viewer's groups), when there is a proxy.
+    roles = config["JupyterHub"]["load_roles"]
+    proxy_roles = [r for r in roles if r["name"] == "werkbank-mlflow-proxy"]
+    assert proxy_roles == (
+        [{"name": "werkbank-mlflow-proxy", "services": ["mlflow"], "scopes": ["read:users"]}]
+        if validate(load(path)).tracking.mlflow.proxy
+        else []
+    )
+    roles[:] = [r for r in roles if r["name"] != "werkbank-mlflow-proxy"]
     # Added on purpose since the recording (issue 14): workshops (course logins in the
     # authenticator, the course store, the workshop service and its role and scope).
     assert_workshops_added(config, validate(load(path)))
