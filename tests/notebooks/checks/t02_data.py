@@ -1,7 +1,9 @@
 """02-data: a run per data set, with its reproducible split logged as MLflow dataset inputs and artifacts."""
 
 import getpass
+import hashlib
 import math
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +21,13 @@ def smoke(upstream: dict[str, Execution]) -> dict:
 
 
 SPLIT_FILES = {"training": "train.csv", "testing": "test.csv"}
+
+
+def artifact_sha256(client, run_id: str, artifact_path: str) -> str:
+    """The SHA-256 of the exact bytes of a run's artifact, downloaded outside the test's working directory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(client.download_artifacts(run_id, artifact_path, scratch))
+        return hashlib.sha256(local.read_bytes()).hexdigest()
 
 
 def check(execution: Execution) -> None:
@@ -53,6 +62,13 @@ def check(execution: Execution) -> None:
         for context, dataset in inputs.items():
             assert dataset.digest == tags[f"werkbank.digest.{context}"] == digest(expected[context])
             assert digest(pd.read_csv(folder / SPLIT_FILES[context])) == dataset.digest
+            # The full-content hash: the tag is the SHA-256 of the stored file and of the file in the folder,
+            # byte for byte, and those bytes are the expected split as pandas writes it.
+            sha256 = tags[f"werkbank.sha256.{context}"]
+            assert artifact_sha256(client, run.info.run_id, f"data/{SPLIT_FILES[context]}") == sha256, context
+            assert hashlib.sha256((folder / SPLIT_FILES[context]).read_bytes()).hexdigest() == sha256, context
+            expected_bytes = expected[context].to_csv(index=False).encode()
+            assert hashlib.sha256(expected_bytes).hexdigest() == sha256, context
         artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "data")}
         assert artifacts == {f"data/{file_name}" for file_name in SPLIT_FILES.values()}
 

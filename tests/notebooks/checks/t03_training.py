@@ -7,13 +7,17 @@ must resume from the first run's checkpoint (``resumed_from_epoch``) instead of 
 import getpass
 import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import papermill
+import pytest
 import torch
 from mlflow.models import get_model_info
 
+from tests.notebooks.checks.t02_data import SPLIT_FILES, artifact_sha256
 from tests.notebooks.lifecycle import Execution, execute, inputs_by_context, runs_in
 
 NEEDS: tuple[str, ...] = ("02-data",)
@@ -67,6 +71,12 @@ def check_training_run(execution: Execution, run, data_run, *, resumed_from: int
     assert set(inputs) == {"training", "testing"}, sorted(inputs)
     for context, dataset in inputs.items():
         assert dataset.digest == data_run.data.tags[f"werkbank.digest.{context}"], context
+    # And the bytes, in full: the SHA-256 the run records for each split is the data run's tag and the hash
+    # of the file stored with the data run.
+    for context, file_name in SPLIT_FILES.items():
+        sha256 = artifact_sha256(client, data_run.info.run_id, f"data/{file_name}")
+        key = f"werkbank.sha256.{context}"
+        assert tags[key] == data_run.data.tags[key] == sha256, key
 
     # One value per epoch trained in this run (the validation metrics sit at the epoch's last step).
     epochs = int(params["epochs"])
@@ -100,6 +110,40 @@ def checkpoint_of(execution: Execution) -> dict:
     return {"path": path, **torch.load(path, map_location="cpu", weights_only=True)}
 
 
+def check_stops_on_changed_data(execution: Execution, data_run) -> None:
+    """A data run whose training file no longer has the bytes its tags name: 03 stops before it trains.
+
+    The copy of the data run lives in an experiment of its own (later templates search 02's experiment);
+    its tags are the data run's, its training file has one image relabelled in the last row.
+    """
+    client = execution.client
+    experiment_id = client.create_experiment(f"{execution.experiment_name}-changed-data")
+    werkbank_tags = {k: v for k, v in data_run.data.tags.items() if k.startswith("werkbank.")}
+    changed = client.create_run(experiment_id, tags=werkbank_tags, run_name="changed-data")
+    with tempfile.TemporaryDirectory() as scratch:
+        for file_name in SPLIT_FILES.values():
+            local = Path(client.download_artifacts(data_run.info.run_id, f"data/{file_name}", scratch))
+            if file_name == SPLIT_FILES["training"]:
+                frame = pd.read_csv(local)
+                frame.loc[frame.index[-1], "target"] = (frame["target"].iloc[-1] + 1) % 10
+                frame.to_csv(local, index=False)
+            client.log_artifact(changed.info.run_id, str(local), "data")
+    client.set_terminated(changed.info.run_id)
+    runs_before = {r.info.run_id for r in runs_in(client, execution.experiment_name)}
+
+    workdir = execution.workdir.with_name(f"{execution.workdir.name}-changed-data")
+    workdir.mkdir()
+    parameters = {**execution.parameters, "data_run_id": changed.info.run_id, "run_name": "changed-data"}
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        execute(execution.path, workdir, parameters)
+    assert failure.value.ename == "ValueError", (failure.value.ename, failure.value.evalue)
+    assert "the training data differs from what template 02 logged" in failure.value.evalue
+    assert data_run.data.tags["werkbank.sha256.training"] in failure.value.evalue
+    # It stopped before training: no new run, no checkpoint.
+    assert {r.info.run_id for r in runs_in(client, execution.experiment_name)} == runs_before
+    assert [p.name for p in workdir.iterdir()] == [f"executed-{execution.path.name}"]
+
+
 def check(execution: Execution) -> None:
     client, parameters, workdir = execution.client, execution.parameters, execution.workdir
     data_run = data_run_of(execution)
@@ -131,3 +175,8 @@ def check(execution: Execution) -> None:
     checkpoint = checkpoint_of(execution)
     assert (checkpoint["epoch"], checkpoint["run_id"]) == (more["epochs"], resumed.info.run_id)
     assert [h["epoch"] for h in checkpoint["history"]] == list(range(1, more["epochs"] + 1))
+
+    # A training file whose bytes differ from what 02 logged stops the template before it trains.
+    start = time.monotonic()
+    check_stops_on_changed_data(execution, data_run)
+    print(f"03-training: run on changed data stopped, {time.monotonic() - start:.1f} s")

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.notebooks.checks.t02_data import artifact_sha256
 from tests.notebooks.checks.t05_validation import PIXELS, held_out_split
 from tests.notebooks.lifecycle import Execution, the_run
 
@@ -52,8 +53,14 @@ def check(execution: Execution) -> None:
     assert tags["werkbank.model_version"] == champion.version
     assert tags["werkbank.model_uri"] == f"models:/{name}/{champion.version}"
 
+    # The reference data is 02's test split, to the byte: the SHA-256 the run records is the data run's tag
+    # and the hash of the file stored with the data run.
+    data_run = client.get_run(client.get_run(champion.run_id).data.tags["werkbank.data_run_id"])
+    sha256 = artifact_sha256(client, data_run.info.run_id, "data/test.csv")
+    assert tags["werkbank.sha256.testing"] == data_run.data.tags["werkbank.sha256.testing"] == sha256
+
     # The exported files, loaded without MLflow, compute what the registered model computes.
-    images, _ = held_out_split(client, client.get_run(champion.run_id).data.tags["werkbank.data_run_id"])
+    images, _ = held_out_split(client, data_run.info.run_id)
     model = mlflow.pytorch.load_model(f"models:/{name}/{champion.version}")
     with torch.no_grad():
         expected = model(images).numpy()
