@@ -16,7 +16,6 @@ those it sets ``spawner.port``, which is all batchspawner's own start() waits fo
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 
@@ -31,6 +30,7 @@ from tornado import web
 from werkbank_core.script import USERNAME
 
 from . import dashboards
+from .server_tokens import server_of_token
 from .workshop import roles
 from .workshop.course import COURSE_NAME
 from .workshop.store import CourseStore
@@ -61,13 +61,10 @@ class PortReportHandler(APIHandler):
         self.finish(json.dumps({"message": "port recorded"}))
 
     def _spawner_for_token(self):
-        token = self.get_auth_token() or ""
-        user = self.current_user
-        for spawner in getattr(user, "spawners", {}).values():
-            theirs = getattr(spawner, "api_token", None) or ""
-            if theirs and hmac.compare_digest(theirs, token) and isinstance(spawner, BatchSpawnerBase):
-                return spawner
-        raise web.HTTPError(403, "this token belongs to no starting batch server")
+        spawner = server_of_token(self)
+        if not isinstance(spawner, BatchSpawnerBase):
+            raise web.HTTPError(403, "this token belongs to no starting batch server")
+        return spawner
 
 
 JOB_TOKEN_ROUTE = r"/api/werkbank/job-tokens"
@@ -108,13 +105,9 @@ class JobTokenHandler(APIHandler):
     def _owner_of_server_token(self):
         """The user whose running (or starting) server this request's token belongs to: only
         sessions mint job tokens, never a user's other tokens (which could ask for anything)."""
-        token = self.get_auth_token() or ""
-        user = self.current_user
-        for spawner in getattr(user, "spawners", {}).values():
-            theirs = getattr(spawner, "api_token", None) or ""
-            if theirs and hmac.compare_digest(theirs, token):
-                return user
-        raise web.HTTPError(403, "job tokens are given to a session's own token only")
+        if server_of_token(self) is None:
+            raise web.HTTPError(403, "job tokens are given to a session's own token only")
+        return self.current_user
 
 
 COURSE_ROLES_ROUTE = r"/api/werkbank/course-roles/([^/]+)"

@@ -41,6 +41,8 @@ from tornado import web
 
 from werkbank_core.script import USERNAME
 
+from .server_tokens import server_of_token
+
 #: Longest notebook path a share may name (characters).
 MAX_PATH = 400
 #: A link lives this long unless the owner asks for less (seconds).
@@ -259,13 +261,7 @@ class _OwnerServerAPI(APIHandler):
 
     def _shares_of(self, owner_name: str) -> tuple[orm.User, DashboardShares]:
         user = self.current_user
-        if user is None or not hasattr(user, "spawners") or user.name != owner_name:
-            raise web.HTTPError(403, "only the owner's server manages its dashboard shares")
-        token = self.get_auth_token() or ""
-        if not any(
-            (theirs := getattr(s, "api_token", None) or "") and hmac.compare_digest(theirs, token)
-            for s in user.spawners.values()
-        ):
+        if server_of_token(self) is None or user.name != owner_name:
             raise web.HTTPError(403, "only the owner's server manages its dashboard shares")
         folder = getattr(user.spawner, "dashboards_dir", "")
         if not folder and self.sharing_needed:
@@ -363,6 +359,14 @@ class ViewerAccessHandler(_OwnerServerAPI):
         self.finish(json.dumps(answer))
 
 
+def owner_shares(handler: BaseHandler, owner_name: str) -> tuple[orm.User, DashboardShares] | None:
+    """For the hub's dashboard pages: the owner (a hub user) and their shares, or None when there
+    is no such user or the hub keeps no shares."""
+    owner = handler.find_user(owner_name) if USERNAME.match(owner_name) else None
+    folder = getattr(owner.spawner, "dashboards_dir", "") if owner is not None else ""
+    return (owner.orm_user, DashboardShares(folder, owner_name)) if folder else None
+
+
 class OpenDashboardHandler(BaseHandler):
     """The address a dashboard is shared under, ``/hub/werkbank/dashboards/<owner>/<path>``: for a
     logged-in user it is shared with, bring their access up to date (a group's new member) and
@@ -371,11 +375,10 @@ class OpenDashboardHandler(BaseHandler):
     @web.authenticated
     def get(self, owner_name, path):
         viewer = self.current_user
-        owner = orm.User.find(self.db, owner_name) if USERNAME.match(owner_name) else None
-        folder = getattr(self.find_user(owner_name).spawner, "dashboards_dir", "") if owner else ""
-        if not folder:
+        found = owner_shares(self, owner_name)
+        if found is None:
             raise web.HTTPError(404, "There is no such dashboard.")
-        shares = DashboardShares(folder, owner_name)
+        owner, shares = found
         groups = {g.name for g in viewer.orm_user.groups}
         if viewer.name != owner_name and path not in shares.dashboards_for(viewer.name, groups):
             raise web.HTTPError(404, f"No dashboard {path} of {owner_name} is shared with you.")
@@ -388,12 +391,9 @@ class LinkHandler(BaseHandler):
 
     @web.authenticated
     def get(self, owner_name, secret):
-        owner = orm.User.find(self.db, owner_name) if USERNAME.match(owner_name) else None
-        folder = getattr(self.find_user(owner_name).spawner, "dashboards_dir", "") if owner else ""
-        share = None
-        if folder:
-            shares = DashboardShares(folder, owner_name)
-            share = shares.join(secret, self.current_user.name)
+        found = owner_shares(self, owner_name)
+        owner, shares = found if found is not None else (None, None)
+        share = shares.join(secret, self.current_user.name) if shares is not None else None
         if share is None:
             raise web.HTTPError(404, "This dashboard link is unknown, revoked or expired.")
         sync_hub_shares(self.db, owner, shares)
