@@ -93,17 +93,21 @@ class DashboardGate(JupyterHubIdentityProvider):
         cached = self._answers.get(viewer)
         if cached and now - cached[0] < self.access_cache_seconds:
             return cached[1]
-        url = url_path_join(
-            self.hub_auth.api_url,
-            "werkbank/dashboards",
-            quote(self.owner, safe=""),
-            "viewers",
-            quote(viewer, safe=""),
-        )
-        request = HTTPRequest(
-            url, headers={"Authorization": f"token {self.hub_auth.api_token}"}, request_timeout=10
-        )
-        reply = json.loads((await AsyncHTTPClient().fetch(request)).body)
+        reply = await self.ask_hub("GET", "viewers", quote(viewer, safe=""))
         access = ViewerAccess(full=reply["full"] is True, dashboards=frozenset(reply["dashboards"]))
         self._answers[viewer] = (now, access)
         return access
+
+    async def ask_hub(self, method: str, *parts: str, body: dict | None = None) -> dict:
+        """A request to the hub's dashboard API about this server's owner
+        (``/hub/api/werkbank/dashboards/<owner>/<parts>``) with the server's own token; its JSON
+        answer. Raises tornado's ``HTTPClientError`` for an error status."""
+        url = url_path_join(self.hub_auth.api_url, "werkbank/dashboards", quote(self.owner, safe=""), *parts)
+        request = HTTPRequest(
+            url,
+            method=method,
+            headers={"Authorization": f"token {self.hub_auth.api_token}", "Content-Type": "application/json"},
+            body=json.dumps(body) if body is not None else None,
+            request_timeout=10,
+        )
+        return json.loads((await AsyncHTTPClient().fetch(request)).body)

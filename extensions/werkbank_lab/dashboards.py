@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.services.kernels.connection.base import (
     deserialize_binary_message,
@@ -40,7 +41,7 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPClientError
 
 #: What a viewer may send to their dashboard's kernel (shell channel): widgets and questions
 #: about the kernel. Nothing that runs code, reads history or completes names.
@@ -184,30 +185,15 @@ class DashboardSharesHandler(APIHandler):
     The hub keeps the shares (``werkbank_spawner.dashboards``); this server asks it with its own
     token."""
 
-    def _hub_url(self, *parts: str) -> str:
+    async def _hub(self, method: str, *parts: str, body: dict | None = None) -> dict:
         provider = self.identity_provider
         if not getattr(provider, "is_dashboard_gate", False):
             raise web.HTTPError(
                 503,
                 "dashboard sharing needs the werkbank gate in this server (started by werkbank's spawner)",
             )
-        owner = quote(provider.owner, safe="")
-        return url_path_join(provider.hub_auth.api_url, "werkbank/dashboards", owner, *parts)
-
-    async def _hub(self, method: str, url: str, body: dict | None = None) -> dict:
-        provider = self.identity_provider
-        request = HTTPRequest(
-            url,
-            method=method,
-            headers={
-                "Authorization": f"token {provider.hub_auth.api_token}",
-                "Content-Type": "application/json",
-            },
-            body=json.dumps(body) if body is not None else None,
-            request_timeout=10,
-        )
         try:
-            reply = await AsyncHTTPClient().fetch(request)
+            return await provider.ask_hub(method, *parts, body=body)
         except HTTPClientError as e:
             message = e.message
             if e.response is not None and e.response.body:
@@ -216,7 +202,6 @@ class DashboardSharesHandler(APIHandler):
                 except ValueError:
                     pass
             raise web.HTTPError(e.code if e.code in (400, 403, 404) else 502, message) from None
-        return json.loads(reply.body)
 
     def _answer(self, reply: dict) -> None:
         base, provider = self.base_url, self.identity_provider
@@ -234,7 +219,7 @@ class DashboardSharesHandler(APIHandler):
 
     @web.authenticated
     async def get(self):
-        self._answer(await self._hub("GET", self._hub_url()))
+        self._answer(await self._hub("GET"))
 
     @web.authenticated
     async def post(self):
@@ -245,12 +230,12 @@ class DashboardSharesHandler(APIHandler):
             )
         path = body["path"].strip("/")
         try:
-            exists = path.endswith(".ipynb") and await _ensure(self.contents_manager.file_exists(path))
+            exists = path.endswith(".ipynb") and await ensure_async(self.contents_manager.file_exists(path))
         except web.HTTPError:  # e.g. a path outside the server's root
             exists = False
         if not exists:
             raise web.HTTPError(400, f"there is no notebook {path!r} in this server")
-        reply = await self._hub("POST", self._hub_url(), {**body, "path": path})
+        reply = await self._hub("POST", body={**body, "path": path})
         if "url" in reply:
             reply["url"] = self.request.protocol + "://" + self.request.host + reply["url"]
         self.set_status(201)
@@ -264,11 +249,7 @@ class DashboardShareHandler(DashboardSharesHandler):
 
     @web.authenticated
     async def delete(self, share_id):
-        self._answer(await self._hub("DELETE", self._hub_url("shares", share_id)))
-
-
-async def _ensure(value):
-    return await value if hasattr(value, "__await__") else value
+        self._answer(await self._hub("DELETE", "shares", share_id))
 
 
 def dashboard_url(base_url: str, path: str) -> str:
