@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import papermill
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,3 +107,7 @@ def test_parameters_cell_first_with_typed_commented_defaults(path):
         assert not line.strip() or line.lstrip().startswith("#") or "  # " in line, (
             f"line {number} has no comment: {line!r}"
         )
+    # papermill reads every one (`papermill --help-notebook` lists it; passing it gives no "unknown parameter"
+    # warning): its pattern takes `"Optional[int]"` but not `int | None`.
+    inferred = papermill.inspect_notebook(str(path))
+    assert list(inferred) == [statement.target.id for statement in body], sorted(inferred)

@@ -16,11 +16,17 @@ NEEDS: tuple[str, ...] = ()
 
 
 def smoke(upstream: dict[str, Execution]) -> dict:
-    # Values differ from the defaults where that shows the parameter is used.
-    return {"data_dir": "werkbank-data", "seed": 7, "test_fraction": 0.25}
+    # The seed and the fractions differ from the defaults: the split follows the parameters.
+    return {
+        "size": "smoke",
+        "data_dir": "werkbank-data",
+        "seed": 7,
+        "validation_fraction": 0.15,
+        "test_fraction": 0.25,
+    }
 
 
-SPLIT_FILES = {"training": "train.csv", "testing": "test.csv"}
+SPLIT_FILES = {"training": "train.csv", "validation": "validation.csv", "testing": "test.csv"}
 
 
 def artifact_sha256(client, run_id: str, artifact_path: str) -> str:
@@ -36,6 +42,7 @@ def check(execution: Execution) -> None:
     runs = {run.data.tags.get("werkbank.dataset"): run for run in runs_in(client, experiment_name)}
     assert set(runs) == {"wine", "digits"}, sorted(map(str, runs))
     seed, test_fraction = parameters["seed"], parameters["test_fraction"]
+    validation_fraction = parameters["validation_fraction"]
     data_root = (workdir / parameters["data_dir"]).resolve()
     for name, loader in (("wine", datasets.load_wine), ("digits", datasets.load_digits)):
         run = runs[name]
@@ -45,17 +52,30 @@ def check(execution: Execution) -> None:
         assert tags["werkbank.user"] == getpass.getuser()
         assert run.data.params["seed"] == str(seed)
         assert float(run.data.params["test_fraction"]) == test_fraction
+        assert float(run.data.params["validation_fraction"]) == validation_fraction
 
-        # The split is train_test_split of the bundled data, with the given seed, stratified.
+        # The split is two train_test_splits of the bundled data, with the given seed, stratified: the
+        # test part first, then validation from the rest (in this process, not the notebook's kernel).
         full = loader(as_frame=True).frame
-        train, test = train_test_split(
+        rest, test = train_test_split(
             full, test_size=test_fraction, random_state=seed, stratify=full["target"]
         )
-        expected = {"training": train.reset_index(drop=True), "testing": test.reset_index(drop=True)}
+        train, validation = train_test_split(
+            rest,
+            test_size=validation_fraction / (1 - test_fraction),
+            random_state=seed,
+            stratify=rest["target"],
+        )
+        parts = {"training": train, "validation": validation, "testing": test}
+        expected = {context: part.reset_index(drop=True) for context, part in parts.items()}
         assert len(expected["testing"]) == math.ceil(test_fraction * len(full))
+        # No row of the data set is in two parts (the bundled tables have no duplicated rows).
+        assert (
+            sum(map(len, parts.values())) == len(full) == len(set().union(*(p.index for p in parts.values())))
+        )
 
         inputs = inputs_by_context(run)
-        assert set(inputs) == {"training", "testing"}, sorted(inputs)
+        assert set(inputs) == set(SPLIT_FILES), sorted(inputs)
         # The run's folder is under data_dir, and its files hold exactly the logged data.
         folder = Path(run.data.params["folder"])
         assert folder.is_relative_to(data_root), folder

@@ -17,6 +17,7 @@ import pytest
 import torch
 from mlflow.models import get_model_info
 
+import werkbank_lab
 from tests.notebooks.checks.t02_data import SPLIT_FILES, artifact_sha256
 from tests.notebooks.lifecycle import Execution, execute, inputs_by_context, runs_in
 
@@ -27,15 +28,15 @@ PIXELS = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
 def smoke(upstream: dict[str, Execution]) -> dict:
     data = upstream.get("02-data")
     return {
+        "size": "smoke",
         "data_experiment": data.experiment_name if data else "never-created",
         "run_name": "smoke",
-        "epochs": 3,  # a few seconds on a CPU; the defaults are sized for a GPU
         "checkpoint_dir": "werkbank-checkpoints",  # relative: inside the test's working directory
-        "min_accuracy": 0.9,
-        # A model this small gains nothing from a second thread, and on a busy 2-core machine (the MLflow
-        # server, papermill and the kernel share it) the threads wait for each other.
-        "cpu_threads": 1,
     }
+
+
+# What 03 reads of 02's split: not the test split, which 05 uses once.
+TRAINING_FILES = {context: SPLIT_FILES[context] for context in ("training", "validation")}
 
 
 def data_run_of(execution: Execution):
@@ -47,33 +48,36 @@ def data_run_of(execution: Execution):
     return run
 
 
-def test_split(client, data_run_id: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The data run's test split as the model's input (N, 1, 8, 8) float32 and the labels."""
+def validation_split(client, data_run_id: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The data run's validation split as the model's input (N, 1, 8, 8) float32 and the labels."""
     with tempfile.TemporaryDirectory() as scratch:  # outside the working directory, which is checked
-        frame = pd.read_csv(client.download_artifacts(data_run_id, "data/test.csv", scratch))
+        frame = pd.read_csv(client.download_artifacts(data_run_id, "data/validation.csv", scratch))
     images = torch.from_numpy(frame[PIXELS].to_numpy(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     return images, frame["target"].to_numpy()
 
 
 def check_training_run(execution: Execution, run, data_run, *, resumed_from: int) -> None:
     """What every training run must be: finished, tagged, on 02's data, with a model that loads."""
-    client, parameters = execution.client, execution.parameters
+    client = execution.client
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert run.info.status == "FINISHED", run.info.status
     assert tags["werkbank.template"] == "03-training"
     assert tags["werkbank.user"] == getpass.getuser()
+    assert tags["werkbank.version"] == werkbank_lab.__version__
     assert tags["werkbank.data_run_id"] == params["data_run_id"] == data_run.info.run_id
-    assert params["resumed_from_epoch"] == str(resumed_from)
-    assert metrics["test_accuracy"] >= parameters["min_accuracy"], metrics["test_accuracy"]
+    assert params["resumed_from_epoch"] == str(resumed_from) and params["size"] == "smoke"
+    assert metrics["final_val_accuracy"] >= float(params["min_accuracy"]), metrics["final_val_accuracy"]
+    # The test split is 05's: not read, not measured here.
+    assert "werkbank.sha256.testing" not in tags and not any(key.startswith("test") for key in metrics)
 
-    # The dataset inputs are 02's split: same digests as the data run's tags.
+    # The dataset inputs are 02's training and validation split: same digests as the data run's tags.
     inputs = inputs_by_context(run)
-    assert set(inputs) == {"training", "testing"}, sorted(inputs)
+    assert set(inputs) == set(TRAINING_FILES), sorted(inputs)
     for context, dataset in inputs.items():
         assert dataset.digest == data_run.data.tags[f"werkbank.digest.{context}"], context
     # And the bytes, in full: the SHA-256 the run records for each split is the data run's tag and the hash
     # of the file stored with the data run.
-    for context, file_name in SPLIT_FILES.items():
+    for context, file_name in TRAINING_FILES.items():
         sha256 = artifact_sha256(client, data_run.info.run_id, f"data/{file_name}")
         key = f"werkbank.sha256.{context}"
         assert tags[key] == data_run.data.tags[key] == sha256, key
@@ -87,7 +91,7 @@ def check_training_run(execution: Execution, run, data_run, *, resumed_from: int
     assert val_steps == [epoch * steps_per_epoch for epoch in logged_epochs], val_steps
 
     # The logged model: a signature for (N, 1, 8, 8) float32, and it reproduces the logged accuracy on 02's
-    # test split, loaded as 05 and 06 load it.
+    # validation split, loaded as 05 and 06 load it.
     model_uri = f"runs:/{run.info.run_id}/model"
     signature = get_model_info(model_uri).signature
     assert signature is not None, "the model has no signature"
@@ -95,12 +99,12 @@ def check_training_run(execution: Execution, run, data_run, *, resumed_from: int
     assert (spec.type, spec.shape) == (np.dtype("float32"), (-1, 1, 8, 8)), spec
     model = mlflow.pytorch.load_model(model_uri)
     assert not model.training
-    images, labels = test_split(client, data_run.info.run_id)
+    images, labels = validation_split(client, data_run.info.run_id)
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (len(labels), 10) and logits.dtype == torch.float32
     accuracy = (logits.argmax(dim=1).numpy() == labels).sum() / len(labels)
-    assert accuracy == metrics["test_accuracy"], (accuracy, metrics["test_accuracy"])
+    assert accuracy == metrics["final_val_accuracy"], (accuracy, metrics["final_val_accuracy"])
 
 
 def checkpoint_of(execution: Execution) -> dict:
@@ -154,7 +158,8 @@ def check(execution: Execution) -> None:
     # The checkpoint: inside checkpoint_dir, after the last epoch, written by this run.
     checkpoint = checkpoint_of(execution)
     assert first.data.params["checkpoint"] == str(checkpoint["path"])
-    assert checkpoint["epoch"] == parameters["epochs"]
+    epochs = int(first.data.params["epochs"])  # the smoke size's
+    assert checkpoint["epoch"] == epochs
     assert checkpoint["run_id"] == first.info.run_id
 
     # Nothing was written in the working directory outside checkpoint_dir but papermill's own output.
@@ -163,13 +168,13 @@ def check(execution: Execution) -> None:
     assert written and all(p.resolve().is_relative_to(checkpoint_root) for p in written), sorted(written)
 
     # Run again with one more epoch, as after a walltime: it continues from the checkpoint.
-    more = {**parameters, "epochs": parameters["epochs"] + 1, "run_name": "smoke-resumed"}
+    more = {**parameters, "epochs": epochs + 1, "run_name": "smoke-resumed"}
     start = time.monotonic()
     seconds = execute(execution.path, workdir, more)
     print(f"03-training: resumed run {seconds:.1f} s (check so far {time.monotonic() - start:.1f} s)")
     [resumed] = [r for r in runs_in(client, execution.experiment_name) if r.info.run_id != first.info.run_id]
     assert resumed.info.run_name == "smoke-resumed"
-    check_training_run(execution, resumed, data_run, resumed_from=parameters["epochs"])
+    check_training_run(execution, resumed, data_run, resumed_from=epochs)
     assert resumed.data.tags["werkbank.resumed_from_run_id"] == first.info.run_id
     assert client.get_run(first.info.run_id).info.status == "FINISHED"  # finished runs are not marked KILLED
     checkpoint = checkpoint_of(execution)

@@ -34,14 +34,10 @@ PIXELS = [f"pixel_{row}_{column}" for row in range(8) for column in range(8)]
 def smoke(upstream: dict[str, Execution]) -> dict:
     training = upstream.get("03-training")
     return {
+        "size": "smoke",
         "training_experiment": training.experiment_name if training else "never-created",
         "registered_model_name": REGISTERED_MODEL,
-        # A gate a few seconds of training pass; 06 deploys what passed. calibration_bins differs from the
-        # default to show the parameter is used.
-        "min_accuracy": 0.5,
-        "min_class_recall": 0.2,
-        "min_slice_accuracy": 0.5,
-        "max_calibration_error": 0.5,
+        # calibration_bins differs from the default to show the parameter is used.
         "calibration_bins": 8,
     }
 
@@ -105,9 +101,10 @@ def check_comparison(client, run, labels: np.ndarray, candidate: np.ndarray, cha
 
 
 def check(execution: Execution) -> None:
-    client, parameters = execution.client, execution.parameters
-    name = parameters["registered_model_name"]
+    client = execution.client
+    name = execution.parameters["registered_model_name"]
     run = the_run(execution)
+    thresholds = {key: float(value) for key, value in run.data.params.items() if key[:4] in ("min_", "max_")}
     tags, metrics = run.data.tags, run.data.metrics
     assert (tags["werkbank.gate"], tags["werkbank.gate.failed_checks"]) == ("passed", "none")
     # A new registered model: no champion before this run, so nothing to compare.
@@ -123,14 +120,19 @@ def check(execution: Execution) -> None:
     ]
     training = max(training_runs, key=lambda r: r.info.start_time)
     assert tags["werkbank.candidate_run_id"] == training.info.run_id
-    # The test split validated is, byte for byte, the one 02 logged and 03 tested on.
+    # The test split validated is, byte for byte, the one 02 logged, and 03 trained and chose on the other two
+    # parts of the same split (it never read the test split).
     data_run_id = tags["werkbank.data_run_id"]
+    data_tags = client.get_run(data_run_id).data.tags
     assert (
         tags["werkbank.sha256.testing"]
-        == client.get_run(data_run_id).data.tags["werkbank.sha256.testing"]
-        == training.data.tags["werkbank.sha256.testing"]
+        == data_tags["werkbank.sha256.testing"]
         == artifact_sha256(client, data_run_id, "data/test.csv")
     )
+    for context in ("training", "validation"):
+        assert training.data.tags[f"werkbank.sha256.{context}"] == data_tags[f"werkbank.sha256.{context}"]
+    assert "werkbank.sha256.testing" not in training.data.tags
+    assert run.data.params["earlier_candidates_on_test_split"] == "0"  # the first look at it
     [logged_model] = [
         model
         for output in training.outputs.model_outputs
@@ -159,7 +161,7 @@ def check(execution: Execution) -> None:
         value = metrics[metric]
         assert float(champion.tags[metric]) == value, metric
         assert (
-            value <= parameters[threshold] if threshold.startswith("max_") else value >= parameters[threshold]
+            value <= thresholds[threshold] if threshold.startswith("max_") else value >= thresholds[threshold]
         )
     rows = gate_rows(client, run)
     assert {check: row["pass"] for check, row in rows.items()} == {
@@ -170,7 +172,7 @@ def check(execution: Execution) -> None:
     # Each gate row holds its value and interval as logged; "inconclusive" exactly when the threshold lies
     # inside the interval, while pass stays decided on the value.
     for threshold, metric in gate.items():
-        row, limit = rows[threshold], parameters[threshold]
+        row, limit = rows[threshold], thresholds[threshold]
         assert [row["value"], row["ci_low"], row["ci_high"]] == [
             metrics[metric],
             metrics[f"{metric}_ci_low"],
@@ -206,7 +208,7 @@ def check(execution: Execution) -> None:
 
     # An impossible gate: the notebook stops with GateFailed naming the check; the registry stays as it was.
     assert metrics["accuracy"] < 1, "the smoke model is perfect, so min_accuracy=1.0 cannot fail it"
-    failing = {**parameters, "min_accuracy": 1.0, "run_name": "impossible-gate"}
+    failing = {**execution.parameters, "min_accuracy": 1.0, "run_name": "impossible-gate"}
     with pytest.raises(papermill.PapermillExecutionError) as failure:
         execute(execution.path, execution.workdir, failing)
     assert failure.value.ename == "GateFailed", failure.value.ename

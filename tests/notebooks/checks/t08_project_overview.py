@@ -21,7 +21,7 @@ def smoke(upstream: dict[str, Execution]) -> dict:
     experiments = [execution.experiment_name for execution in (training, validation) if execution]
     return {
         "experiment_names": ",".join(experiments) or "never-created",
-        "metrics": "val_accuracy,val_loss,test_accuracy",
+        "metrics": "val_accuracy,val_loss,final_val_accuracy",
         "sort_by": SORT_BY,
         "descending": True,
         "top_n": TOP_N,
