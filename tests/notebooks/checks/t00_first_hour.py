@@ -19,7 +19,7 @@ MIN_FREE_GB = 1.0  # the template's default
 
 
 def smoke(upstream: dict[str, Execution]) -> dict:
-    return {"run_name": "smoke"}
+    return {"size": "smoke", "run_name": "smoke"}
 
 
 def check(execution: Execution) -> None:

@@ -12,7 +12,7 @@ NEEDS: tuple[str, ...] = ()
 
 
 def smoke(upstream: dict[str, Execution]) -> dict:
-    return {"matmul_size": 256, "run_name": "smoke"}
+    return {"size": "smoke", "run_name": "smoke"}
 
 
 def check(execution: Execution) -> None:

@@ -20,6 +20,7 @@ def smoke(upstream: dict[str, Execution]) -> dict:
     training, validation = upstream.get("03-training"), upstream.get("05-validation")
     experiments = [execution.experiment_name for execution in (training, validation) if execution]
     return {
+        "size": "smoke",
         "experiment_names": ",".join(experiments) or "never-created",
         "metrics": "val_accuracy,val_loss,final_val_accuracy",
         "sort_by": SORT_BY,
