@@ -304,8 +304,9 @@ def test_a_copys_links_to_other_templates_open_them(jp_fetch, jp_asyncio_loop, j
 
 
 def test_the_shipped_templates_link_only_to_templates_that_exist():
-    """Every ``../NN-phase/name.ipynb`` link in notebooks/ names a template of the catalogue, so
-    that no copy keeps a link that leads nowhere."""
+    """Every ``../NN-phase/name.ipynb`` link in notebooks/ names a template of the catalogue, and no
+    template links to a file beside it (a copy is one notebook, alone in the workspace): no copy keeps a
+    link that leads nowhere."""
     from werkbank_lab.catalogue import Catalogue
     from werkbank_lab.workspace import relink
 
@@ -316,6 +317,8 @@ def test_the_shipped_templates_link_only_to_templates_that_exist():
         for cell in copied["cells"]:
             if cell["cell_type"] == "markdown":
                 assert not re.search(r"\]\(\.\./\d\d-", cell["source"]), (template.id, cell["source"])
+                for target in re.findall(r"\]\(([^)\s]+)", cell["source"]):
+                    assert target.startswith(("/open/", "https://", "http://", "#")), (template.id, target)
 
 
 def browser(loop, jp_fetch) -> dict:
