@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
 import tempfile
@@ -169,7 +170,8 @@ def tracked_run(template: str, run_name: str, tags: Mapping[str, str] | None = N
     from werkbank_lab import resources
 
     system_metrics, system_metrics_note = resources.system_metrics_available()
-    meter = resources.ResourceMeter().start()
+    # MLflow's monitor announces its start and stop at INFO in every template's output; nothing to act on.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     with mlflow.start_run(
         run_name=run_name,
         tags=run_tags(template, **(tags or {})),
@@ -177,6 +179,7 @@ def tracked_run(template: str, run_name: str, tags: Mapping[str, str] | None = N
         **start,
     ) as run:
         mlflow.set_tag("werkbank.resources.system_metrics", system_metrics_note)
+        meter = resources.ResourceMeter().start()  # the run's own time, as MLflow records it
         try:
             yield run
         finally:  # also when the cell fails: what it used until then

@@ -16,9 +16,9 @@ def set_kernel_env(monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> None:
     monkeypatch.delenv("MPLBACKEND", raising=False)
     # Templates never download; a model or tokenizer that is not on disk must fail, not hang on the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # MLflow's system metrics (templates.tracked_run) every second instead of every 10: a smoke run of a few
-    # seconds would otherwise end before the first sample is logged.
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    # MLflow's system metrics (templates.tracked_run) every half second instead of every 10: its monitor logs
+    # a sample only after one interval, and a smoke run's training takes a second or two.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
 
 
 @pytest.fixture
