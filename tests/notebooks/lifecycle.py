@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import papermill
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
+
+import werkbank_lab
 
 REPO = Path(__file__).resolve().parents[2]
 # Lifecycle order: the folders are numbered (01-onboarding, 02-data, ...).
@@ -103,6 +106,7 @@ class Lifecycle:
             execution.seconds = execute(path, workdir, parameters)
             print(f"{name}: smoke run {execution.seconds:.1f} s")  # shown with -s or -rP
             checks.check(execution)
+            check_every_run_records_what_it_used(execution)
         except BaseException as e:
             self.failed[name] = f"{type(e).__name__}: {str(e)[:300]}"
             raise
@@ -126,6 +130,28 @@ def the_run(execution: Execution) -> Run:
     assert run.data.tags["werkbank.template"] == execution.name
     assert run.data.tags["werkbank.user"] == getpass.getuser()
     return run
+
+
+def check_every_run_records_what_it_used(execution: Execution) -> None:
+    """Every run of the template (templates.tracked_run) carries werkbank's version and what it used: the
+    allocation's CPU- and GPU-hours over the run's own time, and for energy either a figure or why not."""
+    cpus = len(os.sched_getaffinity(0))
+    for run in runs_in(execution.client, execution.experiment_name):
+        tags, metrics = run.data.tags, run.data.metrics
+        where = f"{execution.name}, run {run.info.run_name!r}"
+        assert tags.get("werkbank.version") == werkbank_lab.__version__, where
+        # Outside Slurm (as here) the allocation is this process's CPUs; no GPU on the test machine.
+        assert tags["werkbank.resources.allocation"].startswith(
+            f"not in a Slurm job: this process's {cpus} CPUs"
+        )
+        hours = metrics["resources.wall_hours"]
+        assert 0 < hours <= (run.info.end_time - run.info.start_time) / 3.6e6, (where, hours)
+        assert metrics["resources.cpu_hours"] == pytest.approx(cpus * hours), where
+        assert metrics["resources.gpu_hours"] == 0.0, where
+        for kind in ("gpu", "cpu"):
+            note = tags[f"werkbank.resources.{kind}_energy"]
+            assert note.startswith("measured") == (f"resources.{kind}_energy_kwh" in metrics), (where, note)
+            assert note.startswith(("measured", "not measurable: ")), (where, note)
 
 
 def inputs_by_context(run: Run) -> dict:
