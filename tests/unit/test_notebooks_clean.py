@@ -70,7 +70,38 @@ def test_minimal_metadata_and_python3_kernel(path):
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.metadata["kernelspec"]["language"] == "python"
     extra = {i: sorted(set(cell.metadata) - CELL_METADATA) for i, cell in enumerate(nb.cells)}
+    # A worked solution's code is collapsed (input and output) until the reader opens it.
+    solutions = {i for i, cell in enumerate(nb.cells) if "solution" in cell.metadata.get("tags", [])}
+    for i in solutions:
+        assert cell_is_collapsed(nb.cells[i]), f"solution cell {i} is not collapsed"
+        extra[i] = [key for key in extra[i] if key != "jupyter"]
     assert not {i: keys for i, keys in extra.items() if keys}, "editor metadata in cells"
+
+
+def cell_is_collapsed(cell) -> bool:
+    return cell.cell_type == "code" and cell.metadata.get("jupyter") == {
+        "source_hidden": True,
+        "outputs_hidden": True,
+    }
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
+def test_every_exercise_has_a_worked_solution(path):
+    """After each exercise, a worked solution: a markdown cell that says so, and its code collapsed (run
+    with the template, so the tests run it too) or its prose in a <details> block."""
+    nb = read(path)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("**Exercise"):
+            following = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
+            if following is not None and following.source.lstrip().startswith("**Exercise"):
+                continue  # two exercises in a row share the solution after the second
+            assert following is not None and following.cell_type == "markdown", (
+                f"cell {i}: no solution after it"
+            )
+            assert following.source.startswith("**Worked solution**"), f"cell {i}: {following.source[:80]!r}"
+    for cell in nb.cells:
+        if "<details>" in cell.source:
+            assert cell.source.startswith("**Worked solution**") and "</details>" in cell.source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_id)
