@@ -55,6 +55,13 @@ def test_the_repository_catalogue_reads_title_description_and_runtime():
     assert onboarding.description.startswith("JupyterHub started this JupyterLab for you")
 
 
+def test_the_templates_readme_has_a_row_for_every_template_and_no_other():
+    """notebooks/README.md maps each template to its phase, inputs, outputs and times: one row each."""
+    rows = [line for line in (NOTEBOOKS / "README.md").read_text().splitlines() if line.startswith("| `")]
+    listed = [row.split("`")[1] for row in rows]
+    assert listed == sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]-*") if p.is_dir())
+
+
 def declared_needs(checks: Path) -> tuple[str, ...]:
     """``NEEDS`` of a lifecycle checks module, read from its source (importing one takes seconds)."""
     for statement in ast.parse(checks.read_text()).body:
