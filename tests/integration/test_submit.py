@@ -123,6 +123,11 @@ def test_a_notebook_runs_as_a_batch_job_and_mlflow_records_the_job(hub, session_
     assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
     assert mlflow_run.data.tags["werkbank.user"] == "alice"
     assert mlflow_run.data.params["cwd"] == str(folder)
+    # The test cluster runs TaskPlugin=task/none (its node claims 32 cores on a 2-core machine): the job
+    # sees every core, and the template says so instead of counting them as the job's.
+    params = mlflow_run.data.params
+    assert params["cpus"] == job_field(job_id, "NumCPUs"), (params["cpus"], job_field(job_id, "NumCPUs"))
+    assert params["cpu_pinning"].startswith("no: ") or params["cpus"] == params["cpus_visible"], params
 
     listing = as_user("alice", session_env, WERKBANK, "jobs")
     assert re.search(rf"^\s*{job_id}\s+COMPLETED\s+{re.escape(str(notebook))}$", listing.stdout, re.M), (

@@ -31,7 +31,8 @@ def check(execution: Execution) -> None:
     assert params["walltime_left"] == "n/a (not in a Slurm job)"
     # The kernel papermill started is this environment's Python, not whatever `python` is on PATH.
     assert params["python_executable"] == sys.executable
-    assert params["cpus"] == str(len(os.sched_getaffinity(0)))
+    assert params["cpus"] == params["cpus_visible"] == str(len(os.sched_getaffinity(0)))
+    assert params["cpu_pinning"] == "n/a (not in a Slurm job)"
     assert params["cwd"] == str(workdir)
     assert params["mlflow_tracking_uri"] == os.environ["MLFLOW_TRACKING_URI"]
     assert tags["werkbank.device"] == params["device"] in {"cpu", "cuda", "mps"}
