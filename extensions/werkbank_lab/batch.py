@@ -196,6 +196,12 @@ def convert(name: str, value: object, type_name: str) -> object:
     kind = (type_name or "").lower()
     if kind in {"none", ""}:  # `max_depth = 3`: untyped, as most notebooks write parameters
         return resolve_type(value)
+    # `epochs: "Optional[int]" = None` (the templates' sized parameters): None, or the inner type.
+    optional = re.fullmatch(r"optional\[\s*(\w+)\s*\]", kind)
+    if optional:
+        if value.strip() == "None":
+            return None
+        kind = optional.group(1)
     try:
         if kind == "int":
             return int(value)

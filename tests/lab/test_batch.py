@@ -35,7 +35,7 @@ def notebook(tmp_path) -> Path:
     nb = nbformat.v4.new_notebook()
     parameters = nbformat.v4.new_code_cell(
         'epochs: int = 3\nlearning_rate: float = 0.1\nname: str = "run"\ncompile_model: bool = False\n'
-        "layers: list = [32, 16]"
+        'layers: list = [32, 16]\nbatch_size: "Optional[int]" = None\nthreshold: "Optional[float]" = None'
     )
     parameters.metadata["tags"] = ["parameters"]
     nb.cells = [parameters, nbformat.v4.new_code_cell("print(epochs, learning_rate, name)")]
@@ -70,6 +70,11 @@ def test_parameters_are_converted_to_the_declared_types(notebook, policy):
         "compile_model": True,
         "layers": [8],
     }
+    # A template's sized parameter (`"Optional[int]" = None`): the inner type, or None.
+    sized = batch.prepare(notebook, {"batch_size": "64", "threshold": "None"}, profile="gpu1", policy=policy)
+    assert sized.parameters == {"batch_size": 64, "threshold": None}
+    with pytest.raises(batch.SubmitError, match="parameter 'batch_size' expects int, got '\\$\\(id\\)'"):
+        batch.prepare(notebook, {"batch_size": "$(id)"}, profile="gpu1", policy=policy)
     assert (sub.request.profile, sub.request.gpus, sub.request.partition) == ("gpu1", 1, "gpu")
     assert sub.output_for("42") == notebook.with_name("my notebook-42.ipynb")
 
