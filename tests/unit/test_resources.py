@@ -352,14 +352,18 @@ def test_energy_kwh_is_the_sum_of_gpu_and_cpu_energy(tmp_path, powercap):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A local MLflow store for this module's tests (SQLite: MLflow 3.17 refuses ``file:`` stores
-    unless MLFLOW_ALLOW_FILE_STORE is set; one store, as creating its schema takes seconds); MLflow's
-    global tracking URI is put back afterwards."""
+    unless MLFLOW_ALLOW_FILE_STORE is set; one store, as creating its schema takes seconds), with an
+    experiment of its own; MLflow's global tracking URI and active experiment are put back afterwards."""
     previous = mlflow_tracking_utils._tracking_uri  # None unless set: get_tracking_uri() would invent one
+    # An earlier test may have left an active experiment of another store: runs here would go there.
+    previous_experiment = mlflow.tracking.fluent._active_experiment_id
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+    mlflow.set_experiment("werkbank-resources-tests")
     try:
         yield MlflowClient()
     finally:
         mlflow.set_tracking_uri(previous)
+        mlflow.tracking.fluent._active_experiment_id = previous_experiment
 
 
 def test_log_resources_puts_the_metrics_and_tags_on_the_active_run(store):
