@@ -111,9 +111,15 @@ class Device:
         )
 
 
-def job_cpus() -> int:
-    """The CPU cores this process may use (Slurm pins a job to its cores), never the node's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def job_cpus(environ: Mapping[str, str] | None = None) -> int:
+    """The CPU cores this job was given, never the node's count: the cores this process may run on
+    (Slurm pins a job to its cores with its task/affinity or task/cgroup plugin), and at most Slurm's
+    ``SLURM_CPUS_ON_NODE``, which counts them where the cluster does not pin (then a job sees every core
+    of the node, and as many threads would crowd out the other jobs)."""
+    environ = os.environ if environ is None else environ
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allocated = environ.get("SLURM_CPUS_ON_NODE", "")
+    return min(visible, int(allocated)) if allocated.isdigit() and int(allocated) > 0 else visible
 
 
 def choose_device(use_amp: str = "auto", use_compile: str = "auto", cpu_threads: int = 0) -> Device:

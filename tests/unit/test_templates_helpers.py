@@ -161,8 +161,16 @@ def test_job_cpus_counts_the_cores_the_process_is_pinned_to():
     os.sched_setaffinity(0, {min(cores)})  # as Slurm pins a job, whatever the node has
     try:
         assert job_cpus() == 1
+        assert job_cpus({"SLURM_CPUS_ON_NODE": "8"}) == 1  # pinned to fewer than the figure says
     finally:
         os.sched_setaffinity(0, cores)
+
+
+def test_job_cpus_counts_what_slurm_gave_where_the_cluster_does_not_pin():
+    visible = len(os.sched_getaffinity(0))
+    assert job_cpus({"SLURM_CPUS_ON_NODE": "1"}) == 1  # task/none: every core visible, one given
+    assert job_cpus({}) == job_cpus({"SLURM_CPUS_ON_NODE": ""}) == visible
+    assert job_cpus({"SLURM_CPUS_ON_NODE": "0"}) == job_cpus({"SLURM_CPUS_ON_NODE": "2(x3)"}) == visible
 
 
 # --- tags --------------------------------------------------------------------------------------------
