@@ -137,6 +137,16 @@ for pkg in core:werkbank_core spawner:werkbank_spawner extensions:werkbank_lab; 
         echo "$pkg_want" >"$pkg_stamp"
     fi
 done
+# ------------------------------------------------------------------ models converted once
+# SmolLM2 ships as GGUF; transformers de-quantizes it on every load (15-45 s). Converted once into the
+# environment's share/werkbank/models, a template loads it in ~0.2 s (werkbank_lab.local_models).
+if ! "$VENV/bin/python" -c "from werkbank_lab import local_models as m, sys; sys.exit(not all(m._complete(m.site_models_dir() / n) for n in m.MODELS))" 2>/dev/null; then
+    say "converting the shipped language models (once, under a minute)"
+    log=$(mktemp)
+    HF_HUB_OFFLINE=1 "$VENV/bin/python" -m werkbank_lab.local_models convert >"$log" 2>&1 \
+        || { cat "$log" >&2; echo "install: converting the shipped language models failed" >&2; exit 1; }
+    rm -f "$log"
+fi
 # ------------------------------------------------------------------ JupyterLab extension
 # @werkbank/lab (extensions/labextension: the session's time left and warnings, the template
 # cards): TypeScript built with packages from the npm registry (package-lock.json), installed
