@@ -230,3 +230,57 @@ def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(hub, sessio
     assert mlflow_run.data.tags["werkbank.slurm_job_id"] == job_id
     assert mlflow_run.data.tags["werkbank.user"] == "alice"
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 3
+
+
+def test_a_hyperparameter_search_fans_out_as_slurm_jobs_sharing_one_study(hub, session_env, monkeypatch):
+    """Template 12 in alice's session with ``fan_out_jobs=2``: 4 trials run as 2 Slurm jobs of hers, which
+    share one Optuna study (a journal file in her home) and log each trial as a child of the search's run
+    through the hub's MLflow with the jobs' own token; the notebook waits for them, then tests the best
+    configuration once. Four trials cannot promise the search's outcome (a better configuration than the
+    default, a pruned trial): ``check_outcome`` is off here, and the smoke run of
+    ``tests/notebooks`` (8 trials in the session) asserts it. The bookkeeping checks all run."""
+    papermill = str(Path(sys.executable).parent / "papermill")
+    folder = user_folder("alice", "search-test")
+    data_notebook = put("alice", REPO / "notebooks" / "02-data" / "data.ipynb", folder)
+    search_notebook = put("alice", REPO / "notebooks" / "12-hyperparameter-search" / "search.ipynb", folder)
+    suffix = uuid.uuid4().hex[:8]
+    data_experiment, experiment = f"search-data-{suffix}", f"search-{suffix}"
+
+    result = as_user(
+        "alice", session_env, papermill, str(data_notebook), str(folder / "data-out.ipynb"),
+        "-p", "size", "smoke", "-p", "experiment_name", data_experiment, "--cwd", str(folder),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = as_user(
+        "alice", session_env, papermill, str(search_notebook), str(folder / "search-out.ipynb"),
+        "-p", "size", "smoke", "-p", "data_experiment", data_experiment, "-p", "experiment_name", experiment,
+        "-p", "trials", "4", "-p", "fan_out_jobs", "2", "-p", "worker_profile", "cpu",
+        "-p", "check_outcome", "False", "-p", "wait_minutes", "5", "-p", "study_dir", str(folder / "studies"),
+        "--cwd", str(folder),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    executed = nbformat.read(folder / "search-out.ipynb", as_version=4)
+    assert "All checks passed." in json.dumps(executed.cells[-1].outputs)
+
+    client = mlflow_as(hub, "alice", monkeypatch)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    job_ids = parent.data.tags["werkbank.search_jobs"].split(",")
+    assert len(job_ids) == 2 and all(j.isdigit() for j in job_ids)
+    trial_runs = [r for r in runs if "werkbank.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["werkbank.trial"]) for r in trial_runs) == [0, 1, 2, 3]
+    # Each job ran its share (2 trials), as alice, and wrote the trials' runs itself.
+    ran_in = sorted(r.data.tags["werkbank.slurm_job_id"] for r in trial_runs)
+    assert ran_in == sorted(job_ids * 2), ran_in
+    for job_id in job_ids:
+        assert job_field(job_id, "UserId").startswith("alice(")
+        assert status_of("alice", job_id)["state"] == "COMPLETED"
+    for r in trial_runs:
+        assert r.info.status == "FINISHED" and r.info.user_id == "alice"
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # The study's journal lies in alice's folder, written by her session and her jobs; the test ran once.
+    journal = folder / "studies" / f"search-{parent.info.run_id}.journal"
+    assert journal.stat().st_uid == pwd.getpwnam("alice").pw_uid
+    assert parent.data.metrics["test_evaluations"] == 1
+    assert not [r for r in runs if r is not parent and "test_accuracy" in r.data.metrics]
