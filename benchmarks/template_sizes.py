@@ -53,6 +53,7 @@ def upstream_parameters(name: str, experiments: dict[str, str]) -> dict:
     links = {
         "03-training": {"data_experiment": "02-data"},
         "05-validation": {"training_experiment": "03-training"},
+        "12-hyperparameter-search": {"data_experiment": "02-data"},
         "06-deployment": {"registered_model_name": "05-validation-model"},
         "08-project-overview": {
             "experiment_names": "03-training,05-validation",
@@ -74,7 +75,7 @@ def run_once(template: dict, name: str, size: str, workdir: Path, experiments: d
         parameters["registered_model_name"] = experiments["05-validation-model"] = (
             f"sizes-{uuid.uuid4().hex[:8]}"
         )
-    for folder_parameter in ("data_dir", "checkpoint_dir", "output_dir", "export_dir"):
+    for folder_parameter in ("data_dir", "checkpoint_dir", "output_dir", "export_dir", "study_dir"):
         parameters.setdefault(
             folder_parameter, folder_parameter
         )  # inside the scratch folder; unknown: ignored
