@@ -54,6 +54,8 @@ def upstream_parameters(name: str, experiments: dict[str, str]) -> dict:
         "03-training": {"data_experiment": "02-data"},
         "05-validation": {"training_experiment": "03-training"},
         "12-hyperparameter-search": {"data_experiment": "02-data"},
+        "14-synthetic-data": {"data_experiment": "02-data"},
+        "17-monitoring-drift": {"registered_model_name": "05-validation-model"},
         "06-deployment": {"registered_model_name": "05-validation-model"},
         "08-project-overview": {
             "experiment_names": "03-training,05-validation",
