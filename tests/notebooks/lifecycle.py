@@ -132,6 +132,24 @@ def the_run(execution: Execution) -> Run:
     return run
 
 
+def parent_and_children(client: MlflowClient, experiment: str, template: str) -> tuple[Run, dict[str, Run]]:
+    """A template's one parent run and its child runs by name (templates with a run per candidate, trial,
+    generator...): every run finished, tagged with the template and the user, each child under the parent."""
+    runs = runs_in(client, experiment)
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1, [run.info.run_name for run in parents]
+    [parent] = parents
+    children = {run.info.run_name: run for run in runs if run is not parent}
+    assert len(children) == len(runs) - 1, "two child runs with one name"
+    for run in runs:
+        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+        assert run.data.tags["werkbank.template"] == template
+        assert run.data.tags["werkbank.user"] == getpass.getuser()
+    for child in children.values():
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id, child.info.run_name
+    return parent, children
+
+
 def check_every_run_records_what_it_used(execution: Execution) -> None:
     """Every run of the template (templates.tracked_run) carries werkbank's version and what it used: the
     allocation's CPU- and GPU-hours over the run's own time, and for energy either a figure or why not."""

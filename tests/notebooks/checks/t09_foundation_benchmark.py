@@ -3,7 +3,6 @@
 recomputed from its logged test predictions; the variants agree with fp32 within their tolerances; the
 TF-IDF baseline is there; the recommendation is what the logged leaderboard and weights give."""
 
-import getpass
 import hashlib
 import math
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from tests.notebooks.checks.t04_finetuning import assert_no_text_on_both_sides, corpus_folder
 from tests.notebooks.checks.t05_validation import wilson
-from tests.notebooks.lifecycle import Execution, runs_in
+from tests.notebooks.lifecycle import Execution, parent_and_children
 
 NEEDS: tuple[str, ...] = ()
 TEMPLATE = "09-foundation-benchmark"
@@ -35,19 +34,9 @@ def smoke(upstream: dict[str, Execution]) -> dict:
 
 def check(execution: Execution) -> None:
     client = execution.client
-    runs = runs_in(client, execution.experiment_name)
-    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    assert len(parents) == 1, [run.info.run_name for run in runs]
-    parent = parents[0]
-    children = {run.info.run_name: run for run in runs if run is not parent}
+    parent, children = parent_and_children(client, execution.experiment_name, TEMPLATE)
     candidates = parent.data.params["candidates"].split(",")
     assert set(children) == set(candidates), (sorted(children), candidates)
-    for run in runs:
-        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
-        assert run.data.tags["werkbank.template"] == TEMPLATE
-        assert run.data.tags["werkbank.user"] == getpass.getuser()
-    for child in children.values():
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.data.params["size"] == "smoke"
     assert "tfidf" in children, f"no TF-IDF baseline among {sorted(children)}"
 

@@ -11,7 +11,7 @@ import tempfile
 import optuna
 from scipy import stats
 
-from tests.notebooks.lifecycle import Execution, runs_in
+from tests.notebooks.lifecycle import Execution, parent_and_children
 
 NEEDS: tuple[str, ...] = ("02-data",)
 TEMPLATE = "12-hyperparameter-search"
@@ -37,14 +37,8 @@ def study_of(client, parent) -> optuna.Study:
 
 def check(execution: Execution) -> None:
     client = execution.client
-    runs = runs_in(client, execution.experiment_name)
-    [parent] = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs if run is not parent]
-    for run in runs:
-        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
-        assert run.data.tags["werkbank.template"] == TEMPLATE
-    for run in children:
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    parent, by_name = parent_and_children(client, execution.experiment_name, TEMPLATE)
+    children = list(by_name.values())
 
     study = study_of(client, parent)
     params = parent.data.params

@@ -8,7 +8,6 @@ the copy generator is caught; the scorecard holds the child runs' numbers. Then 
 simulated driving traces (``data_source="traces"``): its data is what the logged recipe simulates again.
 """
 
-import getpass
 import math
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from tests.notebooks.lifecycle import Execution, execute, runs_in
+from tests.notebooks.lifecycle import Execution, execute, parent_and_children, runs_in
 
 NEEDS: tuple[str, ...] = ("02-data",)
 TEMPLATE = "14-synthetic-data"
@@ -36,17 +35,10 @@ def smoke(upstream: dict[str, Execution]) -> dict:
     return {"size": "smoke", "data_experiment": data.experiment_name if data else "never-created"}
 
 
-def parent_and_children(client, experiment_name: str):
-    runs = runs_in(client, experiment_name)
-    [parent] = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = {run.info.run_name: run for run in runs if run is not parent}
+def generator_runs(client, experiment_name: str):
+    """The parent run and one child run per generator."""
+    parent, children = parent_and_children(client, experiment_name, TEMPLATE)
     assert set(children) == GENERATORS, sorted(children)
-    for run in runs:
-        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
-        assert run.data.tags["werkbank.template"] == TEMPLATE
-        assert run.data.tags["werkbank.user"] == getpass.getuser()
-    for child in children.values():
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     return parent, children
 
 
@@ -56,7 +48,7 @@ def download(client, run_id: str, path: str, folder: Path) -> pd.DataFrame:
 
 def check(execution: Execution) -> None:
     client = execution.client
-    parent, children = parent_and_children(client, execution.experiment_name)
+    parent, children = generator_runs(client, execution.experiment_name)
     params = parent.data.params
     assert (params["size"], params["data_source"]) == ("smoke", "table"), params
 
@@ -180,7 +172,7 @@ def check_traces(execution: Execution) -> None:
     workdir.mkdir()
     seconds = execute(execution.path, workdir, parameters)
     print(f"{TEMPLATE} on traces: smoke run {seconds:.1f} s")
-    parent, children = parent_and_children(execution.client, experiment_name)
+    parent, children = generator_runs(execution.client, experiment_name)
     params = parent.data.params
     assert params["data_source"] == "traces" and "data_run_id" not in params, params
     recipe = traffic.Recipe.from_params(
