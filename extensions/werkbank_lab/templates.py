@@ -178,18 +178,39 @@ def tracked_run(template: str, run_name: str, tags: Mapping[str, str] | None = N
     system_metrics, system_metrics_note = resources.system_metrics_available()
     # MLflow's monitor announces its start and stop at INFO in every template's output; nothing to act on.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    with mlflow.start_run(
-        run_name=run_name,
-        tags=run_tags(template, **(tags or {})),
-        log_system_metrics=system_metrics,
-        **start,
-    ) as run:
+    # MLflow prints two lines of links as each run ends: useful once for a template's run, noise a
+    # hundred times over for a search's trials (and in a dashboard). Child runs end quietly.
+    child = bool(start.get("nested") or start.get("parent_run_id"))
+    with (
+        _env(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true" if child else None),
+        mlflow.start_run(
+            run_name=run_name,
+            tags=run_tags(template, **(tags or {})),
+            log_system_metrics=system_metrics,
+            **start,
+        ) as run,
+    ):
         mlflow.set_tag("werkbank.resources.system_metrics", system_metrics_note)
         meter = resources.ResourceMeter().start()  # the run's own time, as MLflow records it
         try:
             yield run
         finally:  # also when the cell fails: what it used until then
             resources.log_resources(meter.stop())
+
+
+@contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    """Environment variables set (a value) or left as they are (``None``) within the block."""
+    before = {name: os.environ.get(name) for name, value in values.items() if value is not None}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def latest_run(
