@@ -232,6 +232,65 @@ def test_a_ddp_script_runs_under_srun_and_torchrun_in_one_mlflow_run(hub, sessio
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 3
 
 
+def lora_script() -> str:
+    """Template 10's data-parallel LoRA script, as its %%writefile cell writes it."""
+    nb = nbformat.read(
+        REPO / "notebooks" / "10-llm-instruction-tuning" / "instruction_tuning.ipynb", as_version=4
+    )
+    cell = next(c.source for c in nb.cells if c.source.startswith("%%writefile tune_lora.py"))
+    return cell.split("\n", 1)[1]
+
+
+def val_losses(client: MlflowClient, run_id: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+
+
+def test_lora_tuning_runs_data_parallel_as_a_slurm_job_and_equals_one_process(
+    hub, session_env, monkeypatch, tmp_path
+):
+    """Template 10's ``tune_lora.py`` through ``werkbank submit`` with 2 processes (gloo) in alice's job:
+    one MLflow run of hers, the processes' adapters equal bit for bit, and the same training as one
+    process on the same global batches (dropout off: it draws different masks per process), which holds
+    only if each process scales its loss by the *global* number of answer tokens."""
+    source = tmp_path / "tune_lora.py"
+    source.write_text(lora_script())
+    folder = user_folder("alice", "submit-lora")
+    script = put("alice", source, folder)
+    experiment = f"lora-ddp-{uuid.uuid4().hex[:8]}"
+    tiny = [
+        "--experiment", experiment, "--train-per-class", "4", "--val-per-class", "1", "--test-per-class", "2",
+        "--article-words", "16", "--steps", "4", "--batch-size", "4", "--lr", "2e-3", "--eval-every", "2",
+        "--lora-dropout", "0",
+    ]  # fmt: skip
+
+    result = as_user(
+        "alice", session_env, WERKBANK, "submit", str(script), "--procs-per-node", "2", "--profile", "cpu",
+        "--", *tiny,
+    )  # fmt: skip
+    job_id = submitted_job_id(result)
+    # One process as the reference, in alice's session (no DDP: plain Python), while the job runs.
+    reference = as_user("alice", {**session_env, "OMP_NUM_THREADS": "1"}, sys.executable, str(script), *tiny)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    status = wait_for(lambda: status_of("alice", job_id), 300, f"job {job_id} to finish")
+    log = folder / f"tune_lora-{job_id}.log"
+    assert status["state"] == "COMPLETED", (status, log.read_text() if log.exists() else "no log")
+
+    client = mlflow_as(hub, "alice", monkeypatch)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    [ddp] = [r for r in runs if r.data.params["world_size"] == "2"]
+    [single] = [r for r in runs if r.data.params["world_size"] == "1"]
+    assert ddp.info.user_id == "alice" and ddp.data.tags["werkbank.slurm_job_id"] == job_id
+    assert ddp.data.params["backend"] == "gloo" and ddp.data.params["global_batch_size"] == "4"
+    assert ddp.data.metrics["rank_max_abs_diff"] == 0.0
+    losses = {r.data.params["world_size"]: val_losses(client, r.info.run_id) for r in (ddp, single)}
+    assert len(losses["2"]) == 3 and losses["2"][-1] < losses["2"][0], losses
+    # Equal up to float rounding (measured: equal to 5 decimals); dividing by each process's own token
+    # count instead moves the last held-out loss by 1.9e-3 here.
+    assert max(abs(a - b) for a, b in zip(losses["2"], losses["1"], strict=True)) < 2e-4, losses
+    adapter = {f.path for f in client.list_artifacts(ddp.info.run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter
+
+
 def test_a_hyperparameter_search_fans_out_as_slurm_jobs_sharing_one_study(hub, session_env, monkeypatch):
     """Template 12 in alice's session with ``fan_out_jobs=2``: 4 trials run as 2 Slurm jobs of hers, which
     share one Optuna study (a journal file in her home) and log each trial as a child of the search's run
