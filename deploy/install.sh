@@ -33,9 +33,10 @@ export DEBIAN_FRONTEND=noninteractive
 # ------------------------------------------------------------------ system packages
 missing=()
 packages=(python3-venv python3-dev sudo nodejs npm git curl)
-# The tests also run MLflow on PostgreSQL (tests/postgres.py starts a private cluster), and
-# drive Debian's Chromium with Playwright (tests/browser; no browser is downloaded).
-[ "$DEV" = yes ] && packages+=(postgresql chromium)
+# The tests also run MLflow and the hub on PostgreSQL (tests/postgres.py starts a private cluster),
+# drive Debian's Chromium with Playwright (tests/browser; no browser is downloaded), and check the
+# units in deploy/systemd with systemd-analyze.
+[ "$DEV" = yes ] && packages+=(postgresql chromium systemd)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done

@@ -11,6 +11,7 @@ The flow, used by ``hub_config/jupyterhub_config.py`` and by ``werkbank-site che
 - :mod:`.rules`: what relates keys to each other (a shared password only on loopback, ...).
 - :mod:`.services`: the managed services the site implies (MLflow, its proxy, the culler).
 - :mod:`.apply`: ``update_*`` functions setting each area's traits; the state folders.
+- :mod:`.database`: the hub database's URL, with the password from its file.
 - :mod:`.reference` and :mod:`.cli`: ``werkbank-site defaults|check``.
 """
 

@@ -4,7 +4,8 @@ folders the hub needs before it starts.
 One ``update_*`` function per area sets that area's traits (the-littlest-jupyterhub's
 configurer does the same); :func:`apply` calls them all. They only *set* traits, to values that
 share nothing with the site; applying the same site twice gives the same ``Config``. Nothing
-here touches the file system except :func:`prepare_state`.
+here touches the file system except :func:`prepare_state` and the reading of the hub database's
+password file (:mod:`.database`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from traitlets.config import Config
 from ..workshop.hub import write_token
 from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
+from .database import hub_db_url
 from .schema import Site, SiteConfigError
 from .services import (
     MLFLOW_ACCESS_SCOPE,
@@ -93,7 +95,7 @@ def update_hub(c: Config, site: Site, base: Path) -> None:
         c.JupyterHub.subdomain_host = hub.subdomain_host.rstrip("/")
     if hub.hub_bind_url:
         c.JupyterHub.hub_bind_url = hub.hub_bind_url
-    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.db_url = hub_db_url(hub, state)
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
     # The proxy's REST API on loopback at the port after the public one, so that two hubs on

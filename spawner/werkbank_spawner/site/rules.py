@@ -12,6 +12,9 @@ import ipaddress
 import sys
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from werkbank_core.centre import STORAGE_AREAS
 from werkbank_core.policy import PolicyError, policy_from_dict
 
@@ -89,6 +92,54 @@ def check_hub(hub: Hub) -> None:
             raise SiteConfigError("hub.subdomain_host", "a scheme and host (and port) only, no path")
     if not hub.data_dir.strip():
         raise SiteConfigError("hub.data_dir", "must not be empty")
+    check_hub_database(hub)
+
+
+#: Database backends the hub may keep its state in: those werkbank tests (SQLite, PostgreSQL).
+HUB_DATABASES = ("sqlite", "postgresql")
+
+
+def check_hub_database(hub: Hub) -> None:
+    """``hub.db_url``: SQLite (an absolute path) or PostgreSQL (a database named) with its driver
+    installed and no password in it; ``hub.db_password_file`` only with PostgreSQL. Messages
+    never repeat the URL: it may hold the very password they complain about."""
+    if not hub.db_url:
+        if hub.db_password_file:
+            raise SiteConfigError(
+                "hub.db_password_file", "only used with a postgresql hub.db_url; remove it or set db_url"
+            )
+        return
+    try:
+        url = make_url(hub.db_url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise SiteConfigError(
+            "hub.db_url", "not a database URL; e.g. postgresql+psycopg://jupyterhub@db.cluster/jupyterhub"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in HUB_DATABASES:
+        raise SiteConfigError(
+            "hub.db_url",
+            f"{backend} is not supported: werkbank keeps the hub's state in sqlite or postgresql",
+        )
+    # libpq also takes a password from the query (?password=...).
+    if url.password is not None or "password" in url.query:
+        raise SiteConfigError(
+            "hub.db_url",
+            "holds a password, which a site file must not: put it in a file readable by the hub "
+            "only (chmod 600) and name that file in hub.db_password_file",
+        )
+    if backend == "sqlite":
+        if not url.database or not url.database.startswith("/"):
+            raise SiteConfigError("hub.db_url", "sqlite needs an absolute path: sqlite:////var/lib/...")
+        if hub.db_password_file:
+            raise SiteConfigError("hub.db_password_file", "only used with a postgresql hub.db_url")
+    elif not url.database:
+        raise SiteConfigError("hub.db_url", "name the database: postgresql+psycopg://user@host/DATABASE")
+    if hub.db_password_file and not hub.db_password_file.startswith("/"):
+        raise SiteConfigError(
+            "hub.db_password_file", f"must be an absolute path, got {hub.db_password_file!r}"
+        )
+    check_database_driver(hub.db_url, "hub.db_url")
 
 
 def check_auth(auth: Auth, hub: Hub) -> None:

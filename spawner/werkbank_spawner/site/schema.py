@@ -117,8 +117,26 @@ class Hub(Section):
     )
     data_dir: StrictStr = setting(
         "/var/lib/werkbank/hub",
-        "Hub state: sqlite database, cookie secret, proxy pid file. A relative "
-        "path is relative to the site file's folder.",
+        "Hub state: the SQLite database (unless db_url), cookie secret, proxy pid file, "
+        "dashboard shares. A relative path is relative to the site file's folder.",
+    )
+    db_url: StrictStr = setting(
+        "",
+        "The hub's database (users, groups, tokens, servers and each server's Slurm job id): "
+        "a SQLAlchemy URL without a password, e.g. "
+        "postgresql+psycopg://jupyterhub@db.cluster:5432/jupyterhub (psycopg is installed "
+        "with werkbank; libpq options such as ?sslmode=verify-full go in the query). "
+        "sqlite:////absolute/path.sqlite and postgresql are accepted. Empty: "
+        "sqlite:///<data_dir>/jupyterhub.sqlite. A schema left by an older JupyterHub is "
+        "upgraded with `jupyterhub upgrade-db`, never at start.",
+    )
+    db_password_file: StrictStr = setting(
+        "",
+        "With a postgresql db_url: an absolute path of a file readable by the hub's account "
+        "only (mode 0600 or 0400) whose first line is the password of db_url's user; read "
+        "at every start (JupyterHub's log shows it as [redacted]). Empty: no password from werkbank "
+        "(PostgreSQL's own ways still apply: peer authentication over a Unix socket, the "
+        "hub account's ~/.pgpass). A password written into db_url is refused.",
     )
     admin_users: Names = setting((), "User names with hub admin rights.")
     spawner: Literal["slurm", "local"] = setting(
