@@ -57,6 +57,26 @@ url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
 print(url._replace(netloc=f"{url.hostname}:{port}").geturl())
 """
 
+#: Python run by the job script when Jupyter ends (``how``: "signal" when Slurm told the job to end,
+#: "exit" when Jupyter exited on its own, with its ``status``): it tells the hub at once, with the
+#: server's own token, so that the hub stops routing to the server without waiting for its next look
+#: at the queue (``werkbank_spawner.api.ServerEndedHandler``). Best effort: the queue stays the net.
+END_REPORT = """\
+import json, os, sys, urllib.request
+how, status = sys.argv[1], int(sys.argv[2])
+request = urllib.request.Request(
+    os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/werkbank/server-ended",
+    data=json.dumps({"job_id": os.environ["SLURM_JOB_ID"], "how": how, "status": status}).encode(),
+    headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"],
+             "Content-Type": "application/json"},
+    method="POST",
+)
+try:
+    urllib.request.urlopen(request, timeout=5).read()
+except Exception as e:
+    print(f"werkbank: could not tell the hub that the server ended ({e})", file=sys.stderr)
+"""
+
 
 class ScriptError(ValueError):
     """A value that must never reach a batch script (a bug or an attack; never user-facing)."""
@@ -153,10 +173,39 @@ def render_script(
         "WERKBANK_PORT_REPORT",
         ")",
         "export JUPYTERHUB_SERVICE_URL",
-        # exec: Slurm's SIGTERM (scancel, walltime) reaches Jupyter itself, which shuts down cleanly.
-        "exec " + shlex.join(command),
+        *END_LINES_BEFORE,
+        shlex.join(command) + " &",
+        *END_LINES_AFTER,
     ]
     return "\n".join(lines) + "\n"
+
+
+#: Jupyter runs as the script's child, not in its place (exec), so that the script outlives it and
+#: tells the hub when the server ends: at Slurm's SIGTERM (scancel, walltime, preemption; Slurm
+#: signals Jupyter too, and the trap passes it on in case it did not), or when Jupyter exits. What
+#: no script survives (a node failing, SIGKILL) the hub's polling of the queue still notices.
+END_LINES_BEFORE = [
+    "# Jupyter runs as this script's child, so that the script can tell the hub when it ends.",
+    "werkbank_end_report() {",
+    "    python3 -I -S - \"$@\" <<'WERKBANK_END_REPORT' || true",
+    *END_REPORT.rstrip("\n").splitlines(),
+    "WERKBANK_END_REPORT",
+    "}",
+    'werkbank_jupyter="" werkbank_signalled=""',
+    'trap \'werkbank_signalled=1; kill -TERM "$werkbank_jupyter" 2>/dev/null; '
+    "werkbank_end_report signal 0' TERM INT HUP",
+    "set +e",
+]
+END_LINES_AFTER = [
+    "werkbank_jupyter=$!",
+    "while :; do",
+    '    wait "$werkbank_jupyter"; werkbank_status=$?',
+    "    # A signal ends `wait` early (status above 128) while Jupyter still shuts down: wait again.",
+    '    kill -0 "$werkbank_jupyter" 2>/dev/null || break',
+    "done",
+    '[ -n "$werkbank_signalled" ] || werkbank_end_report exit "$werkbank_status"',
+    'exit "$werkbank_status"',
+]
 
 
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{1,4000}\Z")

@@ -1,7 +1,8 @@
-"""The hub API endpoints werkbank adds: where a starting job reports the port its server listens on,
-where a session gets a token of its own for a batch job (``werkbank submit``), where the
-workshop service grants a course's trainers their role, where a session reads its course's
-latest message, and where a session shares dashboards (:mod:`werkbank_spawner.dashboards`).
+"""The hub API endpoints werkbank adds: where a starting job reports the port its server listens on
+(and its script that the server ended), where a session gets a token of its own for a batch job
+(``werkbank submit``), where the workshop service grants a course's trainers their role, where a
+session reads its course's latest message, and where a session shares dashboards
+(:mod:`werkbank_spawner.dashboards`).
 
 batchspawner registers ``/api/batchspawner`` whose handler ``setattr``s *every* posted key
 on the spawner, so the holder of a server token can overwrite ``exec_prefix``, ``cmd`` or
@@ -65,6 +66,40 @@ class PortReportHandler(APIHandler):
         if not isinstance(spawner, BatchSpawnerBase):
             raise web.HTTPError(403, "this token belongs to no starting batch server")
         return spawner
+
+
+SERVER_ENDED_ROUTE = r"/api/werkbank/server-ended"
+_JOB_ID = re.compile(r"[0-9]{1,20}\Z")
+
+
+class ServerEndedHandler(APIHandler):
+    """POST ``{"job_id": "<id>", "how": "signal" | "exit", "status": <0-255>}`` with a server's own
+    token: its job script saying that the server ends (``werkbank_core.script.END_REPORT``), so
+    that the hub stops routing to it now rather than at its next look at the queue.
+
+    Nothing in the body is shown to anyone as written; the job id must be the server's current
+    job (a late report of an earlier job changes nothing). The holder of the token can only end
+    their own server, which they may anyway; the spawner still cancels the job afterwards, so a
+    report that was not true leaves no job running without its server."""
+
+    @web.authenticated
+    async def post(self):
+        spawner = server_of_token(self)
+        if spawner is None or not hasattr(spawner, "job_ended"):
+            raise web.HTTPError(403, "this token belongs to no werkbank server")
+        body = self.get_json_body()
+        if not isinstance(body, dict) or set(body) != {"job_id", "how", "status"}:
+            raise web.HTTPError(400, 'expected {"job_id": "<id>", "how": "signal" or "exit", "status": <n>}')
+        job_id, how, status = body["job_id"], body["how"], body["status"]
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise web.HTTPError(400, "job_id must be a Slurm job id")
+        if how not in ("signal", "exit"):
+            raise web.HTTPError(400, 'how must be "signal" or "exit"')
+        if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 255:
+            raise web.HTTPError(400, "status must be a number from 0 to 255")
+        outcome = spawner.job_ended(job_id, how, status)
+        self.set_status(202 if outcome == "ending" else 200)
+        self.finish(json.dumps({"outcome": outcome}))
 
 
 JOB_TOKEN_ROUTE = r"/api/werkbank/job-tokens"
@@ -196,12 +231,13 @@ class BroadcastHandler(APIHandler):
 
 
 def install_handler() -> None:
-    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`JobTokenHandler`,
-    :class:`CourseRolesHandler`, :class:`BroadcastHandler` and the dashboard shares' API and link
-    page (:mod:`werkbank_spawner.dashboards`) (idempotent)."""
-    ours = (ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE, BROADCAST_ROUTE)
+    """Make ``ROUTE`` point at :class:`PortReportHandler` and add :class:`ServerEndedHandler`,
+    :class:`JobTokenHandler`, :class:`CourseRolesHandler`, :class:`BroadcastHandler` and the dashboard
+    shares' API and link page (:mod:`werkbank_spawner.dashboards`) (idempotent)."""
+    ours = (ROUTE, SERVER_ENDED_ROUTE, JOB_TOKEN_ROUTE, COURSE_ROLES_ROUTE, BROADCAST_ROUTE)
     default_handlers[:] = [h for h in default_handlers if h[0] not in ours]
     default_handlers.append((ROUTE, PortReportHandler))
+    default_handlers.append((SERVER_ENDED_ROUTE, ServerEndedHandler))
     default_handlers.append((JOB_TOKEN_ROUTE, JobTokenHandler))
     default_handlers.append((COURSE_ROLES_ROUTE, CourseRolesHandler))
     default_handlers.append((BROADCAST_ROUTE, BroadcastHandler))

@@ -165,6 +165,12 @@ class SlurmQueue:
         except TimeoutError:
             pass
 
+    def notify(self) -> None:
+        """Wake whoever waits for an update, without asking Slurm: news of a job from elsewhere
+        (its script's report that it ended)."""
+        event, self._updated = self._updated, asyncio.Event()
+        event.set()
+
     # -- internals
 
     async def _run(self) -> None:
@@ -182,8 +188,7 @@ class SlurmQueue:
                 await self._query_ids(ids)
         finally:
             self._inflight = None
-            event, self._updated = self._updated, asyncio.Event()
-            event.set()
+            self.notify()
 
     async def _query_ids(self, ids: list[str]) -> None:
         argv = [*self.squeue, "--noheader", "--states=all", "--jobs=" + ",".join(ids), "--format=" + _FIELDS]

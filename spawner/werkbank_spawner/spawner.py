@@ -350,6 +350,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
     # Explicit state beyond batchspawner's job_id/job_status.
     job_request: JobRequest | None = None
     last_end_reason: str = ""
+    #: The job whose script reported that its server ended (:meth:`job_ended`), until cleared.
+    _reported_end: str = ""
+    _end_task: asyncio.Future | None = None
 
     _queues: ClassVar[dict[tuple, SlurmQueue]] = {}
     _addresses: ClassVar[dict[tuple, NodeAddresses]] = {}
@@ -478,6 +481,7 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         super().clear_state()
         self.job_request = None
         self.port = 0
+        self._reported_end = ""
 
     # -- commands
 
@@ -622,6 +626,11 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
             return
 
     def _raise_if_gone(self) -> None:
+        if self._reported_end and self._reported_end == self.job_id:
+            raise RuntimeError(
+                f"The Slurm job stopped before Jupyter started: {self.last_end_reason}. "
+                f"Its output is in {self._job_context().log_dir}/jupyter-{self.job_id}.log"
+            )
         info = self.queue.get(self.job_id)
         if info is None or info.state is not JobState.GONE:
             return
@@ -637,6 +646,9 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         """None while the job is pending or running (or Slurm is briefly unreachable), else 1."""
         if not self.job_id:
             return 0
+        if self._reported_end == self.job_id:
+            # Its script said so (job_ended); the job id stays for stop(), which cancels the job.
+            return 1
         self.queue.watch(self.job_id)
         info = self.queue.get(self.job_id) or await self.queue.refresh(self.job_id)
         if info is None or info.state in (JobState.PENDING, JobState.RUNNING):
@@ -660,6 +672,33 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         self.queue.unwatch(self.job_id)
         self.job_id = ""
         return 1
+
+    def job_ended(self, job_id: str, how: str, status: int) -> str:
+        """The job script's report that the server ends (``api.ServerEndedHandler``): ``how`` is
+        "signal" (Slurm told the job to end) or "exit" (Jupyter exited with ``status``).
+
+        Returns what happened: "not this job" (a late report of an earlier job), "stopping" (the
+        hub ends the server already), "ending" (the hub now handles the end as if its poll had
+        found it: the route goes, the server is stopped and its job cancelled), or "start fails"
+        (the server was still starting; start() raises)."""
+        if not self.job_id or job_id != self.job_id:
+            return "not this job"
+        if self.pending == "stop" or self._reported_end == job_id:
+            return "stopping"
+        if how == "signal":
+            reason = f"Slurm ended job {job_id} (scancel, its time limit, or preemption)"
+        else:
+            reason = f"Jupyter exited with status {status} in job {job_id}"
+        self.last_end_reason = f"{reason}; reported by the job"
+        self._reported_end = job_id
+        self.log.warning("werkbank: %s's server ended: %s", self.user.name, self.last_end_reason)
+        if self.pending == "spawn":
+            self.queue.notify()  # start() is waiting for news of the job
+            return "start fails"
+        # In the background: the callbacks stop the server and cancel its job, which may take
+        # seconds; the job's script is not kept waiting for that.
+        self._end_task = asyncio.ensure_future(self.poll_and_notify())
+        return "ending"
 
     async def _final_state(self, info: JobInfo, wait: float = 3.0) -> JobInfo:
         """A job seen COMPLETING is ending; Slurm knows why (CANCELLED, TIMEOUT, ...) a moment
@@ -689,17 +728,25 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         try:
             await self._run(self._as_user([*self.scancel_cmd, job_id]))
         except SlurmCommandError as e:
-            self.log.error("werkbank: scancel %s failed: %s", job_id, e)
+            # After the job reported its end, Slurm may be done with it already: to be expected.
+            log = self.log.info if self._reported_end == job_id else self.log.error
+            log("werkbank: scancel %s failed: %s", job_id, e)
         if not now:
+            latest: JobInfo | None = None
 
             async def not_running() -> bool:
-                info = await self.queue.refresh(job_id)
+                nonlocal latest
+                latest = info = await self.queue.refresh(job_id)
                 return info is None or info.state is not JobState.RUNNING
 
             try:
                 await exponential_backoff(not_running, "", start_wait=0.1, max_wait=1, timeout=10)
             except TimeoutError:
                 self.log.warning("werkbank: job %s still runs 10 s after scancel", job_id)
+            # A job that reported a signal could not say which; Slurm may know by now (TIMEOUT, ...).
+            signalled = self._reported_end == job_id and "Slurm ended" in self.last_end_reason
+            if signalled and latest and latest.slurm_state not in ("", "COMPLETING"):
+                self.last_end_reason = f"{latest.explain()}; reported by the job"
         self.queue.unwatch(job_id)
 
     async def progress(self):

@@ -1,7 +1,9 @@
 """Batch script rendering, and a property-based attack on the whole options → script path."""
 
+import json
 import re
 import shlex
+import sys
 from collections import Counter
 
 import pytest
@@ -21,6 +23,12 @@ from .test_policy import SITE
 
 CTX = JobContext(username="alice", homedir="/home/alice", log_dir="/home/alice/.werkbank/logs")
 CMD = ["jupyterhub-singleuser", "--debug"]
+
+
+def command_line(script: str) -> str:
+    """The line that starts Jupyter: the one before the script takes its process id."""
+    lines = script.splitlines()
+    return lines[lines.index("werkbank_jupyter=$!") - 1]
 
 
 def directives(script: str) -> dict[str, str]:
@@ -60,13 +68,12 @@ def test_command_and_path_are_quoted():
         path_prefix="/opt/my venv/bin",
     )
     assert "export PATH='/opt/my venv/bin':\"$PATH\"" in script
-    last = script.strip().splitlines()[-1]
-    assert shlex.split(last) == ["exec", *CMD, "--NotebookApp.default_url=/lab; rm -rf ~"]
+    assert shlex.split(command_line(script)) == [*CMD, "--NotebookApp.default_url=/lab; rm -rf ~", "&"]
 
 
 def test_prologue_is_included_before_the_command():
     script = render_script(JobRequest("cpu", "cpu", 1, 2048, 60), CTX, CMD, prologue="module load cuda")
-    assert script.index("module load cuda") < script.index("exec jupyterhub-singleuser")
+    assert script.index("module load cuda") < script.index(command_line(script))
 
 
 @pytest.mark.parametrize(
@@ -206,7 +213,7 @@ def test_no_hostile_input_reaches_the_script():
         assert int(d["mem"].rstrip("M")) <= 64 * 1024
         # Only the lines we render: header, fixed preamble and the one command line.
         assert script.count("\n#SBATCH") == len(header)
-        assert "\n" not in script.rstrip("\n").splitlines()[-1]
+        assert shlex.split(command_line(script)) == [*CMD, "&"]
 
     check()
     print(dict(seen))
@@ -232,3 +239,103 @@ def test_rendered_script_is_valid_bash_and_python(tmp_path):
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     compile(PORT_REPORT, "port-report", "exec")
     assert "JUPYTERHUB_API_TOKEN" not in script.replace('os.environ["JUPYTERHUB_API_TOKEN"]', "")
+
+
+class FakeHub:
+    """An HTTP server on loopback that records what the job script posts to the hub API."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        reports = self.reports = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                reports.append((self.path, self.headers["Authorization"], json.loads(body)))
+                self.send_response(202)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hub/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def job_tail(command: list[str], tmp_path):
+    """The rendered script from where Jupyter starts (no Slurm, no port report), as a file."""
+    script = render_script(JobRequest("cpu", "cpu", 1, 2048, 60), CTX, command)
+    tail = script[script.index("# Jupyter runs as this script's child") :]
+    path = tmp_path / "tail.sh"
+    path.write_text("#!/bin/bash\nset -euo pipefail\n" + tail)
+    return path
+
+
+def run_tail(path, hub: FakeHub, *, terminate_after: float | None = None):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "JUPYTERHUB_API_URL": hub.url, "JUPYTERHUB_API_TOKEN": "server-token"}
+    env["SLURM_JOB_ID"] = "4711"
+    proc = subprocess.Popen(
+        ["bash", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    if terminate_after is not None:
+        time.sleep(terminate_after)
+        proc.send_signal(signal.SIGTERM)  # what Slurm sends at scancel or the time limit
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def test_the_job_tells_the_hub_when_jupyter_exits(tmp_path):
+    hub = FakeHub()
+    try:
+        code, _, err = run_tail(job_tail(["sh", "-c", "exit 3"], tmp_path), hub)
+    finally:
+        hub.close()
+    assert code == 3, err  # the job ends with Jupyter's status
+    assert hub.reports == [
+        (
+            "/hub/api/werkbank/server-ended",
+            "token server-token",
+            {"job_id": "4711", "how": "exit", "status": 3},
+        )
+    ]
+
+
+def test_the_job_tells_the_hub_at_slurms_sigterm_and_jupyter_gets_it(tmp_path):
+    # The stand-in for Jupyter writes down the signal it got, then takes a moment to shut down.
+    marker = tmp_path / "got"
+    jupyter = (
+        "import signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        f"    open({str(marker)!r}, 'w').write(str(signum)); time.sleep(0.5); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "time.sleep(30)\n"
+    )
+    hub = FakeHub()
+    try:
+        code, _, err = run_tail(job_tail([sys.executable, "-c", jupyter], tmp_path), hub, terminate_after=1.5)
+    finally:
+        hub.close()
+    # Only the script got the signal here (Slurm signals both): it passed it on and waited for Jupyter.
+    assert marker.read_text() == "15", err
+    assert code == 0, err
+    assert [body for _, _, body in hub.reports] == [{"job_id": "4711", "how": "signal", "status": 0}]
+
+
+def test_a_hub_that_does_not_answer_does_not_change_how_the_job_ends(tmp_path):
+    hub = FakeHub()
+    hub.close()  # nobody listens: the report fails, with a line in the job's log
+    code, _, err = run_tail(job_tail(["sh", "-c", "exit 0"], tmp_path), hub)
+    assert code == 0
+    assert "could not tell the hub that the server ended" in err
