@@ -639,7 +639,7 @@ def test_apply_oauth():
     oauth = {**OAUTH, "callback_url": "https://hub.example.org/hub/oauth_callback"}
     site = with_value(minimal(), "auth", {"type": "oauth", "oauth": oauth})
     c = applied(site)
-    assert c.JupyterHub.authenticator_class == "oauthenticator.generic.GenericOAuthenticator"
+    assert c.JupyterHub.authenticator_class == "werkbank_spawner.oidc.WerkbankOAuthenticator"
     generic = c.GenericOAuthenticator
     for key, value in OAUTH.items():
         assert generic[key] == value
@@ -1346,6 +1346,17 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         now, before = config[spawner].pop("policy_config"), recorded[spawner].pop("policy_config")
         assert policy_from_dict(now) == policy_from_dict(before)
+    # Changed on purpose since the recording (issue 19): OAuth logins use werkbank's subclass of
+    # GenericOAuthenticator (id_token check, provider groups); a site without its keys gets them off.
+    hub = config["JupyterHub"]
+    if hub["authenticator_class"] == "werkbank_spawner.oidc.WerkbankOAuthenticator":
+        hub["authenticator_class"] = "oauthenticator.generic.GenericOAuthenticator"
+        assert config.pop("WerkbankOAuthenticator") == {
+            "issuer": "",
+            "groups_claim": "groups",
+            "group_map": {},
+            "allowed_provider_groups": [],
+        }
     assert config == recorded
 
 

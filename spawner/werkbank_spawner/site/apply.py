@@ -41,7 +41,8 @@ SPAWNER_CLASSES = {
 AUTHENTICATOR_CLASSES = {
     "pam": "jupyterhub.auth.PAMAuthenticator",
     "shared-password": "shared-password",
-    "oauth": "oauthenticator.generic.GenericOAuthenticator",
+    # GenericOAuthenticator with the id_token checked and the provider's groups mapped.
+    "oauth": "werkbank_spawner.oidc.WerkbankOAuthenticator",
 }
 #: With workshops: the same logins, and course logins on the login form (event code, sheet).
 COURSE_AUTHENTICATOR_CLASSES = {
@@ -124,6 +125,11 @@ def update_auth(c: Config, site: Site) -> None:
         generic.scope = list(oauth.scope)
         if oauth.callback_url:
             generic.oauth_callback_url = oauth.callback_url
+        werkbank = c.WerkbankOAuthenticator
+        werkbank.issuer = oauth.issuer
+        werkbank.groups_claim = oauth.groups_claim
+        werkbank.group_map = dict(oauth.group_map)
+        werkbank.allowed_provider_groups = set(oauth.allowed_groups)
 
 
 def update_spawners(c: Config, site: Site, base: Path) -> None:

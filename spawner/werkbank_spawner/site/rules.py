@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from werkbank_core.centre import STORAGE_AREAS
 from werkbank_core.policy import PolicyError, policy_from_dict
 
+from ..workshop.roles import group_name
 from .schema import (
     DEFAULT_HUB_BIND_URL,
     SHARED_PASSWORD_MIN_LENGTH,
@@ -30,6 +31,9 @@ from .schema import (
     Slurm,
 )
 from .services import mlflow_proxy_host, mlflow_proxy_port, mlflow_service_prefix
+
+#: How the JupyterHub groups of workshop courses begin (``course-<name>``).
+COURSE_GROUP_PREFIX = group_name("")
 
 #: SQLAlchemy's driver module of a database URI scheme (its default where none is named: psycopg
 #: 3 for PostgreSQL since SQLAlchemy 2.1) and the pip package that provides it.
@@ -180,6 +184,49 @@ def _check_oauth(auth: Auth) -> None:
             check_url(getattr(oauth, key), f"auth.oauth.{key}")
     if not oauth.username_claim.strip():
         raise SiteConfigError("auth.oauth.username_claim", "must not be empty")
+    if oauth.issuer:
+        check_url(oauth.issuer, "auth.oauth.issuer")
+        if "openid" not in oauth.scope:
+            raise SiteConfigError(
+                "auth.oauth.scope",
+                "must include openid with auth.oauth.issuer: without it there is no id_token",
+            )
+    _check_provider_groups(auth)
+
+
+def _check_provider_groups(auth: Auth) -> None:
+    """groups_claim, group_map and allowed_groups: a claim path that names something, groups
+    with names, and no mapping onto the course groups that werkbank-workshop keeps."""
+    oauth = auth.oauth
+    if oauth.group_map or oauth.allowed_groups:
+        parts = oauth.groups_claim.split(".")
+        if not all(part.strip() for part in parts):
+            raise SiteConfigError(
+                "auth.oauth.groups_claim",
+                f"a claim name, or names joined by dots for a nested claim (realm_access.roles); "
+                f"got {oauth.groups_claim!r}",
+            )
+    for provider_group, hub_group in oauth.group_map.items():
+        key = f"auth.oauth.group_map[{provider_group!r}]"
+        if not provider_group.strip():
+            raise SiteConfigError("auth.oauth.group_map", "a provider group name must not be empty")
+        if not hub_group.strip() or hub_group != hub_group.strip():
+            raise SiteConfigError(key, f"a hub group name without surrounding spaces, got {hub_group!r}")
+        if hub_group.startswith(COURSE_GROUP_PREFIX):
+            # The login would take participants out of a course werkbank-workshop put them in.
+            raise SiteConfigError(
+                key,
+                f"{hub_group!r}: hub groups starting with {COURSE_GROUP_PREFIX!r} are workshop "
+                "courses, which werkbank-workshop fills; choose another name",
+            )
+    for i, group in enumerate(oauth.allowed_groups):
+        if not group.strip():
+            raise SiteConfigError(f"auth.oauth.allowed_groups[{i}]", "must not be empty")
+    if oauth.allowed_groups and auth.allow_all:
+        # Unused admission rules would make an admin believe they restrict who logs in.
+        raise SiteConfigError(
+            "auth.oauth.allowed_groups", "auth.allow_all admits everyone the provider knows; remove one"
+        )
 
 
 def check_slurm(slurm: Slurm) -> None:

@@ -159,6 +159,36 @@ class OAuth(Section):
         "Redirect URL registered with the provider, "
         "<bind_url>/hub/oauth_callback; empty: derived from the request.",
     )
+    issuer: StrictStr = setting(
+        "",
+        "The OpenID Connect issuer, e.g. https://idp.example.org/realms/ai (the provider's "
+        "<issuer>/.well-known/openid-configuration names it). Set: a login needs the provider's "
+        "id_token, signed by a key the issuer publishes (its jwks_uri), issued by it for client_id, "
+        "not expired, about the same user as the userinfo answer; a token signed with another key "
+        "or by another issuer is refused. Empty: plain OAuth2, the id_token is not checked.",
+    )
+    groups_claim: StrictStr = setting(
+        "groups",
+        "The claim listing the user's groups at the provider (in the userinfo answer or, with "
+        "issuer, the id_token): a list of names; names joined by dots reach a nested claim, e.g. "
+        "realm_access.roles. Read for group_map and allowed_groups.",
+    )
+    # Field, not setting(): a mapping's default. pydantic copies it for each Site (so it is never
+    # shared), and `werkbank-site defaults` prints it ({}), which a default_factory would not give.
+    group_map: dict[StrictStr, StrictStr] = Field(
+        {},
+        description="Provider group (as in groups_claim) -> hub group (the names limits.groups and "
+        "profiles' groups use). At every login the user is put into the hub groups mapped from "
+        "their provider groups and taken out of the others named here, so that limits follow the "
+        "provider; hub groups not named here (workshop courses, groups made by admins) are left "
+        "alone. Several provider groups may map to one hub group. E.g. "
+        '{"/ai-factory/power-users": power}.',
+    )
+    allowed_groups: Names = setting(
+        (),
+        "Provider groups (as in groups_claim) whose members may log in, besides "
+        "auth.allowed_users and hub.admin_users; empty: none (not with auth.allow_all).",
+    )
 
 
 class Auth(Section):
