@@ -14,7 +14,9 @@ A. spawn-to-ready time, ``POST /hub/api/users/NAME/server`` until ``GET /user/NA
 B. scheduler command calls per second while ``--crowd`` spawns are held pending behind a
    blocker job (counted by wrapper scripts configured as the spawners' commands);
 C. after a mass ``scancel`` of ``--crowd`` running servers, how long each hub takes to report
-   them stopped (each variant at its default poll interval).
+   them stopped (each variant at its default poll interval; werkbank's jobs also tell the hub);
+D. werkbank's polling with ``--crowd`` servers running, then with ``--others`` held jobs of another
+   user in the queue: squeue calls per second and the hub's CPU per poll, side by side.
 
 Nothing here asserts timings. Shares the cluster with the test suite: run it under
 ``flock /tmp/werkbank-cluster.lock``. It cancels only jobs of its own users (bench-*) and its
@@ -777,6 +779,75 @@ def print_cancel(results: dict[str, dict], crowd: int) -> None:
         )
 
 
+# --------------------------------------------------------------------------- D: a busy queue
+
+OTHER_USER = "bench-other"  # whose pending jobs fill the queue in D
+
+
+def hub_cpu_seconds(hub: Hub) -> float:
+    """CPU time of the hub and of the commands it ran and waited for (squeue, sudo, scancel)."""
+    import psutil
+
+    times = psutil.Process(hub.process.pid).cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def measure_polling(hub: Hub, counter: CommandCounter, window: float) -> dict:
+    cpu_before, start = hub_cpu_seconds(hub), time.time()
+    time.sleep(window)
+    cpu = hub_cpu_seconds(hub) - cpu_before
+    calls = counter.calls(start, start + window)
+    squeues = sum(1 for name, _ in calls if name == "squeue")
+    return {
+        "calls_per_s": len(calls) / window,
+        "squeue_per_s": squeues / window,
+        "cpu_ms_per_poll": 1000 * cpu / max(squeues, 1),
+        "cpu_percent": 100 * cpu / window,
+    }
+
+
+def submit_other_jobs(count: int) -> None:
+    """``count`` held one-core sleep jobs of :data:`OTHER_USER`: pending, never started."""
+    loop = (
+        f"for i in $(seq {count}); do sbatch --hold --parsable --job-name={OTHER_USER} --output=/dev/null "
+        "--partition=cpu --wrap 'sleep 600' >/dev/null || exit 1; done"
+    )
+    run("sudo", "-n", "-u", OTHER_USER, "-H", "bash", "-c", loop, timeout=900)
+    wait_for(lambda: len(jobs_of([OTHER_USER], "PENDING")) >= count, 120, f"{count} other jobs pending", 1)
+
+
+def bench_busy_queue(
+    hub: Hub, users: list[str], counter: CommandCounter, batch: int, window: float, others: int
+) -> dict:
+    start_running(hub, "werkbank", users, batch)
+    time.sleep(5)  # the spawns' own calls die down
+    quiet = measure_polling(hub, counter, window)
+    say(
+        f"  quiet queue: {quiet['squeue_per_s']:.2f} squeue/s, {quiet['cpu_ms_per_poll']:.1f} ms CPU per poll"
+    )
+    try:
+        submit_other_jobs(others)
+        busy = measure_polling(hub, counter, window)
+    finally:
+        run("scancel", f"--user={OTHER_USER}", check=False)
+    hub.stop_servers(users, timeout=180)
+    cancel_jobs_of(users)
+    return {"quiet": quiet, "busy": busy}
+
+
+def print_busy_queue(result: dict, crowd: int, others: int, window: float) -> None:
+    say()
+    say(f"D. werkbank's polling with {crowd} servers running, {window:.0f} s windows")
+    say(f"   {'queue':24s} {'squeue/s':>9s} {'calls/s':>8s} {'hub CPU ms/poll':>16s} {'hub CPU %':>10s}")
+    for label, r in ((f"{crowd} servers", result["quiet"]), (f"+ {others} held jobs", result["busy"])):
+        say(
+            f"   {label:24s} {r['squeue_per_s']:9.2f} {r['calls_per_s']:8.2f} "
+            f"{r['cpu_ms_per_poll']:16.1f} {r['cpu_percent']:10.2f}"
+        )
+    quiet, busy = result["quiet"]["cpu_ms_per_poll"], result["busy"]["cpu_ms_per_poll"]
+    say(f"   CPU per poll, busy/quiet: {ratio(busy, quiet)}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -789,10 +860,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=5, help="C's servers started at once")
     parser.add_argument("--quick", action="store_true", help="3 spawns, crowd 6, 10 s window")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (hub logs)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: A,B,C")
+    parser.add_argument("--others", type=int, default=1000, help="D: held jobs of another user")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: A,B,C,D")
     args = parser.parse_args(argv)
     if args.quick:
-        args.spawns, args.crowd, args.window = 3, 6, 10
+        args.spawns, args.crowd, args.window, args.others = 3, 6, 10, 200
     args.skip = {p.strip().upper() for p in args.skip.split(",") if p.strip()}
     return args
 
@@ -827,6 +899,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     crowd = [f"bench{i:02d}" for i in range(1, args.crowd + 1)]
     all_users = [*SOLO_USERS.values(), *crowd]
+    if "D" not in args.skip:
+        ensure_users([OTHER_USER])
     preflight()
     ensure_users(all_users)
     root = Path(tempfile.mkdtemp(prefix="werkbank-bench-"))
@@ -875,6 +949,10 @@ def main(argv=None) -> int:
             for variant in ("werkbank", "stock"):
                 cancel_results[variant] = bench_mass_cancel(hubs[variant], variant, crowd, args.batch)
             print_cancel(cancel_results, args.crowd)
+        if "D" not in args.skip:
+            say(f"\nD: {args.crowd} running servers, then {args.others} held jobs of {OTHER_USER} ...")
+            busy = bench_busy_queue(hubs["werkbank"], crowd, counter, args.batch, args.window, args.others)
+            print_busy_queue(busy, args.crowd, args.others, args.window)
         ok = True
     finally:
         cleanup(hubs, all_users, blocker)

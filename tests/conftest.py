@@ -36,7 +36,24 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: Path(str(item.path)).is_relative_to(browser))
 
 
+#: Seconds spent in each test folder (setup, call and teardown): the template suite has a budget
+#: (15 minutes on 2 cores, issue 18), reported with the figures.
+_FOLDER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    parts = report.nodeid.split("/")
+    if len(parts) > 2 and parts[0] == "tests":
+        _FOLDER_SECONDS[parts[1]] = _FOLDER_SECONDS.get(parts[1], 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
+    if "notebooks" in _FOLDER_SECONDS:
+        total = _FOLDER_SECONDS["notebooks"]
+        _FIGURES.append(("the template suite (tests/notebooks)", f"{total:.0f} s (budget 900 s)"))
+    if _FOLDER_SECONDS:
+        folders = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(_FOLDER_SECONDS.items()))
+        _FIGURES.append(("time per test folder", folders))
     if _FIGURES:
         terminalreporter.section("figures measured by the tests (reported, not asserted)")
         for name, text in _FIGURES:
