@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 CONSULTANT, CLIENT, GROUP = "alice", "acme-client", "acme"
 NOTEBOOK = "acme/overview.ipynb"
+VALIDATION = "acme/scenario_validation.ipynb"  # template 15, whose report reads as a dashboard
 RUNS = {"baseline": 0.81, "wider": 0.86, "tuned": 0.91}
 PRIVATE_RUN = "consultant-notes"
 
@@ -38,6 +39,19 @@ def mlflow(hub: Hub, token: str, path: str, body: dict | None = None) -> dict:
     )
     assert r.status_code == 200, (path, r.text)
     return r.json()
+
+
+def validation_notebook(stamp: int) -> dict:
+    """Template 15 at its smoke size, as the consultant would set it up for a quick review."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "validation.ipynb"
+        papermill.execute_notebook(
+            str(REPO / "notebooks/15-scenario-validation/scenario_validation.ipynb"),
+            str(prepared),
+            parameters={"size": "smoke", "experiment_name": f"{CONSULTANT}/scenario-validation-{stamp}"},
+            prepare_only=True,
+        )
+        return json.loads(prepared.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +121,10 @@ def project(hub: Hub):
     )
     owner.put("api/contents/acme", json={"type": "directory"})
     r = owner.put(f"api/contents/{NOTEBOOK}", json={"type": "notebook", "content": content})
+    assert r.status_code in (200, 201), r.text
+    r = owner.put(
+        f"api/contents/{VALIDATION}", json={"type": "notebook", "content": validation_notebook(stamp)}
+    )
     assert r.status_code in (200, 201), r.text
     yield {"model": model, "experiment": experiment}
     for share in owner.get("werkbank/dashboards").json().get("shares", []):
@@ -206,3 +224,21 @@ def test_4_the_client_is_refused_jupyterlab(client, screenshot):
     screenshot(client, "dashboards the client is refused jupyterlab")
     response = client.goto(f"/user/{CONSULTANT}/api/contents")
     assert response is not None and response.status == 403
+
+
+def test_5_a_validation_report_reads_as_a_dashboard(page, project, screenshot):
+    """Template 15 (scenario validation) rendered by Voila in the consultant's Slurm job: it runs from top
+    to bottom there (smoke size) and shows the report, the verdicts and the checks' result, no code."""
+    dashboard = page.context.new_page()
+    dashboard.goto(f"/user/{CONSULTANT}/voila/render/{VALIDATION}")
+    expect(dashboard.get_by_text("Scenario validation report").first).to_be_visible(timeout=240_000)
+    expect(dashboard.get_by_text("Verdicts on the catalogue").first).to_be_visible()
+    expect(dashboard.locator("table").get_by_text("FAIL").first).to_be_visible()  # always-accelerate's
+    expect(dashboard.get_by_text("All checks passed").first).to_be_visible(timeout=120_000)
+    expect(dashboard.locator(".jp-InputArea-editor, .cm-editor, pre.highlight")).to_have_count(0)
+    expect(dashboard.get_by_text("search_trials =")).to_have_count(0)
+    expect(dashboard.get_by_text("Traceback")).to_have_count(0)
+    # Voila's page scrolls inside its own container: bring the report into the picture.
+    dashboard.get_by_text("Verdicts on the catalogue").first.scroll_into_view_if_needed()
+    screenshot(dashboard, "dashboards a scenario validation report as a dashboard")
+    dashboard.close()
