@@ -8,7 +8,10 @@ that declares:
 - ``NEEDS``: the templates whose MLflow output it reads (run first, in this session);
 - ``smoke(upstream)``: its smoke parameters; ``upstream`` maps each needed template to its ``Execution``, so
   parameters can name the experiment (or registered model) the earlier run used;
-- ``check(execution)``: asserts from outside, through the MLflow API, what the template claims.
+- ``check(execution)``: asserts from outside, through the MLflow API, what the template claims;
+- optionally ``VARIANTS``: the template run again with other parameters (``{"flower": Variant(...)}``), tested
+  as ``<template>/<variant>`` (``16-data-pooling/flower``) and checked by the same ``check``
+  (``execution.variant`` says which).
 """
 
 from __future__ import annotations
@@ -47,6 +50,23 @@ def checks_for(name: str) -> ModuleType:
     return importlib.import_module(f"tests.notebooks.checks.t{number}_{rest.replace('-', '_')}")
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A template's run with other parameters (on top of its smoke parameters), after the runs it needs."""
+
+    parameters: dict
+    needs: tuple[str, ...] = ()
+
+
+def variants() -> list[str]:
+    """Every template's variants, as ``<template>/<variant>``."""
+    return [
+        f"{template_id(path)}/{variant}"
+        for path in TEMPLATES
+        for variant in getattr(checks_for(template_id(path)), "VARIANTS", {})
+    ]
+
+
 @dataclass
 class Execution:
     """One smoke run of a template: where it ran, with what, and for how long."""
@@ -62,6 +82,11 @@ class Execution:
     @property
     def experiment_name(self) -> str:
         return self.parameters["experiment_name"]
+
+    @property
+    def variant(self) -> str:
+        """The variant's name ("" for the template's smoke run)."""
+        return self.name.partition("/")[2]
 
 
 def execute(path: Path, workdir: Path, parameters: dict) -> float:
@@ -93,12 +118,15 @@ class Lifecycle:
             pytest.fail(f"{name} failed earlier in this session: {self.failed[name]}")
         if name in self.done:
             return self.done[name]
-        checks = checks_for(name)
-        upstream = {need: self.run(need) for need in checks.NEEDS}
-        path = next(p for p in TEMPLATES if template_id(p) == name)
-        workdir = self.root / name
+        template, _, variant = name.partition("/")
+        checks = checks_for(template)
+        extra = checks.VARIANTS[variant] if variant else Variant({}, checks.NEEDS)
+        upstream = {need: self.run(need) for need in extra.needs}
+        path = next(p for p in TEMPLATES if template_id(p) == template)
+        workdir = self.root / name.replace("/", "-")
         workdir.mkdir(parents=True)
-        parameters = {**checks.smoke(upstream), "experiment_name": f"test-{name}-{self.session}"}
+        experiment_name = f"test-{name.replace('/', '-')}-{self.session}"
+        parameters = {**checks.smoke(upstream), **extra.parameters, "experiment_name": experiment_name}
         execution = Execution(
             name, path, workdir, parameters, MlflowClient(self.tracking_uri), upstream=upstream
         )

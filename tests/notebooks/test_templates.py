@@ -15,7 +15,18 @@ import papermill
 import pytest
 from mlflow import MlflowClient
 
-from tests.notebooks.lifecycle import SMOKE_BUDGET_S, TEMPLATES, checks_for, execute, runs_in, template_id
+from tests.notebooks.lifecycle import (
+    SMOKE_BUDGET_S,
+    TEMPLATES,
+    checks_for,
+    execute,
+    runs_in,
+    template_id,
+    variants,
+)
+
+# The templates' smoke runs, then their variants (16-data-pooling/flower: one template, other parameters).
+RUNS = [template_id(path) for path in TEMPLATES] + variants()
 
 
 def test_every_template_has_checks_and_its_needs_come_before_it():
@@ -25,14 +36,16 @@ def test_every_template_has_checks_and_its_needs_come_before_it():
         checks = checks_for(name)  # ImportError names the missing module
         assert callable(checks.smoke) and callable(checks.check)
         assert set(checks.NEEDS) <= set(names[:position]), f"{name} needs {checks.NEEDS}"
+        for variant, run in getattr(checks, "VARIANTS", {}).items():
+            assert set(run.needs) <= set(names[: position + 1]), f"{name}/{variant} needs {run.needs}"
 
 
 # Both from MLflow's dataset code (schema inference, digest), not ours.
 @pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
 @pytest.mark.filterwarnings("ignore:Starting with pandas version 4.0")
-@pytest.mark.parametrize("path", TEMPLATES, ids=template_id)
-def test_template_runs_and_logs_to_mlflow(path, lifecycle, report_figure):
-    execution = lifecycle.run(template_id(path))
+@pytest.mark.parametrize("name", RUNS)
+def test_template_runs_and_logs_to_mlflow(name, lifecycle, report_figure):
+    execution = lifecycle.run(name)
     # The smoke size's budget is a design target for a quiet 2-core machine, reported here and
     # not asserted: under CI's load the same run can take twice as long.
     over = "  OVER BUDGET" if execution.seconds > SMOKE_BUDGET_S else ""
