@@ -51,6 +51,7 @@ from werkbank_core.slurm import SlurmCommandError, run
 from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report handler)
 from .form import render_options_form
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
+from .server_certs import ServerCerts
 from .tracking import NO_TELEMETRY
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
 from .workshop.sessions import course_policy, local_repository, material_url, participant_course
@@ -222,7 +223,7 @@ def ignored_settings_message(found: list[str]) -> str:
     )
 
 
-class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
+class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
     """Start single-user servers as Slurm jobs chosen from the site's profiles.
 
     Traits inherited from batchspawner that are *not* used (``batch_script``, ``exec_prefix``,
@@ -695,10 +696,33 @@ class WerkbankSlurmSpawner(SlurmSpawner, SessionSetup):
         if self.pending == "spawn":
             self.queue.notify()  # start() is waiting for news of the job
             return "start fails"
-        # In the background: the callbacks stop the server and cancel its job, which may take
-        # seconds; the job's script is not kept waiting for that.
-        self._end_task = asyncio.ensure_future(self.poll_and_notify())
+        # In the background: the job's script is not kept waiting while the hub stops the server.
+        self._end_task = asyncio.ensure_future(self._end_reported_job(job_id))
         return "ending"
+
+    async def _end_reported_job(self, job_id: str) -> None:
+        """What a job's report starts: JupyterHub's handling of a server its poll found ended (the
+        route deleted, the server stopped), then the job's end made sure of. JupyterHub does not
+        call stop() for such a server, so a job that is still RUNNING after its report (a report
+        that was not true) is cancelled here; Slurm's reason, once it has one, replaces the report's
+        general one in the message the user sees next."""
+        await self.poll_and_notify()
+        self.queue.watch(job_id)  # watched since start(); made sure of after a hub restart
+        info = await self.queue.refresh(job_id)
+        try:
+            if info is not None and info.state in (JobState.PENDING, JobState.RUNNING):
+                self.log.warning("werkbank: job %s reported its end but still runs: cancelling it", job_id)
+                await self._run(self._as_user([*self.scancel_cmd, job_id]))
+            elif info is not None and info.slurm_state not in ("", "COMPLETING") and not self.job_id:
+                if "Slurm ended" in self.last_end_reason:  # a signal, now with Slurm's word for it
+                    self.last_end_reason = f"{info.explain()}; reported by the job"
+                    if self.orm_spawner is not None:  # the hub saved the state as the server stopped
+                        self.orm_spawner.state = self.get_state()
+                        self.db.commit()
+        except SlurmCommandError as e:
+            self.log.error("werkbank: scancel %s failed: %s", job_id, e)
+        finally:
+            self.queue.unwatch(job_id)
 
     async def _final_state(self, info: JobInfo, wait: float = 3.0) -> JobInfo:
         """A job seen COMPLETING is ending; Slurm knows why (CANCELLED, TIMEOUT, ...) a moment

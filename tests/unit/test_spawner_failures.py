@@ -83,3 +83,45 @@ async def test_a_failing_scancel_is_logged_and_stop_returns(tmp_path, caplog):
     await asyncio.wait_for(s.stop(), 30)
     assert "scancel 42 failed: scancel: error: Kill job error on job id 42" in caplog.text
     assert "42" not in s.queue._watched
+
+
+def job_in_state(tmp_path: Path, state: str) -> str:
+    """squeue that lists job 77 in ``state`` (werkbank's format: id|state|reason|start|nodes)."""
+    return command(tmp_path, "squeue", f"echo '77|{state}|None|2026-12-05T10:00:00|node1'\n")
+
+
+async def test_a_jobs_end_report_counts_only_for_its_current_job(tmp_path):
+    s = spawner(tmp_path, squeue_cmd=[job_in_state(tmp_path, "RUNNING")], queue_poll_interval=60)
+    s.job_id = "77"
+    assert s.job_ended("76", "signal", 0) == "not this job"  # a late report of an earlier job
+    assert await s.poll() is None
+    s._stop_pending = True  # the hub stops it already (its scancel made the job report)
+    assert s.job_ended("77", "signal", 0) == "stopping"
+    assert s._reported_end == ""
+
+
+async def test_a_reported_end_stops_the_server_and_a_job_slurm_still_runs_is_cancelled(tmp_path):
+    scancel = command(tmp_path, "scancel", 'echo "$@" >> $0.calls\n')
+    s = spawner(tmp_path, squeue_cmd=[job_in_state(tmp_path, "RUNNING")], scancel_cmd=[scancel])
+    s.job_id = "77"
+    stopped = []
+    s.add_poll_callback(lambda: stopped.append(True))  # what JupyterHub registers: user_stopped
+    assert s.job_ended("77", "exit", 3) == "ending"
+    assert s.last_end_reason == "Jupyter exited with status 3 in job 77; reported by the job"
+    await s._end_task
+    assert stopped == [True]
+    assert await s.poll() == 1
+    # Slurm still runs it (a report that was not true): cancelled, since JupyterHub will not call stop().
+    assert Path(scancel + ".calls").read_text().split() == ["77"]
+
+
+async def test_a_reported_signal_takes_slurms_reason_and_cancels_nothing(tmp_path):
+    scancel = command(tmp_path, "scancel", 'echo "$@" >> $0.calls\n')
+    s = spawner(tmp_path, squeue_cmd=[job_in_state(tmp_path, "TIMEOUT")], scancel_cmd=[scancel])
+    s.job_id = "77"
+    s.add_poll_callback(s.clear_state)  # as JupyterHub's stop does: the job id forgotten
+    assert s.job_ended("77", "signal", 0) == "ending"
+    assert "Slurm ended job 77" in s.last_end_reason
+    await s._end_task
+    assert s.last_end_reason.startswith("job 77 ended: TIMEOUT") and s.last_end_reason.endswith("by the job")
+    assert not Path(scancel + ".calls").exists()
