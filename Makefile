@@ -5,11 +5,13 @@ VENV := $(PREFIX)/venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install install-dev slurm demo demo-stop test unit integration lint format check-site
+.PHONY: help install install-dev slurm demo demo-stop multinode multinode-stop test unit integration lint format check-site
 
 help:
 	@echo "make demo       bring up Slurm, MLflow and JupyterHub on this machine (as root)"
 	@echo "make demo-stop  stop everything 'make demo' started"
+	@echo "make multinode  a 2-node Slurm cluster in network namespaces beside the test cluster (as root)"
+	@echo "make multinode-stop  remove it"
 	@echo "make test       lint + unit + integration tests against real Slurm/JupyterHub/MLflow"
 	@echo "make unit       fast tests only (no services)"
 	@echo "make check-site validate hub_config/site.yaml"
@@ -29,6 +31,12 @@ demo:
 
 demo-stop:
 	deploy/demo-down.sh
+
+multinode:
+	deploy/multinode-up.sh
+
+multinode-stop:
+	deploy/multinode-down.sh
 
 check-site:
 	$(VENV)/bin/werkbank-site check hub_config/site.yaml

@@ -184,7 +184,8 @@ while :; do
     state=$(timeout 10 sinfo -h -n node1 -o %T 2>/dev/null || true)
     case "$state" in
         idle | mixed | allocated | completing) break ;;
-        down | drained | draining | drain | fail | failing)
+        # sinfo marks a node that does not answer with "*" (down*, drain*): resume those too.
+        down | down\* | drained | drained\* | draining | drain | drain\* | fail | failing | fail\*)
             # Left over from an earlier run (e.g. killed slurmd): resume once.
             if [ "$resumed" = no ]; then
                 say "node1 is $state; resuming it"

@@ -496,7 +496,12 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
 
     def _as_user(self, argv: list[str]) -> list[str]:
         name = self._username()
-        return [part.replace("{username}", name) for part in self.sudo_cmd] + argv
+        prefix = [part.replace("{username}", name) for part in self.sudo_cmd]
+        if self.slurm_conf and prefix and os.path.basename(prefix[0]) == "sudo":
+            # sudo resets the environment: without this, scancel would ask /etc/slurm's cluster
+            # (where the same job id may be another job), as sbatch_argv keeps it for sbatch.
+            prefix.insert(1, "--preserve-env=SLURM_CONF")
+        return prefix + argv
 
     def _username(self) -> str:
         name = self.user.name

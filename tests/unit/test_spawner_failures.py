@@ -125,3 +125,17 @@ async def test_a_reported_signal_takes_slurms_reason_and_cancels_nothing(tmp_pat
     await s._end_task
     assert s.last_end_reason.startswith("job 77 ended: TIMEOUT") and s.last_end_reason.endswith("by the job")
     assert not Path(scancel + ".calls").exists()
+
+
+def test_commands_run_as_the_user_keep_the_sites_slurm_conf():
+    # sudo resets the environment; a site with its own slurm.conf must reach the same cluster with
+    # scancel as with sbatch (found on the multi-node test cluster: scancel asked /etc/slurm's).
+    user = SimpleNamespace(name="alice", groups=[], url="/user/alice/")
+    site = WerkbankSlurmSpawner(
+        user=user, policy_config=SITE, slurm_conf="/run/werkbank-multinode/slurm.conf"
+    )
+    assert site._as_user(["scancel", "7"]) == [
+        "sudo", "--preserve-env=SLURM_CONF", "-n", "-u", "alice", "scancel", "7",
+    ]  # fmt: skip
+    plain = WerkbankSlurmSpawner(user=user, policy_config=SITE)
+    assert plain._as_user(["scancel", "7"]) == ["sudo", "-n", "-u", "alice", "scancel", "7"]

@@ -1,0 +1,166 @@
+"""A cluster of hosts on one machine (issue 19, first increment): Slurm jobs of a test user span
+two compute nodes that are network namespaces with their own addresses, the nodes and the hub
+host reach each other by address, and a node whose link goes down is marked DOWN and comes back
+when resumed. The cluster: deploy/multinode-up.sh, driven through tests/multinode.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.multinode import (  # noqa: F401 (multinode_cluster: the session fixture `multinode`)
+    HUB,
+    NODES,
+    PROBE,
+    READY,
+    Multinode,
+    multinode_cluster,
+    user_workdir,
+    write_as,
+)
+from tests.services import Process
+from werkbank_spawner.queue import NodeAddresses
+
+pytestmark = pytest.mark.integration
+USER = "alice"
+
+
+@pytest.fixture
+def workdir():
+    folder = user_workdir(USER)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def hosts_job(cluster: Multinode, workdir: Path) -> dict[str, tuple[str, str, str, list[str]]]:
+    """Run a 2-node batch job of USER with one step per node; per node (SLURMD_NODENAME): the
+    step's hostname, user, the address its hostname resolves to, and its non-loopback addresses."""
+    # Per step: the node, its hostname, the user, what the hostname resolves to, its addresses.
+    step = write_as(
+        USER,
+        workdir / "step.sh",
+        '#!/bin/bash\nset -- $(getent hosts "$(hostname)")\n'
+        'echo "step $SLURMD_NODENAME $(hostname) $(id -un) ${1:-unresolved} $(hostname -I)"\n',
+    )
+    script = write_as(
+        USER,
+        workdir / "hosts.sh",
+        "#!/bin/bash\n"
+        "#SBATCH --nodes=2\n"
+        "#SBATCH --ntasks-per-node=1\n"
+        "#SBATCH --time=1\n"
+        f"#SBATCH --output={workdir}/hosts.out\n"
+        f"srun bash {step}\n",
+    )
+    cluster.sbatch(USER, script)
+    steps = {}
+    for line in (workdir / "hosts.out").read_text().splitlines():
+        if line.startswith("step "):
+            _, node, hostname, user, resolved, *addresses = line.split()
+            steps[node] = (hostname, user, resolved, addresses)
+    return steps
+
+
+async def test_batch_job_steps_run_on_both_nodes_with_their_own_addresses(multinode, workdir):
+    """Each step sees its own node's name and address, and that address is the node's NodeAddr
+    as the spawner reads it (werkbank_spawner.queue.NodeAddresses, run on the hub host): what
+    the hub will connect to is where the node's processes listen."""
+    steps = hosts_job(multinode, workdir)
+    assert steps == {node: (node, USER, multinode.address(node), [multinode.address(node)]) for node in NODES}
+    addresses = NodeAddresses(multinode.in_hub("sinfo"))
+    assert {node: await addresses.address(node) for node in NODES} == {
+        node: steps[node][3][0] for node in NODES
+    }
+
+
+def test_nodes_and_hub_reach_each_other_by_address(multinode, workdir):
+    """A listener in a step on node1; a step on node2 connects to it and to a listener on the hub
+    host; the hub host connects to node1's listener. Each listener names its own host and the
+    peer address it saw: a connection that stayed inside one namespace would show another."""
+    probe = write_as(USER, workdir / "probe.py", PROBE)
+    hub_port = workdir / "hub.port"
+    node1_port = workdir / "node1.port"
+    hub_addr, node1_addr = multinode.address(HUB), multinode.address("node1")
+    hub_listener = Process(
+        "hub listener",
+        multinode.in_host(HUB, "python3", str(probe), "listen", hub_addr, str(hub_port), "--timeout", "60"),
+        log_path=workdir / "hub-listener.log",
+    ).start()
+    hub_client = Process(
+        "hub client",
+        multinode.in_host(
+            HUB, "python3", str(probe), "connect", f"{node1_addr}@{node1_port}", "--timeout", "60"
+        ),
+        log_path=workdir / "hub-client.log",
+    ).start()
+    script = write_as(
+        USER,
+        workdir / "reach.sh",
+        "#!/bin/bash\n"
+        "#SBATCH --nodes=2\n"
+        "#SBATCH --ntasks-per-node=1\n"
+        "#SBATCH --time=1\n"
+        f"#SBATCH --output={workdir}/reach.out\n"
+        # node1 answers two connections: node2's step and the hub host's client.
+        f"srun --nodes=1 --ntasks=1 --nodelist=node1 python3 {probe} listen {node1_addr} {node1_port}"
+        " --count 2 --timeout 60 &\n"
+        "listener=$!\n"
+        f"srun --nodes=1 --ntasks=1 --nodelist=node2 python3 {probe} connect"
+        f" {node1_addr}@{node1_port} {hub_addr}@{hub_port}\n"
+        "wait $listener\n",
+    )
+    try:
+        multinode.sbatch(USER, script)
+        hub_client.proc.wait(30)
+    finally:
+        hub_listener.stop(5)
+        hub_client.stop(5)
+    from_node2 = [json.loads(line) for line in (workdir / "reach.out").read_text().splitlines()]
+    from_hub = [json.loads(line) for line in hub_client.log_path.read_text().splitlines()]
+    node2_addr = multinode.address("node2")
+    assert from_node2 == [
+        {"target": node1_addr, "from": "node2", "answer": {"hostname": "node1", "peer": node2_addr}},
+        {"target": hub_addr, "from": "node2", "answer": {"hostname": HUB, "peer": node2_addr}},
+    ]
+    assert [(r["target"], r.get("answer", r)) for r in from_hub] == [
+        (node1_addr, {"hostname": "node1", "peer": hub_addr})
+    ]
+
+
+def test_node_whose_link_goes_down_is_marked_down_and_resumed(multinode, workdir, report_figure):
+    """node2's cable out: slurmctld marks node2 not responding, then DOWN, within a bound declared
+    from SlurmdTimeout (T, 10 s): slurmctld pings every T/3 s and sets DOWN once a node has not
+    answered for T s; with the ping's own timeouts (MessageTimeout 5 s, TCPTimeout 2 s) at most
+    about 2 T, measured 15-21 s; the bound is 4 T for a loaded machine. node1 is untouched.
+    Cable in: node2 stays DOWN (ReturnToService=0) until it is resumed, then runs 2-node jobs."""
+    limit = 4 * multinode.slurmd_timeout
+    assert multinode.node_state("node2") in READY
+    multinode.set_link("node2", up=False)
+    try:
+        _, not_responding = multinode.wait_state(
+            "node2", lambda s: s.endswith("*"), limit, "marked not responding"
+        )
+        state, down = multinode.wait_state(
+            "node2", lambda s: s.startswith("down"), limit - not_responding, "marked DOWN"
+        )
+        report_figure(
+            "multinode: node2's link down → not responding, DOWN after",
+            f"{not_responding:.0f} s, {not_responding + down:.0f} s (declared bound {limit} s)",
+        )
+        assert state == "down*"  # DOWN and not responding
+        assert multinode.node_state("node1") in READY
+        multinode.set_link("node2", up=True)
+        time.sleep(3)
+        assert multinode.node_state("node2").startswith("down"), "came back without a resume"
+        multinode.resume("node2")
+        multinode.wait_ready("node2")
+    finally:
+        multinode.set_link("node2", up=True)
+        if multinode.node_state("node2").startswith("down"):
+            multinode.resume("node2")
+    steps = hosts_job(multinode, workdir)
+    assert steps == {node: (node, USER, multinode.address(node), [multinode.address(node)]) for node in NODES}
