@@ -35,8 +35,9 @@ missing=()
 packages=(python3-venv python3-dev sudo nodejs npm git curl)
 # The tests also run MLflow and the hub on PostgreSQL (tests/postgres.py starts a private cluster),
 # drive Debian's Chromium with Playwright (tests/browser; no browser is downloaded), and check the
-# units in deploy/systemd with systemd-analyze.
-[ "$DEV" = yes ] && packages+=(postgresql chromium systemd)
+# units in deploy/systemd with systemd-analyze, and build the multi-node test cluster in network
+# namespaces (ip from iproute2; nsenter and unshare from util-linux).
+[ "$DEV" = yes ] && packages+=(postgresql chromium systemd iproute2 util-linux)
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
