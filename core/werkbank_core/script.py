@@ -32,9 +32,15 @@ PORT_RANGE_ENV = "WERKBANK_PORT_RANGE"
 # (the route werkbank_spawner.api serves), and print the service URL with that port for Jupyter
 # to bind. Only the standard library, so it starts in tens of milliseconds where
 # batchspawner-singleuser spends about a second importing requests and jupyterhub first. The API
-# token stays in the environment; it never appears on a command line.
+# token stays in the environment; it never appears on a command line. With the hub's internal_ssl
+# (JUPYTERHUB_SSL_* set, werkbank_spawner.server_certs) it and END_REPORT trust only the hub's
+# internal CA, check the hub's name and show the server's certificate, which the hub API asks for.
 PORT_REPORT = """\
-import json, os, random, socket, urllib.parse, urllib.request
+import json, os, random, socket, ssl, urllib.parse, urllib.request
+context = None
+if os.environ.get("JUPYTERHUB_SSL_CERTFILE"):  # internal_ssl: the hub API is https
+    context = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+    context.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
 low, high = map(int, os.environ["WERKBANK_PORT_RANGE"].split("-"))
 for port in random.sample(range(low, high + 1), min(200, high - low + 1)):
     with socket.socket() as s:
@@ -52,7 +58,7 @@ request = urllib.request.Request(
              "Content-Type": "application/json"},
     method="POST",
 )
-urllib.request.urlopen(request, timeout=60).read()
+urllib.request.urlopen(request, timeout=60, context=context).read()
 url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
 print(url._replace(netloc=f"{url.hostname}:{port}").geturl())
 """
@@ -62,7 +68,11 @@ print(url._replace(netloc=f"{url.hostname}:{port}").geturl())
 #: server's own token, so that the hub stops routing to the server without waiting for its next look
 #: at the queue (``werkbank_spawner.api.ServerEndedHandler``). Best effort: the queue stays the net.
 END_REPORT = """\
-import json, os, sys, urllib.request
+import json, os, ssl, sys, urllib.request
+context = None
+if os.environ.get("JUPYTERHUB_SSL_CERTFILE"):  # internal_ssl: the hub API is https
+    context = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+    context.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
 how, status = sys.argv[1], int(sys.argv[2])
 request = urllib.request.Request(
     os.environ["JUPYTERHUB_API_URL"].rstrip("/") + "/werkbank/server-ended",
@@ -72,7 +82,10 @@ request = urllib.request.Request(
     method="POST",
 )
 try:
-    urllib.request.urlopen(request, timeout=5).read()
+    urllib.request.urlopen(request, timeout=5, context=context).read()
+except urllib.request.HTTPError as e:
+    if e.code != 403:  # 403: the hub stopped the server itself and revoked its token already
+        print(f"werkbank: could not tell the hub that the server ended ({e})", file=sys.stderr)
 except Exception as e:
     print(f"werkbank: could not tell the hub that the server ended ({e})", file=sys.stderr)
 """

@@ -10,6 +10,7 @@ password file (:mod:`.database`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 from pathlib import Path
@@ -83,6 +84,14 @@ def apply(
     update_spawners(c, site, base)
     mlflow_services, roles = update_tracking(c, site, base)
     culler, culler_roles = services.culler_service(site.culling)
+    if site.hub.internal_ssl:
+        # The culler asks the hub API with the hub's own certificate (its --ssl-enabled reads it
+        # from the certificates' folder); it runs as the hub's account, which may read it.
+        location = internal_certs_location(site, base)
+        culler = [
+            {**s, "command": [*s["command"], "--ssl-enabled=true", f"--internal-certs-location={location}"]}
+            for s in culler
+        ]
     workshop, workshop_roles = update_workshops(c, site, base, site_file)
     c.JupyterHub.services = [*mlflow_services, *culler, *workshop]
     c.JupyterHub.load_roles = [*roles, *culler_roles, *workshop_roles]
@@ -101,11 +110,53 @@ def update_hub(c: Config, site: Site, base: Path) -> None:
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
     # The proxy's REST API on loopback at the port after the public one, so that two hubs on
     # one machine (the demo beside the tests) do not both claim JupyterHub's default 8001.
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{_port_of(hub.bind_url) + 1}"
+    api_scheme = "https" if hub.internal_ssl else "http"
+    c.ConfigurableHTTPProxy.api_url = f"{api_scheme}://127.0.0.1:{_port_of(hub.bind_url) + 1}"
+    update_internal_ssl(c, site, base)
     # Slurm servers are jobs: they keep running while the hub restarts and are found again.
     # Local-process servers (the fallback) stop with the hub, so that stopping it stops all.
     c.JupyterHub.cleanup_servers = hub.spawner != "slurm"
     c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub.spawner]
+
+
+#: Where JupyterHub keeps its internal CAs and certificates, in ``hub.data_dir``.
+INTERNAL_CERTS = "internal-ssl"
+
+
+def internal_certs_location(site: Site, base: Path) -> Path:
+    return data_dir(site, base) / INTERNAL_CERTS
+
+
+def update_internal_ssl(c: Config, site: Site, base: Path) -> None:
+    """``hub.internal_ssl``: JupyterHub's internal TLS, its CAs in ``<data_dir>/internal-ssl``
+    (not JupyterHub's default, a folder relative to wherever the hub was started). The hub's
+    certificate also names the host of ``hub.hub_bind_url``, where jobs reach the hub API; the
+    servers' certificates get their names from the spawner (the nodes of the job's partition)."""
+    hub = site.hub
+    if not hub.internal_ssl:
+        return  # JupyterHub's default: off
+    c.JupyterHub.internal_ssl = True
+    c.JupyterHub.internal_certs_location = str(internal_certs_location(site, base))
+    host = urlsplit(hub.hub_bind_url).hostname if hub.hub_bind_url else None
+    names = []
+    if host and not _is_unspecified(host):
+        names.append(alt_name(host))
+    c.JupyterHub.trusted_alt_names = names
+
+
+def alt_name(host: str) -> str:
+    """A certificate's subject alternative name for ``host``: ``IP:<address>`` or ``DNS:<name>``."""
+    try:
+        return f"IP:{ipaddress.ip_address(host)}"
+    except ValueError:
+        return f"DNS:{host}"
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def update_auth(c: Config, site: Site) -> None:

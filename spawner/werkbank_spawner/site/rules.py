@@ -55,6 +55,7 @@ def check(site: Site) -> None:
     check_policy(site)
     check_tracking(site.tracking.mlflow, site.hub)
     check_centre(site.centre)
+    check_internal_ssl(site)
 
 
 def check_url(value: str, path: str) -> None:
@@ -226,6 +227,30 @@ def _check_provider_groups(auth: Auth) -> None:
         # Unused admission rules would make an admin believe they restrict who logs in.
         raise SiteConfigError(
             "auth.oauth.allowed_groups", "auth.allow_all admits everyone the provider knows; remove one"
+        )
+
+
+def check_internal_ssl(site: Site) -> None:
+    """``hub.internal_ssl`` only where every part of the site can speak TLS to the hub: the Slurm
+    spawner (the local fallback would stage certificates as root in the user's home, as
+    JupyterHub's LocalProcessSpawner does), no MLflow proxy (it runs as its own account, which
+    cannot read the certificate the hub makes for it, and asks the hub API without one), no
+    workshops (the trainer console calls the hub API over plain HTTP)."""
+    if not site.hub.internal_ssl:
+        return
+    if site.hub.spawner != "slurm":
+        raise SiteConfigError("hub.internal_ssl", "only with hub.spawner: slurm, not the local fallback")
+    if site.tracking.mlflow.proxy:
+        raise SiteConfigError(
+            "hub.internal_ssl",
+            "not yet with tracking.mlflow.proxy: true (the proxy service does not speak TLS to "
+            "the hub); set proxy: false or internal_ssl: false",
+        )
+    if site.workshops.enabled:
+        raise SiteConfigError(
+            "hub.internal_ssl",
+            "not yet with workshops.enabled: true (the trainer console does not speak TLS to the "
+            "hub); set workshops.enabled: false or internal_ssl: false",
         )
 
 

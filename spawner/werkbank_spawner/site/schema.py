@@ -139,6 +139,16 @@ class Hub(Section):
         "hub account's ~/.pgpass). A password written into db_url is refused.",
     )
     admin_users: Names = setting((), "User names with hub admin rights.")
+    internal_ssl: StrictBool = setting(
+        False,
+        "JupyterHub's internal_ssl: the hub API, the proxy and every user's server talk TLS "
+        "with certificates from the hub's own CAs (kept in <data_dir>/internal-ssl; keep that "
+        "folder: servers running as jobs hold certificates it signed), each side checking the "
+        "other's. A server's certificate names every node of its job's partition (NodeAddr, "
+        "NodeName, NodeHostname from sinfo) and goes to ~/.werkbank/certs/<server>, written as "
+        "the user and removed when the server stops. Only with spawner slurm and without the "
+        "hub's MLflow proxy and the workshops, which do not speak TLS to the hub yet.",
+    )
     spawner: Literal["slurm", "local"] = setting(
         "slurm",
         "slurm: servers run as Slurm jobs. local: NO SLURM, servers run as local "
