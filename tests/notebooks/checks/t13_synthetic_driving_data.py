@@ -1,8 +1,13 @@
 """13-synthetic-driving-data: one run whose data set is made again here, in the test's own process, from the
 parameters the run logged, to the same SHA-256 per file; the stored Parquet files are those bytes, their
 labels are what their ground-truth columns give, the perceived labels agree with the truth at the declared
-rate at every noise level, every scenario type is in every part, and no run is split across parts."""
+rate at every noise level, every scenario type is in every part, and no run is split across parts.
 
+Two smoke runs: the template's (the kinematic simulator) and the variant ``highway``
+(``13-synthetic-driving-data/highway``: the scenarios played in highway-env): the same checks, and for
+highway-env that its data is not what the kinematic simulator makes of the same recipe."""
+
+import dataclasses
 import hashlib
 import io
 import json
@@ -11,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tests.notebooks.lifecycle import Execution, digest, inputs_by_context, the_run
-from werkbank_lab import traffic
+from tests.notebooks.lifecycle import Execution, Variant, digest, inputs_by_context, parent_and_children
+from werkbank_lab import highway_scenarios
 
 NEEDS: tuple[str, ...] = ()
+TEMPLATE = "13-synthetic-driving-data"
 PARTS = ("testing", "validation", "training")
+# The smoke size's values (the template's SIZES and HIGHWAY_SIZES): runs per type and seconds per run.
+SMOKE = {"kinematic": (25, 15.0), "highway": (5, 10.0)}
+VARIANTS = {"highway": Variant({"simulator": "highway"})}  # the smoke size in highway-env
 
 
 def smoke(upstream: dict[str, Execution]) -> dict:
@@ -25,11 +34,14 @@ def smoke(upstream: dict[str, Execution]) -> dict:
 
 def check(execution: Execution) -> None:
     client, workdir = execution.client, execution.workdir
-    run = the_run(execution)
+    # One run (finished, tagged with the template, also for the variant, and the user), no child runs.
+    run, children = parent_and_children(client, execution.experiment_name, TEMPLATE)
+    assert not children, sorted(children)
     params, tags = run.data.params, run.data.tags
     assert params["size"] == "smoke"
-    recipe = traffic.Recipe.from_params(params)
-    assert recipe.runs_per_kind == 25 and recipe.duration == 15.0, params  # the smoke size's values
+    recipe = highway_scenarios.Recipe.from_params(params)
+    assert recipe.simulator == execution.parameters.get("simulator", "kinematic"), params
+    assert (recipe.runs_per_kind, recipe.duration) == SMOKE[recipe.simulator], params
     assert [name for name, _ in recipe.parts] == list(PARTS)
 
     # The same seed gives the same bytes: made again here from the logged parameters alone.
@@ -39,6 +51,9 @@ def check(execution: Execution) -> None:
         k.removeprefix("werkbank.sha256."): v for k, v in tags.items() if k.startswith("werkbank.sha256.")
     }
     assert logged == expected, (logged, expected)
+    if recipe.simulator == "highway":  # highway-env made it: the kinematic simulator makes other data
+        kinematic = dataclasses.replace(recipe, simulator="kinematic").build().sha256()
+        assert all(kinematic[name] != expected[name] for name in PARTS), "the same data as the kinematic one"
 
     # The stored files are those bytes, and the files in the output folder too.
     files = {name: f"traces-{name}.parquet" for name in PARTS} | {"scenarios": "scenarios.parquet"}
@@ -75,6 +90,8 @@ def check(execution: Execution) -> None:
         assert dataset.digest == digest(stored[name]) == tags[f"werkbank.digest.{name}"], name
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"data", "figures", "scenarios.json", "label_agreement.json", "label_sweep.json"} <= artifacts
+    figures = {item.path for item in client.list_artifacts(run.info.run_id, "figures")}
+    assert ("figures/highway_env_road.png" in figures) == (recipe.simulator == "highway"), figures
     # The scenario table the MLflow UI shows (mlflow.log_table's JSON: columns and rows) lists every run.
     shown = json.loads(
         Path(client.download_artifacts(run.info.run_id, "scenarios.json", str(folder))).read_text()
@@ -83,7 +100,7 @@ def check(execution: Execution) -> None:
     assert table["run_id"].tolist() == stored["scenarios"]["run_id"].tolist()
 
 
-def assert_labels_follow_from_the_ground_truth(stored: dict, recipe: traffic.Recipe) -> None:
+def assert_labels_follow_from_the_ground_truth(stored: dict, recipe: highway_scenarios.Recipe) -> None:
     """TTC, time gap, critical and critical_ahead, computed here from the truth columns of each file."""
     for name in PARTS:
         frame = stored[name]
@@ -116,7 +133,7 @@ def assert_perceived_labels_agree(stored: dict, min_kappa: float) -> None:
             assert (truth == seen).all()
 
 
-def assert_parts_hold_whole_runs_of_every_type(stored: dict, recipe: traffic.Recipe) -> None:
+def assert_parts_hold_whole_runs_of_every_type(stored: dict, recipe: highway_scenarios.Recipe) -> None:
     table = stored["scenarios"]
     assert table["kind"].value_counts().to_dict() == dict.fromkeys(recipe.kinds, recipe.runs_per_kind)
     runs = {name: set(stored[name]["run_id"]) for name in PARTS}
