@@ -20,6 +20,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The ports of the shared test hub (tests/cluster.py), never handed out for a hub of a test's own.
+TAKEN = {18000, 18001, 18081, 18082}
+
+
+def free_port_pair() -> int:
+    """A free port whose next port is free too, for a hub of a test's own: the hub's proxy puts
+    its API there, and the hub API's next port is the trainer console's."""
+    for _ in range(100):
+        port = free_port()
+        if port + 1 > 65535 or {port, port + 1} & TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free neighbouring ports")
+
+
 class MlflowServer:
     """``mlflow server`` with a local artifact store under ``root`` and SQLite there, or the
     databases given.

@@ -419,14 +419,8 @@ def simulate(
     picklable and act on each run alone (:class:`traffic.IDM`, :class:`traffic.ACC` and
     :class:`traffic.Constant` do; a policy with a ``reset`` is refused)."""
     policy = traffic.IDM() if policy is None else policy
-    if not scenarios:
-        raise ValueError("no scenarios to simulate")
+    traffic.check_batch(scenarios)
     ids = [s.run_id for s in scenarios]
-    if len(set(ids)) != len(ids):
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"run ids must be unique in a batch: {twice[:5]} occur more than once")
-    if any(s.dt != scenarios[0].dt for s in scenarios):
-        raise ValueError("all scenarios of a batch need the same dt")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     if workers > 1 and hasattr(policy, "reset"):
@@ -460,22 +454,7 @@ def _simulate(
     run_steps = np.array([s.steps for s in scenarios])
     set_speed = np.array([s.params["set_speed"] for s in scenarios])
 
-    # The sensor: the kinematic simulator's noise draws, noise model and tracker.
-    normal = np.zeros((runs, n_steps, 3))
-    uniform = np.ones((runs, n_steps))
-    for r, s in enumerate(scenarios):
-        rng = s.rng(1)
-        normal[r, : s.steps] = rng.standard_normal((s.steps, 3))
-        uniform[r, : s.steps] = rng.random(s.steps)
-    noise = [s.noise for s in scenarios]
-    sd = np.array([[m.range_sd, m.range_rate_sd, m.accel_sd] for m in noise])
-    bias = np.array([[m.range_bias, m.range_rate_bias, 0.0] for m in noise])
-    drop_start = np.array([m.dropout_rate for m in noise])
-    drop_stay = np.array([1 - 1 / m.dropout_steps for m in noise])
-    held = np.full((runs, 3), np.nan)
-    held_present = np.zeros(runs, bool)
-    age = np.zeros(runs)
-    dropping = np.zeros(runs, bool)
+    tracker = traffic.Tracker(scenarios, n_steps)  # the kinematic simulator's sensor and its draws
     ego_accel = np.zeros(runs)
     alive = np.ones(runs, bool)
     lag = min(1.0, dt / vehicle.response_time) if vehicle.response_time > 0 else 1.0
@@ -510,24 +489,10 @@ def _simulate(
             collided[r] = (overlap & (x > x[0] - traffic.LENGTH)).any()
         has_lead = lead_id != traffic.NO_LEAD
 
-        # The sensor and the tracker, then the policy, exactly as in traffic.simulate.
-        u = uniform[:, k]
-        dropping = np.where(dropping, u < drop_stay, u < drop_start)
-        valid = ~dropping
-        measured = np.column_stack([gap, rel, lead_a]) + sd * normal[:, k] + bias
-        held = np.where(valid[:, None], measured, held)
-        held_present = np.where(valid, has_lead, held_present)
-        age = np.where(valid, 0.0, age + dt)
-        obs = traffic.Observation(
-            k, t, dt, ego_v.copy(), ego_accel.copy(), set_speed, held_present.copy(),
-            held[:, 0].copy(), held[:, 1].copy(), held[:, 2].copy(), age.copy(),
-        )  # fmt: skip
-        asked = np.broadcast_to(np.asarray(policy(obs), float), (runs,))
-        if np.isnan(asked[alive]).any():
-            raise ValueError(f"the policy returned NaN at step {k} (t = {t:.2f} s)")
-        asked = np.clip(asked, -vehicle.max_decel, vehicle.max_accel)
-        ego_accel = ego_accel + lag * (asked - ego_accel)
-        ego_accel = np.where((ego_v <= 0) & (ego_accel < 0), 0.0, ego_accel)
+        # The sensor and the tracker, then the policy, as in traffic.simulate.
+        valid = tracker.measure(k, dt, gap, rel, lead_a, has_lead)
+        obs = tracker.observation(k, t, dt, ego_v, ego_accel, set_speed)
+        ego_accel = traffic.actuate(policy, obs, alive, vehicle, lag, ego_accel, ego_v)
 
         # Each run's world moves one step (a run ends with its collision's step).
         phase = np.zeros(runs, np.int8)
@@ -537,34 +502,16 @@ def _simulate(
                 truths[r], _, _, _, info = envs[r].step(ego_accel[r])
                 ego_accel[r] = info["acceleration"]  # what the vehicle executed, after its limits
 
-        for name, value in (
-            ("ego_x", ego_x), ("ego_y", ego_y), ("ego_speed", ego_v), ("ego_accel", ego_accel),
-            ("gap", gap), ("rel_speed", rel), ("lead_speed", lead_v), ("lead_accel", lead_a),
-            ("lead_present", has_lead), ("lead_id", lead_id),
-            ("meas_valid", valid), ("meas_age", age), ("meas_lead_present", held_present),
-            ("meas_gap", np.where(held_present, held[:, 0], np.nan)),
-            ("meas_rel_speed", np.where(held_present, held[:, 1], np.nan)),
-            ("meas_lead_accel", np.where(held_present, held[:, 2], np.nan)),
-            ("collision", collided), ("phase", phase),
-        ):  # fmt: skip
+        true = {"ego_x": ego_x, "ego_y": ego_y, "ego_speed": ego_v, "ego_accel": ego_accel, "gap": gap}
+        true |= {"rel_speed": rel, "lead_speed": lead_v, "lead_accel": lead_a, "lead_present": has_lead}
+        true |= {"lead_id": lead_id, "collision": collided, "phase": phase}
+        for name, value in (true | tracker.measured(valid)).items():
             record[name][alive, k] = value[alive]
         alive &= ~collided
     for env in envs:
         env.close()
 
-    # Rows: the steps each run lived, run by run (as traffic.simulate builds them).
-    steps = np.arange(n_steps)
-    kept = (steps[None, :] < run_steps[:, None]) & np.isfinite(record["ego_x"])
-    counts = kept.sum(axis=1)
-    columns = {
-        "run_id": np.repeat(np.array([s.run_id for s in scenarios], dtype=object), counts),
-        "kind": np.repeat(np.array([s.kind for s in scenarios], dtype=object), counts),
-        "step": np.broadcast_to(steps, (runs, n_steps))[kept].astype(np.int32),
-        "t": np.broadcast_to(steps * dt, (runs, n_steps))[kept],
-        "set_speed": np.repeat(set_speed, counts),
-    }
-    columns |= {name: values[kept] for name, values in record.items()}
-    columns["phase"] = np.array(traffic.PHASES, dtype=object)[columns["phase"]]
+    columns = traffic.trace_columns(record, scenarios, set_speed)  # the steps each run lived, run by run
     order = [*_COLUMNS[:8], "set_speed", *_COLUMNS[8:]]
     return traffic.label(pd.DataFrame({name: columns[name] for name in order}), labeller)
 

@@ -780,15 +780,8 @@ def simulate(
       :data:`PHASES`), ``collision``, and ``ttc_perceived``, ``thw_perceived``, ``critical_perceived``.
     """
     policy = IDM() if policy is None else policy
-    if not scenarios:
-        raise ValueError("no scenarios to simulate")
-    ids = [s.run_id for s in scenarios]
-    if len(set(ids)) != len(ids):
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"run ids must be unique in a batch: {twice[:5]} occur more than once")
+    check_batch(scenarios)
     dt = scenarios[0].dt
-    if any(s.dt != dt for s in scenarios):
-        raise ValueError("all scenarios of a batch need the same dt")
     if hasattr(policy, "reset"):
         policy.reset(len(scenarios))
 
@@ -815,18 +808,7 @@ def simulate(
     set_speed = np.array([s.params["set_speed"] for s in scenarios])
     run_steps = np.array([s.steps for s in scenarios])
 
-    # Each run's noise, drawn from its own generator: the same in any batch (padded to n_steps).
-    normal = np.zeros((runs, n_steps, 3))
-    uniform = np.ones((runs, n_steps))
-    for r, s in enumerate(scenarios):
-        rng = s.rng(1)
-        normal[r, : s.steps] = rng.standard_normal((s.steps, 3))
-        uniform[r, : s.steps] = rng.random(s.steps)
-    noise = [s.noise for s in scenarios]
-    sd = np.array([[m.range_sd, m.range_rate_sd, m.accel_sd] for m in noise])
-    bias = np.array([[m.range_bias, m.range_rate_bias, 0.0] for m in noise])
-    drop_start = np.array([m.dropout_rate for m in noise])
-    drop_stay = np.array([1 - 1 / m.dropout_steps for m in noise])
+    tracker = Tracker(scenarios, n_steps)
 
     # What each step records; only the steps a run lived are kept (ego_x is NaN at the others).
     floats = "ego_x ego_y ego_speed ego_accel gap rel_speed lead_speed lead_accel meas_age meas_gap"
@@ -837,11 +819,6 @@ def simulate(
     record["lead_id"] = np.empty((runs, n_steps), np.int16)
     record["phase"] = np.empty((runs, n_steps), np.int8)
 
-    # The tracker: what the ego last measured (NaN / False: nothing yet).
-    held = np.full((runs, 3), np.nan)
-    held_present = np.zeros(runs, bool)
-    age = np.zeros(runs)
-    dropping = np.zeros(runs, bool)
     ego_accel = np.zeros(runs)
     alive = np.ones(runs, bool)
     rows = np.arange(runs)
@@ -878,26 +855,9 @@ def simulate(
         overlap &= x > (ego_x - LENGTH)[:, None]
         collided = overlap.any(axis=1) & alive
 
-        # The sensor: truth + noise + bias where it delivers; the tracker holds the rest.
-        u = uniform[:, k]
-        dropping = np.where(dropping, u < drop_stay, u < drop_start)
-        valid = ~dropping
-        truth = np.column_stack([gap, rel, lead_a])
-        measured = truth + sd * normal[:, k] + bias
-        held = np.where(valid[:, None], measured, held)
-        held_present = np.where(valid, has_lead, held_present)
-        age = np.where(valid, 0.0, age + dt)
-
-        obs = Observation(
-            k, t, dt, ego_v.copy(), ego_accel.copy(), set_speed, held_present.copy(),
-            held[:, 0].copy(), held[:, 1].copy(), held[:, 2].copy(), age.copy(),
-        )  # fmt: skip
-        asked = np.broadcast_to(np.asarray(policy(obs), float), (runs,))
-        if np.isnan(asked[alive]).any():
-            raise ValueError(f"the policy returned NaN at step {k} (t = {t:.2f} s)")
-        asked = np.clip(asked, -vehicle.max_decel, vehicle.max_accel)
-        ego_accel = ego_accel + lag * (asked - ego_accel)
-        ego_accel = np.where((ego_v <= 0) & (ego_accel < 0), 0.0, ego_accel)
+        valid = tracker.measure(k, dt, gap, rel, lead_a, has_lead)
+        obs = tracker.observation(k, t, dt, ego_v, ego_accel, set_speed)
+        ego_accel = actuate(policy, obs, alive, vehicle, lag, ego_accel, ego_v)
         accel[:, 0] = ego_accel
 
         # What phase the run is in, from the scripts (a later line wins over an earlier one).
@@ -909,16 +869,10 @@ def simulate(
         phase = np.where(moving_over.any(axis=1), 4, phase)
         phase = np.where((tau[:, 0] > 0) & (tau[:, 0] < 1), 5, phase)
 
-        for name, value in (
-            ("ego_x", ego_x), ("ego_y", ego_y), ("ego_speed", ego_v), ("ego_accel", ego_accel),
-            ("gap", gap), ("rel_speed", rel), ("lead_speed", lead_v), ("lead_accel", lead_a),
-            ("lead_present", has_lead), ("lead_id", np.where(has_lead, lead, NO_LEAD)),
-            ("meas_valid", valid), ("meas_age", age), ("meas_lead_present", held_present),
-            ("meas_gap", np.where(held_present, held[:, 0], np.nan)),
-            ("meas_rel_speed", np.where(held_present, held[:, 1], np.nan)),
-            ("meas_lead_accel", np.where(held_present, held[:, 2], np.nan)),
-            ("collision", collided), ("phase", phase),
-        ):  # fmt: skip
+        true = {"ego_x": ego_x, "ego_y": ego_y, "ego_speed": ego_v, "ego_accel": ego_accel, "gap": gap}
+        true |= {"rel_speed": rel, "lead_speed": lead_v, "lead_accel": lead_a, "lead_present": has_lead}
+        true |= {"lead_id": np.where(has_lead, lead, NO_LEAD), "collision": collided, "phase": phase}
+        for name, value in (true | tracker.measured(valid)).items():
             record[name][alive, k] = value[alive]
         alive &= ~collided  # the run ends with the collision's step
 
@@ -929,12 +883,107 @@ def simulate(
         x = x + np.where(stops, -(v**2) / (2 * safe), v * dt + 0.5 * accel * dt**2)
         v = np.maximum(v_next, 0.0)
 
-    # Rows: the steps each run lived, run by run.
+    columns = trace_columns(record, scenarios, set_speed)
+    columns |= _labels(columns, labeller)
+    return pd.DataFrame({name: columns[name] for name in _COLUMNS})
+
+
+def check_batch(scenarios: Sequence[Scenario]) -> None:
+    """A batch every simulator accepts: some scenarios, unique run ids, one ``dt``."""
+    if not scenarios:
+        raise ValueError("no scenarios to simulate")
+    ids = [s.run_id for s in scenarios]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"run ids must be unique in a batch: {twice[:5]} occur more than once")
+    if any(s.dt != scenarios[0].dt for s in scenarios):
+        raise ValueError("all scenarios of a batch need the same dt")
+
+
+class Tracker:
+    """The ego's radar and tracker for a batch of runs, shared by every simulator of these scenarios:
+    each run's noise drawn from its own generator (``Scenario.rng(1)``: the same in any batch, padded
+    to ``n_steps``) with its :class:`NoiseModel`'s spread, bias and dropouts; where the sensor
+    delivers, truth + noise + bias, and what the ego last measured held through a dropout."""
+
+    def __init__(self, scenarios: Sequence[Scenario], n_steps: int):
+        runs = len(scenarios)
+        self.normal = np.zeros((runs, n_steps, 3))
+        self.uniform = np.ones((runs, n_steps))
+        for r, s in enumerate(scenarios):
+            rng = s.rng(1)
+            self.normal[r, : s.steps] = rng.standard_normal((s.steps, 3))
+            self.uniform[r, : s.steps] = rng.random(s.steps)
+        noise = [s.noise for s in scenarios]
+        self.sd = np.array([[m.range_sd, m.range_rate_sd, m.accel_sd] for m in noise])
+        self.bias = np.array([[m.range_bias, m.range_rate_bias, 0.0] for m in noise])
+        self.drop_start = np.array([m.dropout_rate for m in noise])
+        self.drop_stay = np.array([1 - 1 / m.dropout_steps for m in noise])
+        # What the ego last measured (NaN / False: nothing yet).
+        self.held = np.full((runs, 3), np.nan)
+        self.present = np.zeros(runs, bool)
+        self.age = np.zeros(runs)
+        self.dropping = np.zeros(runs, bool)
+
+    def measure(self, k: int, dt: float, gap, rel, lead_a, has_lead) -> np.ndarray:
+        """Step ``k``'s measurement of the true lead; returns where the sensor delivered."""
+        u = self.uniform[:, k]
+        self.dropping = np.where(self.dropping, u < self.drop_stay, u < self.drop_start)
+        valid = ~self.dropping
+        measured = np.column_stack([gap, rel, lead_a]) + self.sd * self.normal[:, k] + self.bias
+        self.held = np.where(valid[:, None], measured, self.held)
+        self.present = np.where(valid, has_lead, self.present)
+        self.age = np.where(valid, 0.0, self.age + dt)
+        return valid
+
+    def observation(self, k: int, t: float, dt: float, ego_v, ego_accel, set_speed) -> Observation:
+        """What the policy sees at step ``k`` (copies: a policy may keep them)."""
+        held = self.held
+        return Observation(
+            k, t, dt, ego_v.copy(), ego_accel.copy(), set_speed, self.present.copy(),
+            held[:, 0].copy(), held[:, 1].copy(), held[:, 2].copy(), self.age.copy(),
+        )  # fmt: skip
+
+    def measured(self, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """The step's measured columns."""
+        held, present = self.held, self.present
+        return {
+            "meas_valid": valid,
+            "meas_age": self.age,
+            "meas_lead_present": present,
+            "meas_gap": np.where(present, held[:, 0], np.nan),
+            "meas_rel_speed": np.where(present, held[:, 1], np.nan),
+            "meas_lead_accel": np.where(present, held[:, 2], np.nan),
+        }
+
+
+def actuate(
+    policy: Policy, obs: Observation, alive, vehicle: Vehicle, lag: float, ego_accel, ego_v
+) -> np.ndarray:
+    """The ego's acceleration over the next step: what ``policy`` asks, within the vehicle's limits,
+    reached with its first-order lag; a standing ego does not reverse."""
+    runs = len(ego_v)
+    asked = np.broadcast_to(np.asarray(policy(obs), float), (runs,))
+    if np.isnan(asked[alive]).any():
+        raise ValueError(f"the policy returned NaN at step {obs.step} (t = {obs.t:.2f} s)")
+    asked = np.clip(asked, -vehicle.max_decel, vehicle.max_accel)
+    ego_accel = ego_accel + lag * (asked - ego_accel)
+    return np.where((ego_v <= 0) & (ego_accel < 0), 0.0, ego_accel)
+
+
+def trace_columns(
+    record: Mapping[str, np.ndarray], scenarios: Sequence[Scenario], set_speed
+) -> dict[str, np.ndarray]:
+    """The unlabelled columns: the steps each run lived (``ego_x`` recorded, within its duration), run
+    by run, from ``record`` (one runs × steps array per column, ``phase`` as indices into PHASES)."""
+    runs, n_steps = record["ego_x"].shape
+    dt = scenarios[0].dt
     steps = np.arange(n_steps)
+    run_steps = np.array([s.steps for s in scenarios])
     kept = (steps[None, :] < run_steps[:, None]) & np.isfinite(record["ego_x"])
     counts = kept.sum(axis=1)
     columns = {
-        "run_id": np.repeat(np.array(ids, dtype=object), counts),
+        "run_id": np.repeat(np.array([s.run_id for s in scenarios], dtype=object), counts),
         "kind": np.repeat(np.array([s.kind for s in scenarios], dtype=object), counts),
         "step": np.broadcast_to(steps, (runs, n_steps))[kept].astype(np.int32),
         "t": np.broadcast_to(steps * dt, (runs, n_steps))[kept],
@@ -942,8 +991,7 @@ def simulate(
     }
     columns |= {name: values[kept] for name, values in record.items()}
     columns["phase"] = np.array(PHASES, dtype=object)[columns["phase"]]
-    columns |= _labels(columns, labeller)
-    return pd.DataFrame({name: columns[name] for name in _COLUMNS})
+    return columns
 
 
 _COLUMNS = (

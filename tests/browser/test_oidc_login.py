@@ -14,7 +14,6 @@ only shows the limits.
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import pytest
@@ -23,7 +22,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import person
 from tests.cluster import make_hub
-from tests.mlflow_server import free_port
+from tests.mlflow_server import free_port_pair
 from tests.oidc_provider import OidcProvider
 
 pytestmark = pytest.mark.integration
@@ -35,20 +34,6 @@ MEMBERS, POWER_USERS = "/ai-factory/members", "/ai-factory/power-users"
 #: The power group's GPU limit, larger than the default's (the demo site's limits.default: 2).
 POWER_GPUS, DEFAULT_GPUS = 4, 2
 COURSE_GROUP = "course-oidc-demo"
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too (the hub's proxy API and the trainer console
-    service listen on port + 1)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two free consecutive ports")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from jupyterhub.dbutil import write_alembic_ini
 from sqlalchemy.engine import make_url
 
 from tests.cluster import VENV_BIN, Hub, login, make_hub, run, squeue
-from tests.mlflow_server import free_port
+from tests.mlflow_server import free_port, free_port_pair
 from tests.services import wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,23 +36,6 @@ PASSWORD = "hub p@ss:w/rd?#%2F-" + os.urandom(4).hex()
 #: users.user_info, no spawners.display_name).
 HEAD, OLDER = "f460b0348206", "afd65840b69e"
 #: Ports other tests use, whatever the operating system hands out.
-TAKEN = {18000, 18001, 18081, 18082}
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too: the hub's proxy puts its API there, and the hub
-    API's next port is the trainer console's."""
-    for _ in range(100):
-        port = free_port()
-        if port + 1 > 65535 or {port, port + 1} & TAKEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free neighbouring ports")
 
 
 class PgHub:

@@ -28,29 +28,13 @@ import pytest
 import yaml
 
 from tests.cluster import Hub, job_field, make_hub, run
-from tests.mlflow_server import free_port
+from tests.mlflow_server import free_port, free_port_pair
 from tests.services import wait_for
 
 pytestmark = pytest.mark.integration
 
 USER = "alice"
 #: Ports other tests use, whatever the operating system hands out.
-TAKEN = {18000, 18001, 18081, 18082}
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too (the proxy's API, the trainer console)."""
-    for _ in range(100):
-        port = free_port()
-        if port + 1 > 65535 or {port, port + 1} & TAKEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free neighbouring ports")
 
 
 class TlsHub:

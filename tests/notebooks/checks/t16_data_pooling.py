@@ -101,11 +101,10 @@ def assert_aucs_follow_from_predictions(predictions: pd.DataFrame, children: dic
     return macro
 
 
-def assert_only_weights_crossed(messages: list, params: dict, companies: list) -> None:
-    """Every message is weights of the MLP's shapes (built here from the logged parameters), or a reply of
-    exactly (weights, int) to fit and ({auc, loss}, int) to evaluate; four per company and round."""
+def mlp_shapes(params: dict) -> dict[str, list[int]]:
+    """The shapes of the MLP's weights, built from the logged parameters (not from the notebook)."""
     features, hidden = len(params["features"].split(",")), int(params["hidden"])
-    shapes = {
+    return {
         "0.weight": [hidden, features],
         "0.bias": [hidden],
         "2.weight": [hidden, hidden],
@@ -113,6 +112,12 @@ def assert_only_weights_crossed(messages: list, params: dict, companies: list) -
         "4.weight": [1, hidden],
         "4.bias": [1],
     }
+
+
+def assert_only_weights_crossed(messages: list, params: dict, companies: list) -> None:
+    """Every message is weights of the MLP's shapes (built here from the logged parameters), or a reply of
+    exactly (weights, int) to fit and ({auc, loss}, int) to evaluate; four per company and round."""
+    shapes = mlp_shapes(params)
     weights = {"dict": {key: {"tensor": shape, "dtype": "float32"} for key, shape in shapes.items()}}
     for message in messages:
         content = message["content"]
@@ -160,15 +165,7 @@ def assert_only_weights_crossed_in_flower(messages: list, params: dict, companie
     """Flower's messages: to a client the weights of the MLP's shapes and the round; from it weights and a
     count (train), named scores and a count (evaluate); and before round 1 a query answered with exactly
     the company's name. Four per company and round, two per company before."""
-    features, hidden = len(params["features"].split(",")), int(params["hidden"])
-    shapes = {
-        "0.weight": [hidden, features],
-        "0.bias": [hidden],
-        "2.weight": [hidden, hidden],
-        "2.bias": [hidden],
-        "4.weight": [1, hidden],
-        "4.bias": [1],
-    }
+    shapes = mlp_shapes(params)
     weights = {
         "arrays": {"dict": {key: {"tensor": shape, "dtype": "float32"} for key, shape in shapes.items()}}
     }
