@@ -7,6 +7,7 @@ import pytest
 
 from tests import cluster
 from tests.mlflow_server import MlflowServer
+from tests.multinode import multinode_cluster  # noqa: F401 (the session fixture `multinode`, set up once)
 from tests.postgres import Postgres
 from tests.services import ServiceError
 

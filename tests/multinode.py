@@ -14,12 +14,14 @@ cluster that does not come up fails the tests with the daemons' logs, it never s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,24 @@ listen(a) if a.mode == "listen" else connect(a)
 """
 
 
+#: setns(2)'s flag for a network namespace (os.setns is Python 3.12+; the venv has 3.11).
+_CLONE_NEWNET = 0x40000000
+#: One worker thread per network namespace file (:meth:`Multinode.on_host`), kept for the session.
+_HOST_THREADS: dict[str, ThreadPoolExecutor] = {}
+
+
+def _enter_network_namespace(path: str) -> None:
+    """Move the calling thread (only it: setns on a network namespace is per thread) into ``path``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns({path}): {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
 def read_env(path: Path = ENV_FILE) -> dict[str, str]:
     """The ``NAME=value`` lines of deploy/multinode/cluster.env."""
     values = {}
@@ -146,6 +166,19 @@ class Multinode:
             f"SLURM_CONF={self.conf}",
             *argv,
         ]
+
+    def on_host(self, host: str, fn, /, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in a thread of this process that has entered ``host``'s network
+        namespace, and its result: the sockets it opens are ``host``'s, so that the tests (in the
+        machine's namespace, which does not reach the cluster's addresses) can use an HTTP client
+        there, e.g. ``on_host(HUB, httpx.get, url)``. One thread per host, for the session: after
+        deploy/multinode-down.sh and -up.sh it would still be in the old namespace."""
+        path = f"/run/netns/{self.namespace(host)}"
+        if path not in _HOST_THREADS:
+            _HOST_THREADS[path] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"netns-{host}", initializer=_enter_network_namespace, initargs=(path,)
+            )
+        return _HOST_THREADS[path].submit(fn, *args, **kwargs).result()
 
     def client(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
         """A Slurm command (or any) as root on the hub host."""

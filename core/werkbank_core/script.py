@@ -257,7 +257,10 @@ def sbatch_argv(sudo: list[str], sbatch: list[str], username: str, env_names: li
     argv = [part.replace("{username}", username) for part in sudo]
     if argv and env_names and os.path.basename(argv[0]) == "sudo":
         argv.insert(1, "--preserve-env=" + ",".join(env_names))
-    return argv + list(sbatch) + ["--parsable"]
+    # --no-requeue: a session is not a batch computation to redo. Slurm would requeue it when its
+    # node fails (found on the multi-node test cluster): PENDING again, somewhere else, while the hub
+    # still routes to the dead node. Without requeueing the job ends NODE_FAIL, which poll() reports.
+    return argv + list(sbatch) + ["--parsable", "--no-requeue"]
 
 
 def parse_job_id(output: str) -> str:

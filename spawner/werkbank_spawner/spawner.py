@@ -75,6 +75,12 @@ def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
     return account
 
 
+#: Seconds poll() waits for a TCP connection to a running server, and then for Slurm to mark the
+#: server's node not responding (WerkbankSlurmSpawner._node_lost). Slurm does so SlurmdTimeout to
+#: SlurmdTimeout + 3 s after the node's last answer (9-12 s with 10 s); later, a later poll finds it.
+LOST_NODE_CONNECT_TIMEOUT = 2.0
+LOST_NODE_SLURM_WAIT = 10.0
+
 #: Arguments every werkbank server starts with: the gate that keeps everyone but the owner and
 #: those with a role out of the server, except for the dashboards shared with them
 #: (werkbank_lab.dashboard_gate, werkbank_lab.dashboards; the hub's side is
@@ -657,9 +663,17 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
             return 1
         self.queue.watch(self.job_id)
         info = self.queue.get(self.job_id) or await self.queue.refresh(self.job_id)
-        if info is None or info.state in (JobState.PENDING, JobState.RUNNING):
+        if info is None or info.state is JobState.PENDING:
             return None
-        if info.state is JobState.UNREACHABLE:
+        if info.state is JobState.RUNNING:
+            if not (lost := await self._node_lost(info)):
+                return None
+            self.last_end_reason = lost
+            try:  # Slurm would requeue it once the node is DOWN, or let it run on if the node answers
+                await self._run(self._as_user([*self.scancel_cmd, self.job_id]), timeout=10)
+            except SlurmCommandError as e:
+                self.log.error("werkbank: scancel %s failed: %s", self.job_id, e)
+        elif info.state is JobState.UNREACHABLE:
             waited = time.monotonic() - info.since
             if waited < self.unreachable_grace:
                 self.log.warning(
@@ -678,6 +692,49 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
         self.queue.unwatch(self.job_id)
         self.job_id = ""
         return 1
+
+    async def _node_lost(self, info: JobInfo) -> str:
+        """Why the node of this running server is lost, or "" (also when in doubt).
+
+        A node whose link goes down takes its server with it, but the job's own end report cannot
+        cross the dead link, and Slurm acts only when it sets the node DOWN: it requeues the job,
+        which the queue then shows PENDING, as if the server were still to start. Two witnesses
+        tell sooner: the hub cannot open a TCP connection to the server (only the node's kernel
+        need answer), and Slurm marks the node not responding (sinfo's "*", once its pings fail).
+        Either alone is no proof: a connection attempt can be lost, a slurmd restart can miss a
+        ping. A refused connection means the node is there and Jupyter ended, which the job reports."""
+        server = self.server
+        if server is None or not server.port or not info.nodes:
+            return ""
+        try:
+            async with asyncio.timeout(LOST_NODE_CONNECT_TIMEOUT):
+                _, writer = await asyncio.open_connection(server.ip, server.port)
+        except ConnectionRefusedError:
+            return ""
+        except (OSError, TimeoutError):
+            pass  # no answer, or no route: ask Slurm
+        else:
+            writer.close()
+            return ""
+        argv = [*self.sinfo_cmd, "--noheader", "--Node", f"--nodes={info.nodes}", "--format=%N %T"]
+
+        async def not_responding() -> str:
+            try:
+                out = await self._run(argv, timeout=5)
+            except SlurmCommandError:
+                return ""  # Slurm does not answer: no witness (poll() keeps the server, as then)
+            return ", ".join(line.strip() for line in out.splitlines() if line.strip().endswith("*"))
+
+        try:
+            states = await exponential_backoff(
+                not_responding, "", start_wait=0.5, max_wait=1, timeout=LOST_NODE_SLURM_WAIT
+            )
+        except TimeoutError:
+            return ""
+        return (
+            f"its node does not respond (Slurm: {states}) and the hub cannot reach the server at "
+            f"{server.ip}:{server.port}; job {self.job_id} is cancelled"
+        )
 
     def job_ended(self, job_id: str, how: str, status: int) -> str:
         """The job script's report that the server ends (``api.ServerEndedHandler``): ``how`` is

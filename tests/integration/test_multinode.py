@@ -18,14 +18,13 @@ import pytest
 
 from tests.cluster import REPO
 from tests.mlflow_server import MLFLOW
-from tests.multinode import (  # noqa: F401 (multinode_cluster: the session fixture `multinode`)
+from tests.multinode import (
     FINISHED,
     HUB,
     NODES,
     PROBE,
     READY,
     Multinode,
-    multinode_cluster,
     user_workdir,
     write_as,
 )

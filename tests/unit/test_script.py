@@ -102,6 +102,7 @@ def test_sbatch_argv_preserves_env_by_name_only():
         "alice",
         "/usr/bin/sbatch",
         "--parsable",
+        "--no-requeue",
     ]
     with pytest.raises(ScriptError):
         sbatch_argv(["sudo", "-u", "{username}"], ["sbatch"], "root -s", [])

@@ -139,3 +139,65 @@ def test_commands_run_as_the_user_keep_the_sites_slurm_conf():
     ]  # fmt: skip
     plain = WerkbankSlurmSpawner(user=user, policy_config=SITE)
     assert plain._as_user(["scancel", "7"]) == ["sudo", "-n", "-u", "alice", "scancel", "7"]
+
+
+async def _no_answer(host, port, **kw):
+    """A connection attempt whose SYN is dropped: a node whose link is down."""
+    await asyncio.sleep(30)
+
+
+def _running_on(tmp_path, name: str, job_id: str = "88", node: str = "node2"):
+    return [command(tmp_path, name, f'echo "{job_id}|RUNNING|None|2026-01-01T00:00:00|{node}"\n')]
+
+
+async def test_a_running_server_whose_node_is_lost_is_dropped_with_the_reason_and_cancelled(
+    tmp_path, monkeypatch
+):
+    """Slurm marks the node not responding ("*") and the hub cannot connect to the server: poll()
+    reports the server ended, says why, and cancels the job (Slurm would end it only once the node
+    is DOWN, or never if it answers again)."""
+    monkeypatch.setattr(asyncio, "open_connection", _no_answer)
+    sinfo = command(tmp_path, "sinfo", 'echo "node2 mixed*"\n')
+    scancel = command(tmp_path, "scancel", f'echo "$@" >> {tmp_path}/scancel.calls\n')
+    squeue = _running_on(tmp_path, "squeue")
+    s = spawner(tmp_path, squeue_cmd=squeue, sinfo_cmd=[sinfo], scancel_cmd=[scancel])
+    s.job_id, s._server = "88", SimpleNamespace(ip="10.77.0.12", port=50123)
+    assert await s.poll() == 1
+    assert s.last_end_reason == (
+        "its node does not respond (Slurm: node2 mixed*) and the hub cannot reach the server at "
+        "10.77.0.12:50123; job 88 is cancelled"
+    )
+    assert (tmp_path / "scancel.calls").read_text() == "88\n"
+    assert s.job_id == ""
+
+
+@pytest.mark.parametrize(
+    "sinfo_body",
+    [
+        'echo "node2 mixed"\n',  # Slurm still hears from the node: the hub's connection alone is no proof
+        "echo 'Unable to contact slurm controller' >&2\nexit 1\n",  # Slurm does not answer: no witness
+    ],
+)
+async def test_a_server_the_hub_cannot_reach_is_kept_without_slurms_word(tmp_path, monkeypatch, sinfo_body):
+    monkeypatch.setattr(asyncio, "open_connection", _no_answer)
+    monkeypatch.setattr("werkbank_spawner.spawner.LOST_NODE_SLURM_WAIT", 1.0)
+    sinfo = command(tmp_path, "sinfo", sinfo_body)
+    s = spawner(tmp_path, squeue_cmd=_running_on(tmp_path, "squeue"), sinfo_cmd=[sinfo])
+    s.job_id, s._server = "88", SimpleNamespace(ip="10.77.0.12", port=50123)
+    assert await s.poll() is None
+    assert s.job_id == "88" and s.last_end_reason == ""
+
+
+async def test_a_reachable_server_is_not_asked_about_in_slurm(tmp_path):
+    """A server that accepts the connection (or refuses it: the node is there, Jupyter ended, which
+    its job reports) costs no sinfo call."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    sinfo = command(tmp_path, "sinfo", f'touch {tmp_path}/sinfo.ran\necho "node2 mixed*"\n')
+    s = spawner(tmp_path, squeue_cmd=_running_on(tmp_path, "squeue"), sinfo_cmd=[sinfo])
+    s.job_id, s._server = "88", SimpleNamespace(ip="127.0.0.1", port=listener.getsockname()[1])
+    assert await s.poll() is None
+    listener.close()
+    assert await s.poll() is None  # refused now
+    assert not (tmp_path / "sinfo.ran").exists()
