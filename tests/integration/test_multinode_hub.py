@@ -5,8 +5,9 @@ the link of the node running a server goes down (the hub reports the server lost
 reason, before Slurm gives the node up).
 
 One hub and one server of alice for the file (module fixtures), in this order: the server
-answers, slurmctld restarts, the node is lost. The tests' own process is in the machine's network
-namespace and sends its HTTP requests from a thread on wb-hub (Multinode.on_host)."""
+answers, slurmctld restarts, the hub restarts, the node is lost. The tests' own process is in the
+machine's network namespace and sends its HTTP requests from a thread on wb-hub
+(Multinode.on_host)."""
 
 from __future__ import annotations
 
@@ -205,6 +206,21 @@ def test_server_is_kept_while_slurmctld_restarts(multinode, hub, session):
     time.sleep(6)
     assert "server stopped" not in hub.log_text()[seen:]
     assert hub.server(USER)["ready"]
+    assert hub.request("GET", f"/user/{USER}/api/me", session.token).status_code == 200
+
+
+def test_server_is_reachable_after_the_hub_restarts(multinode, hub, session, report_figure):
+    """The hub (and its proxy) on wb-hub stopped and started again: the server, a Slurm job and not
+    a child of the hub, runs on in the same job, the new proxy routes to the same node address, and
+    it answers with the token it had."""
+    target = route_target(hub, USER)
+    started = time.monotonic()
+    hub.restart()
+    report_figure("multinode: hub on wb-hub restarted in", f"{time.monotonic() - started:.1f} s")
+    assert hub.job_id(USER) == session.job_id
+    assert multinode.job(session.job_id).get("JobState") == "RUNNING"
+    assert hub.server(USER)["ready"]
+    assert route_target(hub, USER) == target
     assert hub.request("GET", f"/user/{USER}/api/me", session.token).status_code == 200
 
 
