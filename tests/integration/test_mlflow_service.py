@@ -251,8 +251,9 @@ def test_the_hub_restarts_mlflow_and_the_proxy_and_nothing_is_lost(hub):
     server = kill_mlflow_server(MLFLOW_PORT)
     r = api(hub, "api/2.0/mlflow/experiments/search", token)
     # The proxy says so (a kept-alive connection reset under this GET is retried on a new one,
-    # which is refused), and MLflow's client retries.
-    assert r.status_code == 503, r.text
+    # which is refused: 503; or, when the hub's new server has bound the port but is not yet
+    # serving, reset again: 502, seen once in CI), and MLflow's client retries on both.
+    assert r.status_code in (502, 503), r.text
     assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
     wait_for_mlflow_restart(hub, MLFLOW_PORT, server)
     r = api(hub, f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}", token)
