@@ -76,8 +76,9 @@ def server_account(name: str, min_uid: int) -> pwd.struct_passwd:
 
 
 #: Seconds poll() waits for a TCP connection to a running server, and then for Slurm to mark the
-#: server's node not responding (WerkbankSlurmSpawner._node_lost). Slurm does so SlurmdTimeout to
-#: SlurmdTimeout + 3 s after the node's last answer (9-12 s with 10 s); later, a later poll finds it.
+#: server's node not responding (WerkbankSlurmSpawner._node_lost). Slurm does so once a ping fails:
+#: pings go every SlurmdTimeout/3 s to nodes silent that long, and fail after MessageTimeout (5-7 s
+#: after the link went with 6 s and 3 s, 8.5-11.5 s with 10 s and 5 s); later, a later poll finds it.
 LOST_NODE_CONNECT_TIMEOUT = 2.0
 LOST_NODE_SLURM_WAIT = 10.0
 
@@ -359,6 +360,9 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
     last_end_reason: str = ""
     #: The job whose script reported that its server ended (:meth:`job_ended`), until cleared.
     _reported_end: str = ""
+    #: Whether that report was a signal, whose cause (scancel, time limit, preemption) only Slurm
+    #: can name: :meth:`_take_slurms_reason`.
+    _reported_signal: bool = False
     _end_task: asyncio.Future | None = None
 
     _queues: ClassVar[dict[tuple, SlurmQueue]] = {}
@@ -489,6 +493,8 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
         self.job_request = None
         self.port = 0
         self._reported_end = ""
+        # _reported_signal stays: JupyterHub clears the state as it stops the server, before
+        # Slurm may have named the signal's cause (_end_reported_job).
 
     # -- commands
 
@@ -754,6 +760,7 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
             reason = f"Jupyter exited with status {status} in job {job_id}"
         self.last_end_reason = f"{reason}; reported by the job"
         self._reported_end = job_id
+        self._reported_signal = how == "signal"
         self.log.warning("werkbank: %s's server ended: %s", self.user.name, self.last_end_reason)
         if self.pending == "spawn":
             self.queue.notify()  # start() is waiting for news of the job
@@ -775,12 +782,10 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
             if info is not None and info.state in (JobState.PENDING, JobState.RUNNING):
                 self.log.warning("werkbank: job %s reported its end but still runs: cancelling it", job_id)
                 await self._run(self._as_user([*self.scancel_cmd, job_id]))
-            elif info is not None and info.slurm_state not in ("", "COMPLETING") and not self.job_id:
-                if "Slurm ended" in self.last_end_reason:  # a signal, now with Slurm's word for it
-                    self.last_end_reason = f"{info.explain()}; reported by the job"
-                    if self.orm_spawner is not None:  # the hub saved the state as the server stopped
-                        self.orm_spawner.state = self.get_state()
-                        self.db.commit()
+            elif info is not None and not self.job_id and self._take_slurms_reason(info):
+                if self.orm_spawner is not None:  # the hub saved the state as the server stopped
+                    self.orm_spawner.state = self.get_state()
+                    self.db.commit()
         except SlurmCommandError as e:
             self.log.error("werkbank: scancel %s failed: %s", job_id, e)
         finally:
@@ -839,11 +844,19 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
         info = await self.queue.refresh(job_id)
         if info is None or info.state is not JobState.GONE:
             return False
-        # A job that reported a signal could not say which; Slurm may know by now (TIMEOUT, ...).
-        if "Slurm ended" in self.last_end_reason and info.slurm_state not in ("", "COMPLETING"):
-            self.last_end_reason = f"{info.explain()}; reported by the job"
+        self._take_slurms_reason(info)
         self.log.info("werkbank: job %s of %s ends already (%s)", job_id, self.user.name, info.slurm_state)
         self.queue.unwatch(job_id)
+        return True
+
+    def _take_slurms_reason(self, info: JobInfo) -> bool:
+        """A job that reported a signal could not say which (scancel, time limit, preemption);
+        once Slurm has ended the job (not "" or COMPLETING), its reason replaces the report's
+        general one in what the user is told. Returns whether it did."""
+        if not self._reported_signal or info.slurm_state in ("", "COMPLETING"):
+            return False
+        self.last_end_reason = f"{info.explain()}; reported by the job"
+        self._reported_signal = False
         return True
 
     async def progress(self):
