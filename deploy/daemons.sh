@@ -27,6 +27,18 @@ stop() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
+# node_readiness STATE: what sinfo's node state (%T) asks of a script bringing a cluster up:
+# "ready" (the node runs jobs), "resume" (left DOWN, DRAINED or FAILED by an earlier run, a fault
+# test or a killed slurmd: resume it, once), or "wait" (anything else, e.g. still registering).
+# Globs, not exact states: sinfo appends "*" to a node that does not answer (yet), e.g. "down*".
+node_readiness() {
+    case "$1" in
+        idle | mixed | allocated | completing) echo ready ;;
+        down* | drain* | fail*) echo resume ;;
+        *) echo wait ;;
+    esac
+}
+
 # wait_for_hub URL PID_FILE LOG: wait up to 60 s until JupyterHub answers on URL; fail with the
 # tail of LOG if its process (PID_FILE) exits first.
 wait_for_hub() {

@@ -56,7 +56,7 @@ for cmd in ip nsenter unshare mountpoint slurmctld slurmd sinfo scontrol munge u
     fi
 done
 
-# alive, running, stop: see daemons.sh
+# alive, running, stop, node_readiness: see daemons.sh
 . "$HERE/daemons.sh"
 
 # Host name → namespace and address.
@@ -224,11 +224,9 @@ while :; do
     for node in "${NODES[@]}"; do
         state=$(client sinfo -h -n "$node" -o %T 2>/dev/null || true)
         states="$states $node=${state:-?}"
-        case "$state" in
-            idle | mixed | allocated | completing) ready=$((ready + 1)) ;;
-            down* | drain* | fail*)
-                # Left over from an earlier run (a fault test, a killed slurmd): resume once.
-                # Globs: sinfo appends "*" to a node that does not answer (yet), e.g. "down*".
+        case "$(node_readiness "$state")" in
+            ready) ready=$((ready + 1)) ;;
+            resume)
                 if [ -z "${resumed[$node]:-}" ]; then
                     say "$node is $state; resuming it"
                     client scontrol update nodename="$node" state=resume || true

@@ -138,7 +138,7 @@ render gres.conf
 config_sum=$(cat "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf" | sha256sum | cut -d' ' -f1)
 
 # ---------------------------------------------------------------- daemons
-# alive, running, stop: see daemons.sh
+# alive, running, stop, node_readiness: see daemons.sh
 . "$(dirname "${BASH_SOURCE[0]}")/daemons.sh"
 
 ctld_pid=$RUN_DIR/slurmctld.pid
@@ -182,11 +182,9 @@ deadline=$((SECONDS + WAIT_SECONDS))
 while :; do
     # timeout: a wedged slurmctld must not hang us past the deadline.
     state=$(timeout 10 sinfo -h -n node1 -o %T 2>/dev/null || true)
-    case "$state" in
-        idle | mixed | allocated | completing) break ;;
-        # sinfo marks a node that does not answer with "*" (down*, drain*): resume those too.
-        down | down\* | drained | drained\* | draining | drain | drain\* | fail | failing | fail\*)
-            # Left over from an earlier run (e.g. killed slurmd): resume once.
+    case "$(node_readiness "$state")" in
+        ready) break ;;
+        resume)
             if [ "$resumed" = no ]; then
                 say "node1 is $state; resuming it"
                 timeout 10 scontrol update nodename=node1 state=resume || true
