@@ -2,6 +2,11 @@
 # `make demo`: Slurm (+ munge, fake GPUs), a demo user, and JupyterHub with its managed
 # MLflow server, all on this machine. Prints the URL and the credentials. Safe to re-run.
 #
+# Usage: deploy/demo-up.sh [--nodes 1|2]   (make demo [NODES=2])
+#   --nodes 1 (default): this machine's single-node Slurm (deploy/slurm-up.sh).
+#   --nodes 2: the multi-node cluster (deploy/multinode-up.sh): the hub on its hub host, servers
+#   on node1 and node2; deploy/demo-multinode.sh does that part (as root only).
+#
 # Where Slurm cannot be set up, it says so and runs the hub with the clearly labelled
 # local-process spawner instead of failing: without apt-get here, without root in
 # demo-up-user.sh.
@@ -21,8 +26,31 @@ DEMO_PASSWORD=werkbank-demo   # the shared password in hub_config/site.yaml
 say() { echo "demo: $*"; }
 . "$HERE/daemons.sh"
 
+nodes=1
+case "${1:-}" in
+    "") ;;
+    --nodes) nodes=${2:-} ;;
+    --nodes=*) nodes=${1#--nodes=} ;;
+    *) echo "usage: $0 [--nodes 1|2]" >&2; exit 2 ;;
+esac
+case "$nodes" in
+    1) ;;
+    2) exec "$HERE/demo-multinode.sh" up ;;
+    *)
+        echo "demo: NODES must be 1 (this machine's Slurm) or 2 (the multi-node cluster of" \
+            "deploy/multinode-up.sh), got '$nodes'" >&2
+        exit 2
+        ;;
+esac
+
 if [ "$(id -u)" -ne 0 ]; then
     exec "$HERE/demo-up-user.sh"
+fi
+# One demo at a time on the loopback port: the multi-node demo's forwarder may hold it.
+if [ "$(cat /run/werkbank-demo-multinode/port 2>/dev/null)" = "${URL##*:}" ] \
+    && running python /run/werkbank-demo-multinode/forward.pid; then
+    say "the multi-node demo (make demo NODES=2) serves $URL/; stop it first: make demo-stop" >&2
+    exit 1
 fi
 "$HERE/install.sh"
 

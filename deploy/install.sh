@@ -33,6 +33,9 @@ export DEBIAN_FRONTEND=noninteractive
 # ------------------------------------------------------------------ system packages
 missing=()
 packages=(python3-venv python3-dev sudo nodejs npm git curl)
+# `make demo NODES=2` builds the multi-node cluster in network namespaces: ip and ss (iproute2);
+# nsenter and unshare come from util-linux, which every Debian has.
+packages+=(iproute2)
 # The tests also run MLflow and the hub on PostgreSQL (tests/postgres.py starts a private cluster),
 # drive Debian's Chromium with Playwright (tests/browser; no browser is downloaded), and check the
 # units in deploy/systemd with systemd-analyze, and build the multi-node test cluster in network
