@@ -1,5 +1,7 @@
 """A private PostgreSQL cluster for tests: Debian's ``postgresql`` binaries, its own data folder
-and port, password logins over TCP as a production database would have them.
+and port, password logins over TCP as a production database would have them (``initdb
+--auth-host=scram-sha-256``: every role, the superuser and :meth:`Postgres.create_role`'s, needs
+its password on 127.0.0.1; peer authentication only over the cluster's own Unix socket).
 
 Started once per session (``postgres`` fixture in tests/conftest.py); the system's own cluster,
 if any, is left alone. Runs as the ``postgres`` system user (the Debian package creates it;
@@ -88,10 +90,34 @@ class Postgres:
             check=check,
         )
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database; returns its URI (with the password, as a site file would)."""
-        self._psql(f'CREATE DATABASE "{name}"')
-        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{name}"
+    def create_role(self, name: str, password: str) -> None:
+        """A role that may log in with ``password`` (no single quote: it goes into SQL)."""
+        if "'" in password:
+            raise ValueError("a test password without single quotes, please")
+        self._psql(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+
+    def create_database(self, name: str, owner: str = "") -> str:
+        """A new, empty database that ``owner`` (a :meth:`create_role`) owns; returns its URI over
+        TCP, without a password (as a site file has it: the password goes in a file). Without an
+        ``owner``, the superuser's, whose password the URI holds: for tests that start ``mlflow
+        server`` themselves, with no site file."""
+        if not owner:
+            self._psql(f'CREATE DATABASE "{name}"')
+            return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{name}"
+        self._psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+        return f"postgresql://{owner}@127.0.0.1:{self.port}/{name}"
+
+    def logs_in(self, user: str, password: str, database: str = "postgres") -> bool:
+        """Whether ``user`` may connect over TCP with ``password`` (libpq's PGPASSWORD; ""
+        for none). No ~/.pgpass gets a say: PGPASSFILE points nowhere."""
+        env = {**os.environ, "PGPASSWORD": password, "PGPASSFILE": "/nonexistent"}
+        if not password:
+            del env["PGPASSWORD"]
+        argv = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", database]
+        result = subprocess.run(
+            [*argv, "-w", "-Atc", "SELECT 1"], env=env, capture_output=True, text=True, check=False
+        )
+        return result.returncode == 0 and result.stdout.strip() == "1"
 
     def query(self, database: str, sql: str) -> list[list[str]]:
         """Rows of a query, as psql prints them (each a list of column texts)."""

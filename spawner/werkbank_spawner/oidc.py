@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import jwt
 from jupyterhub import orm
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler
 from tornado import web
-from traitlets import Dict, Set, Unicode
+from traitlets import Dict, Set, Unicode, observe
+
+from .site.apply import CLIENT_SECRET_FILE
+from .site.database import read_password
 
 #: Signature algorithms an id_token may use: asymmetric only. ``none`` and the HMAC family (whose
 #: key would be the client secret, or a public key misread as one) are never accepted.
@@ -149,8 +153,24 @@ class WerkbankOAuthenticator(GenericOAuthenticator):
         help="""Provider groups whose members may log in (besides allowed_users and admin_users).""",
     )
 
+    client_secret_file = Unicode(
+        "",
+        config=True,
+        help="""A file whose first line is client_secret, readable by its owner only (mode 0600 or
+        0400); read when the authenticator is made, at the hub's start. Instead of client_secret,
+        which would put the secret in the configuration (site key auth.oauth.client_secret_file).""",
+    )
+
     _jwks: jwt.PyJWKSet | None = None
     _jwks_fetched: float = 0.0
+
+    @observe("client_secret_file")
+    def _read_client_secret(self, change):
+        """Reads the secret from its file (at start: JupyterHub makes the authenticator from its
+        configuration then). Raises SiteConfigError naming the site key for a file that cannot be
+        read, is not private to its owner, or is empty."""
+        if change.new:
+            self.client_secret = read_password(Path(change.new), *CLIENT_SECRET_FILE)
 
     async def token_to_user(self, token_info):
         """The userinfo answer; with ``issuer``, merged over the checked id_token's claims."""

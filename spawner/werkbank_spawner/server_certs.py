@@ -25,15 +25,30 @@ The job then finds them through JupyterHub's ``JUPYTERHUB_SSL_KEYFILE``/``CERTFI
 https and asks every client for a certificate of the hub's CAs, and the job script's port and
 end reports (:data:`werkbank_core.script.PORT_REPORT`, ``END_REPORT``) present the server's
 certificate to the https hub API and check the hub's against the internal CA.
+
+JupyterHub also signs a certificate for every managed service (``create_certs`` of its service
+spawner, readable by the hub's account only, no ``move_certs``) and names it in the service's
+``JUPYTERHUB_SSL_*``, which ``HubAuth`` reads. A service that runs as an account of its own
+(the MLflow gateway, as ``werkbank-mlflow``) could not read it, and it names only localhost.
+:class:`ServiceCerts` is that service's ``move_certs``: values of the service's ``environment``
+(JupyterHub calls them with the service's spawner as it starts the process, after it made the
+service's certificate) that put a key and certificate for the names the service is reached at,
+and JupyterHub's CA bundle for services, into a folder of the service's account, and point
+``JUPYTERHUB_SSL_*`` there.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
+import pwd
 import re
+import ssl
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from tornado import web
 from traitlets import default
@@ -202,3 +217,161 @@ class ServerCerts(LoggingConfigurable):
         if self.internal_ssl:
             await self.remove_certs()
         return super().run_post_stop_hook()
+
+
+# --- managed services ----------------------------------------------------------------------
+
+#: The CA that signs a service's certificate: the hub's own. Jobs check the hub API's certificate
+#: against it already (their ``ca.crt``), so they can check the service's too without trusting
+#: ``notebooks-ca``, whose certificates every user's server holds (one user's server could pose
+#: as the service to another user's job). The hub's proxy accepts it for routes (its
+#: ``proxy-client-ca`` trust bundle holds hub-ca and notebooks-ca), and the hub for API clients.
+SERVICE_CA = "hub-ca"
+#: What a service's certificate names besides where it is reached: JupyterHub's names of this
+#: machine (``Spawner.create_certs`` and the hub's own certificate).
+LOCAL_ALT_NAMES = ("DNS:localhost", "IP:127.0.0.1", "IP:0:0:0:0:0:0:0:1")
+#: The file names of ``cert_paths`` keys in a service's folder (those of a server's).
+FILE_NAMES = {"keyfile": KEY, "certfile": CERT, "cafile": CA}
+#: ``cert_paths`` keys and the environment variables JupyterHub sets from them (Spawner.get_env).
+SSL_ENVIRONMENT = {
+    "JUPYTERHUB_SSL_KEYFILE": "keyfile",
+    "JUPYTERHUB_SSL_CERTFILE": "certfile",
+    "JUPYTERHUB_SSL_CLIENT_CA": "cafile",
+}
+
+
+@dataclass(frozen=True)
+class ServiceCerts:
+    """The TLS files of the managed service ``service`` under internal_ssl, in ``folder``
+    (``<parent>/<service>``; the parent is the hub's, 0755), for ``account`` ("" for the hub's
+    own). Frozen: applying a site twice gives equal services."""
+
+    service: str
+    folder: str
+    account: str
+    alt_names: tuple[str, ...]
+
+    def environment(self) -> dict[str, ServiceCertPath]:
+        """The service's ``JUPYTERHUB_SSL_*`` as values JupyterHub calls with its spawner."""
+        return {variable: ServiceCertPath(self, key) for variable, key in SSL_ENVIRONMENT.items()}
+
+    def install(self, spawner) -> dict[str, str]:
+        """Once per start of the service (``spawner``: JupyterHub's service spawner, which holds
+        the certificate JupyterHub just made in ``cert_paths``): sign a key pair for
+        :attr:`alt_names` with :data:`SERVICE_CA`, write it and JupyterHub's CA bundle for
+        services into :attr:`folder` (0700, files 0600, all the account's), delete the hub's copy
+        of the key. Returns (and sets) the spawner's new ``cert_paths``. Runs in the hub, as root
+        when the hub is: it writes only below the hub's own ``folder`` parent, never through a
+        link, new files only."""
+        if spawner.cert_paths.get("keyfile", "").startswith(self.folder + os.sep):
+            return spawner.cert_paths  # done for this start: JupyterHub asks once per variable
+        from certipy import Certipy
+
+        pair = Certipy(store_dir=spawner.internal_certs_location).create_signed_pair(
+            f"service-{self.service}", SERVICE_CA, alt_names=list(self.alt_names), overwrite=True
+        )
+        files = {
+            KEY: _read(pair["files"]["key"]),
+            CERT: _read(pair["files"]["cert"]),
+            # JupyterHub's trust bundle for services (hub-ca and proxy-client-ca): what the
+            # service checks the hub API's certificate against.
+            CA: _read(spawner.cert_paths["cafile"]),
+        }
+        os.unlink(pair["files"]["key"])
+        owner = pwd.getpwnam(self.account) if self.account else None
+        write_private_folder(self.folder, files, owner)
+        spawner.cert_paths = {key: self.path(key) for key in FILE_NAMES}
+        return spawner.cert_paths
+
+    def path(self, key: str) -> str:
+        """Where the file for ``cert_paths`` key ``key`` is."""
+        return os.path.join(self.folder, FILE_NAMES[key])
+
+
+class ServiceCertPath(str):
+    """One value of a service's ``environment``: the path of one of the files
+    :meth:`ServiceCerts.install` puts in place (``key``: keyfile, certfile or cafile). JupyterHub
+    calls it with the service's spawner (an environment's callable values are called) and
+    stores the service's environment in its database as JSON, where it is the path it names."""
+
+    certs: ServiceCerts
+    key: str
+
+    def __new__(cls, certs: ServiceCerts, key: str):
+        path = super().__new__(cls, certs.path(key))
+        path.certs, path.key = certs, key
+        return path
+
+    def __reduce__(self):
+        return (ServiceCertPath, (self.certs, self.key))
+
+    def __call__(self, spawner) -> str:
+        return self.certs.install(spawner)[self.key]
+
+
+def write_private_folder(folder: str, files: dict[str, str], owner: pwd.struct_passwd | None) -> None:
+    """``folder`` (its parent made 0755 if missing) 0700 with ``files`` in it, 0600, new (what was
+    there removed first; a link is removed, never followed), all owned by ``owner`` if given."""
+    os.makedirs(os.path.dirname(folder), mode=0o755, exist_ok=True)
+    if not os.path.lexists(folder):
+        os.mkdir(folder, 0o700)
+    elif os.path.islink(folder) or not os.path.isdir(folder):
+        raise OSError(f"{folder} is not a folder")
+    if owner:
+        os.chown(folder, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+    os.chmod(folder, 0o700)
+    for name, text in files.items():
+        path = os.path.join(folder, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            if owner:
+                os.fchown(f.fileno(), owner.pw_uid, owner.pw_gid)
+            f.write(text)
+
+
+def serving_tls(scheme: str, environ: Mapping[str, str] | None = None) -> ssl.SSLContext | None:
+    """What a managed service serves with at a service URL of ``scheme``: for https, TLS with the
+    certificate the hub made for it (``JUPYTERHUB_SSL_KEYFILE``/``CERTFILE``), asking clients for
+    none (they authenticate with hub tokens); None for http. Raises ``SystemExit`` for an https
+    service without a certificate: it would answer plain HTTP where the hub expects TLS."""
+    environ = os.environ if environ is None else environ
+    if scheme != "https":
+        return None
+    keyfile, certfile = environ.get("JUPYTERHUB_SSL_KEYFILE", ""), environ.get("JUPYTERHUB_SSL_CERTFILE", "")
+    if not keyfile or not certfile:
+        raise SystemExit("an https service URL needs JUPYTERHUB_SSL_KEYFILE and JUPYTERHUB_SSL_CERTFILE")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def fix_service_wait(app_class: type | None = None) -> None:
+    """Let JupyterHub wait for managed services with an https ``url`` at its start.
+
+    JupyterHub 6.1 (and its main branch of 2026-08) hands ``start_service`` the TLS context of
+    its own *server* (``app.py``: ``make_ssl_context(..., purpose=ssl.Purpose.CLIENT_AUTH)``, the
+    hub API's), with which no client connection can be made ("Cannot create a client socket with
+    a PROTOCOL_TLS_SERVER context"): a service serving TLS never comes up and the hub exits.
+    Wraps ``JupyterHub.start_service`` so that such a context is replaced by None, for which it
+    makes the client context it means (the hub's certificate and CAs, the service's name
+    checked). Nothing else changes; calling this again does nothing. To go once JupyterHub
+    passes a client context. ``app_class``: JupyterHub's application class (tests pass another)."""
+    if app_class is None:
+        from jupyterhub.app import JupyterHub as app_class
+
+    original = app_class.start_service
+    if getattr(original, "werkbank_fixed", False):
+        return
+
+    @functools.wraps(original)
+    async def start_service(self, service_name, service, ssl_context=None):
+        if ssl_context is not None and ssl_context.protocol == ssl.PROTOCOL_TLS_SERVER:
+            ssl_context = None
+        return await original(self, service_name, service, ssl_context)
+
+    start_service.werkbank_fixed = True
+    app_class.start_service = start_service

@@ -955,6 +955,11 @@ def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[s
 
     And MLflow's telemetry off (:data:`~werkbank_spawner.tracking.NO_TELEMETRY`), with or without
     a tracking server: the client reports usage on its own.
+
+    With the hub's internal_ssl the proxy serves TLS with a certificate of the hub's CA:
+    MLFLOW_TRACKING_SERVER_CERT_PATH is then the CA bundle the server checks the hub API with
+    (JUPYTERHUB_SSL_CLIENT_CA, in the user's certificate folder), so that MLflow's client checks
+    the proxy against the hub's CA and nothing else.
     """
     out = dict(NO_TELEMETRY)
     if spawner.mlflow_tracking_uri:
@@ -968,6 +973,8 @@ def mlflow_env(spawner: WerkbankSlurmSpawner | WerkbankLocalSpawner, env: dict[s
             out["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         if env.get("JUPYTERHUB_USER"):
             out["MLFLOW_EXPERIMENT_NAME"] = f"{env['JUPYTERHUB_USER']}/default"
+        if spawner.mlflow_send_token and env.get("JUPYTERHUB_SSL_CLIENT_CA") and spawner.internal_ssl:
+            out["MLFLOW_TRACKING_SERVER_CERT_PATH"] = env["JUPYTERHUB_SSL_CLIENT_CA"]
     return out
 
 

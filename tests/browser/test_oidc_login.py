@@ -3,7 +3,8 @@ provider's login page, the user signs in there and comes back logged in; the pro
 select the hub groups of ``auth.oauth.group_map`` and with them the user's limits on the spawn
 page; when the provider drops a group, the next login takes the hub group away and leaves a
 course group alone; an id_token signed with a key the provider does not publish, or by another
-issuer, is refused.
+issuer, is refused. The hub reads the client secret from a file (``auth.oauth.client_secret_file``):
+the provider's token endpoint checks it at every login.
 
 The provider is tests/oidc_provider.py (authlib's authorization server). The hub is one of this
 module's own, on free ports, with auth.type oauth; it never starts a server (nor does it use the
@@ -51,15 +52,20 @@ def provider_and_hub(tmp_path_factory):
     )
     hub = make_hub(workdir, port=port, api_port=api_port, spawner="slurm", mlflow=False)
     site = yaml.safe_load((workdir / "site.yaml").read_text())
+    oauth = provider.site_oauth(
+        callback_url=callback,
+        groups_claim="groups",
+        group_map={POWER_USERS: "power"},
+        allowed_groups=[MEMBERS],
+    )
+    # The client secret from a file only the hub's account may read, as a production site keeps it.
+    secret_file = workdir / "oauth-client-secret"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(oauth.pop("client_secret") + "\n")
     site["auth"] = {
         "type": "oauth",
         "allowed_users": [],
-        "oauth": provider.site_oauth(
-            callback_url=callback,
-            groups_claim="groups",
-            group_map={POWER_USERS: "power"},
-            allowed_groups=[MEMBERS],
-        ),
+        "oauth": {**oauth, "client_secret_file": str(secret_file)},
     }
     site["limits"]["groups"]["power"] = {"gpus": POWER_GPUS}
     (workdir / "site.yaml").write_text(yaml.safe_dump(site))

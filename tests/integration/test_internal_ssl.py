@@ -7,8 +7,11 @@ certificate of the hub's CAs, and its certificate names the node's NodeAddr, Nod
 NodeHostname but not localhost; the job's hub API URL is https and the hub API refuses plain
 http; the key is the user's, 0600 in a 0700 folder in their home, and the hub keeps no copy;
 the job's end report reaches the hub over TLS; after the stop the certificate folder is gone.
-The idle culler runs with TLS too and does not fail. MLflow and the workshops are off (the
-site refuses them with internal_ssl).
+The idle culler runs with TLS too and does not fail. The MLflow proxy service serves TLS only,
+with a certificate of the hub's CA that the job's MLflow client checks (a run logged from the
+job's environment records its user; a client that trusts other CAs is refused), behind the
+hub's proxy too; the trainer console creates, lists and ends a course through the hub API over
+TLS.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import Hub, job_field, make_hub, run
-from tests.mlflow_server import free_port, free_port_pair
+from tests.cluster import TEST_ADMIN, Hub, job_field, make_hub, run
+from tests.mlflow_server import free_port_pair
 from tests.services import wait_for
+from tests.workshops import write_course
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +42,10 @@ USER = "alice"
 
 
 class TlsHub:
-    def __init__(self, hub: Hub, certs: Path, api_port: int):
+    def __init__(self, hub: Hub, certs: Path, api_port: int, mlflow_port: int):
         self.hub, self.certs, self.api_port = hub, certs, api_port
+        #: The MLflow proxy service's own port (jobs reach it there), after MLflow's.
+        self.proxy_port = mlflow_port + 1
         self.jobs: list[str] = []
 
     def client_context(self, *, with_certificate: bool = True) -> ssl.SSLContext:
@@ -54,23 +60,25 @@ class TlsHub:
 
 @pytest.fixture(scope="module")
 def tls(slurm, tmp_path_factory):
-    port, api_port = free_port_pair(), free_port_pair()
+    # The hub's proxy API, the trainer console and the MLflow proxy service each at the port
+    # after the hub's, the hub API's and MLflow's.
+    port, api_port, mlflow_port = free_port_pair(), free_port_pair(), free_port_pair()
     hub = make_hub(
         tmp_path_factory.mktemp("tls-hub"),
         port=port,
         api_port=api_port,
         spawner="slurm",
-        mlflow=False,
-        mlflow_port=free_port(),
+        mlflow=True,
+        mlflow_port=mlflow_port,
     )
     site_file = hub.workdir / "site.yaml"
     site = yaml.safe_load(site_file.read_text())
     site["hub"]["internal_ssl"] = True
-    site["workshops"] = {"enabled": False}
+    site["workshops"]["enabled"] = True
     # The culler asks the hub API at its start and every 10 s: over TLS, with the hub's certificate.
     site["culling"] = {"enabled": True, "timeout": 3600, "every": 10}
     site_file.write_text(yaml.safe_dump(site))
-    state = TlsHub(hub, Path(site["hub"]["data_dir"]) / "internal-ssl", api_port)
+    state = TlsHub(hub, Path(site["hub"]["data_dir"]) / "internal-ssl", api_port, mlflow_port)
     hub.start()
     yield state
     try:
@@ -199,6 +207,142 @@ def test_a_server_speaks_tls_only_with_the_hubs_certificates(tls, report_figure)
     wait_for(lambda: culled.search(hub.log_text()), 30, "the culler's request in the hub log")
 
 
+#: What the job's MLflow client runs (as the user, with the job's environment): a run logged
+#: through the proxy service, then the same client with another CA bundle, which must fail.
+MLFLOW_CLIENT = """\
+import os, mlflow
+with mlflow.start_run() as run:
+    mlflow.log_metric("answer", 42)
+print("run", run.info.run_id)
+os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = "/etc/ssl/certs/ca-certificates.crt"
+os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+try:
+    mlflow.MlflowClient().get_run(run.info.run_id)
+    print("other CAs: accepted")
+except Exception as e:
+    print("other CAs:", repr(e)[:2000])
+"""
+
+
+def test_a_job_logs_to_mlflow_through_the_proxy_over_tls(tls, report_figure):
+    """alice's server (still running from the first test): its MLflow client reaches the proxy
+    service at https with the hub's CA, the run records alice whatever the client claims; the
+    browsers' path through the hub's proxy answers; plain http to the service does not."""
+    hub, job = tls.hub, tls.jobs[-1]
+    env = job_environ(job)
+    uri = env["MLFLOW_TRACKING_URI"]
+    assert uri == f"https://127.0.0.1:{tls.proxy_port}/services/mlflow", uri
+    # The job checks the service with the CA bundle it checks the hub API with, and nothing else.
+    assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == env["JUPYTERHUB_SSL_CLIENT_CA"]
+    assert "MLFLOW_TRACKING_INSECURE_TLS" not in env
+    started = time.monotonic()
+    hub.wait_for_mlflow()
+    waited = time.monotonic() - started
+    # The browsers' path: the hub's proxy (plain http outside here) reaches the service over TLS.
+    alice = {"Authorization": f"Bearer {hub.token_for(USER)}"}
+    r = httpx.get(
+        f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": f"{USER}/default"},
+        headers=alice,
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{hub.url}/services/mlflow/", timeout=10)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"], r.headers
+
+    keep = {k: v for k, v in env.items() if k.startswith("MLFLOW_") or k in ("PATH", "HOME")}
+    claims = {"USER": "bob", "LOGNAME": "bob"}  # MLflow's client takes its user from these
+    # MLflow's client retries a failed TLS handshake for minutes: once is enough here.
+    claims["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    started = time.monotonic()
+    result = run(
+        "sudo", "-u", USER, "env", "-i", *(f"{k}={v}" for k, v in {**keep, **claims}.items()),
+        "python3", "-c", MLFLOW_CLIENT,
+    )  # fmt: skip
+    report_figure(
+        "internal_ssl: a job's MLflow run over TLS (python, import mlflow included)",
+        f"{time.monotonic() - started:.1f} s (after {waited:.1f} s waiting for MLflow)",
+    )
+    lines = dict(
+        line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("run ", "other"))
+    )
+    run_id = lines["run"]
+    assert "CERTIFICATE_VERIFY_FAILED" in lines["other"], result.stdout
+
+    # Read back as alice, checked against the job's CA file: her run, recorded as hers.
+    verify = ssl.create_default_context(cafile=env["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    r = httpx.get(
+        f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=alice, verify=verify, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    stored = r.json()["run"]
+    assert stored["info"]["user_id"] == USER
+    assert {"key": "mlflow.user", "value": USER} in stored["data"]["tags"]
+    assert {"key": "answer", "value": 42.0} in [
+        {"key": m["key"], "value": m["value"]} for m in stored["data"]["metrics"]
+    ]
+    # The proxy's own question to the hub API (who a dashboard's viewer is), over TLS too.
+    experiment = stored["info"]["experiment_id"]
+    r = httpx.get(
+        f"{uri}/werkbank/readable-experiments",
+        params={"viewer": USER, "experiment_id": experiment},
+        headers=alice,
+        verify=verify,
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.json() == {"experiment_ids": [experiment]}, r.text
+    # A client that trusts the system's CAs only is refused: the hub's CA signed the certificate.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{uri}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, headers=alice, timeout=10)
+
+    # Plain http to the service's own port: no answer (the TLS server drops it).
+    try:
+        plain = httpx.get(f"http://127.0.0.1:{tls.proxy_port}/services/mlflow/health", timeout=10)
+    except httpx.HTTPError:
+        plain = None
+    assert plain is None or plain.status_code != 200, plain and plain.text
+
+    # The service's key is its account's alone, in a folder of its own outside the hub's.
+    account = pwd.getpwnam("werkbank-mlflow")
+    folder = tls.certs.parent.parent / "service-certs" / "mlflow"
+    assert stat.S_IMODE(folder.lstat().st_mode) == 0o700 and folder.lstat().st_uid == account.pw_uid
+    key = (folder / "server.key").lstat()
+    assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_uid == account.pw_uid
+
+
+def test_the_trainer_console_works_over_tls(tls, tmp_path):
+    """A course of existing accounts created, listed and ended through the console's REST API
+    (behind the hub's proxy): each step asks the hub API, over TLS, with the console's
+    certificate."""
+    hub = tls.hub
+    admin, trainer = hub.token_for(TEST_ADMIN), hub.token_for(USER)
+
+    def console(method: str, path: str, token: str, **kw) -> httpx.Response:
+        url = f"{hub.url}/services/werkbank-workshop/api/{path}"
+        return httpx.request(method, url, headers={"Authorization": f"token {token}"}, timeout=60, **kw)
+
+    def answers() -> bool:
+        try:
+            return console("GET", "courses", admin).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, 60, "the trainer console")
+    _, course = write_course(
+        tmp_path, participants=["bob"], accounts="existing", login="sheet", reservation=False
+    )
+    del course["account_prefix"]
+    r = console("POST", "courses", admin, json={"course": course})
+    assert r.status_code == 201, r.text
+    group = hub.api("GET", f"/groups/course-{course['name']}")
+    assert group.status_code == 200 and group.json()["users"] == ["bob"], group.text
+    mine = console("GET", "courses", trainer)
+    assert mine.status_code == 200 and [c["name"] for c in mine.json()] == [course["name"]], mine.text
+    r = console("POST", f"courses/{course['name']}/end", admin)
+    assert r.status_code == 200, r.text
+    assert hub.api("GET", f"/groups/course-{course['name']}").status_code == 404
+
+
 def test_the_hub_restarts_with_the_server_running(tls):
     """The CAs stay in the hub's data_dir: after a restart the hub, the proxy and the server,
     still running as the same job with the certificate it got, trust each other."""
@@ -211,6 +355,19 @@ def test_the_hub_restarts_with_the_server_running(tls):
     )
     assert r.status_code == 200, r.text
     assert "Using existing hub-internal CA" in hub.log_text()
+    # The proxy service's new certificate (signed again at its start) is one the running job
+    # still checks with the CA file it got: the service answers it over TLS (401: no token).
+    env = job_environ(job)
+    verify = ssl.create_default_context(cafile=env["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
+
+    def answers():
+        try:
+            return httpx.get(url, verify=verify, timeout=5).status_code
+        except httpx.ConnectError:
+            return None
+
+    assert wait_for(answers, 30, "the MLflow proxy service after the restart") == 401
 
 
 def test_stopping_the_server_removes_its_certificate(tls):

@@ -1,28 +1,67 @@
 """The hub's MLflow service on PostgreSQL, as a production site runs it: a second JupyterHub whose
 managed MLflow server keeps runs and permissions in a real PostgreSQL (Debian's, a private
-cluster: tests/postgres.py). The same promises as on SQLite: a run logged from a Slurm job
-records its user, other users can neither read nor delete it, requests without a token are
-refused, and a killed MLflow server is restarted by the hub with nothing lost."""
+cluster: tests/postgres.py), as an ordinary role whose password only a file holds
+(``tracking.mlflow.db_password_file``). The same promises as on SQLite: a run logged from a
+Slurm job records its user, other users can neither read nor delete it, requests without a token
+are refused, and a killed MLflow server is restarted by the hub with nothing lost. The password
+reaches the MLflow server alone: no command line, log, site file or file users can read holds
+it; a wrong one stops the server with PostgreSQL's own words."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.cluster import TEST_USERS, VENV_BIN, Hub, make_hub, run
+from tests.mlflow_server import free_port
+from tests.services import wait_for
+from werkbank_spawner.site import services, validate
 
-from .test_mlflow_service import kill_mlflow_server, wait_for_mlflow_restart
+from .test_mlflow_service import kill_mlflow_server, service_pids, wait_for_mlflow_restart
 
 pytestmark = pytest.mark.integration
 
 PORT, API_PORT, MLFLOW_PORT = 18300, 18381, 15300
 RUNS_DB, AUTH_DB = "hub_mlflow", "hub_mlflow_auth"
+ROLE = "werkbank_mlflow"
+#: Characters a URL would read as syntax (the URIs never see it, but a regression that put it
+#: there should not quietly pass); no single quote: it goes into SQL.
+#: Its random end survives any escaping (a URL's %40, SQLAlchemy's, an ini file's %%): where it
+#: is, the password is.
+SECRET_END = os.urandom(6).hex()
+PASSWORD = "mlflow p@ss:w/rd?#%2F-" + SECRET_END
+
+
+def holds_password(text: str | bytes) -> bool:
+    return (SECRET_END.encode() if isinstance(text, bytes) else SECRET_END) in text
 
 
 @pytest.fixture(scope="module")
-def pg_hub(slurm, postgres, tmp_path_factory):
+def databases(postgres) -> tuple[str, str]:
+    """MLflow's two databases, owned by a role that logs in with ``PASSWORD``; their URIs."""
+    postgres.create_role(ROLE, PASSWORD)
+    return postgres.create_database(RUNS_DB, ROLE), postgres.create_database(AUTH_DB, ROLE)
+
+
+@pytest.fixture(scope="module")
+def password_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pg-mlflow-secrets") / "mlflow-db-password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pg_hub(slurm, databases, password_file, tmp_path_factory):
+    runs, auth = databases
     hub = make_hub(
         tmp_path_factory.mktemp("pg-hub"),
         port=PORT,
@@ -30,9 +69,13 @@ def pg_hub(slurm, postgres, tmp_path_factory):
         spawner="slurm",
         mlflow=True,
         mlflow_port=MLFLOW_PORT,
-        backend_store_uri=postgres.create_database(RUNS_DB),
-        auth_database_uri=postgres.create_database(AUTH_DB),
+        backend_store_uri=runs,
+        auth_database_uri=auth,
     )
+    site_file = hub.workdir / "site.yaml"
+    site = yaml.safe_load(site_file.read_text())
+    site["tracking"]["mlflow"]["db_password_file"] = str(password_file)
+    site_file.write_text(yaml.safe_dump(site))
     hub.start()
     for user in TEST_USERS:
         hub.api("POST", f"/users/{user}")
@@ -118,3 +161,79 @@ def test_a_killed_mlflow_server_comes_back_with_runs_and_permissions(pg_hub, pos
         f"WHERE p.resource_type = 'experiment' AND p.resource_pattern = '{experiment_id}'",
     )
     assert owners == [["alice"]]
+
+
+def test_the_password_is_needed_and_reaches_the_mlflow_server_alone(pg_hub, postgres, password_file):
+    # PostgreSQL asks for it: without it, or with another, the role cannot log in.
+    assert postgres.logs_in(ROLE, PASSWORD, RUNS_DB)
+    assert not postgres.logs_in(ROLE, "", RUNS_DB)
+    assert not postgres.logs_in(ROLE, PASSWORD + "x", AUTH_DB)
+    # The MLflow server has it, as PGPASSWORD, in an environment that only its own account (and
+    # root) may read: a user cannot.
+    pg_hub.wait_for_mlflow()
+    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
+    environ = Path(f"/proc/{server}/environ")
+    assert f"PGPASSWORD={PASSWORD}".encode() in environ.read_bytes().split(b"\0")
+    assert environ.stat().st_uid == pwd.getpwnam("werkbank-mlflow").pw_uid
+    as_bob = run("sudo", "-u", "bob", "cat", str(environ), check=False)
+    assert as_bob.returncode != 0
+    assert PASSWORD not in as_bob.stdout
+    # Nowhere else: no command line on the machine, the hub's log, the site file, a file in the
+    # hub's or MLflow's folders but the hub's database (JupyterHub keeps each managed service's
+    # environment there), which users cannot read.
+    assert not holds_password(run("ps", "-eww", "-o", "args").stdout)
+    assert not holds_password(pg_hub.log_text())
+    site_file = pg_hub.workdir / "site.yaml"
+    assert not holds_password(site_file.read_text())
+    data_dir = Path(yaml.safe_load(site_file.read_text())["hub"]["data_dir"])
+    files = [p for folder in (pg_hub.workdir, data_dir.parent) for p in folder.rglob("*") if p.is_file()]
+    assert data_dir.parent / "mlflow" / "auth.ini" in files
+    assert [p for p in files if holds_password(p.read_bytes())] == [data_dir / "jupyterhub.sqlite"]
+    as_bob = run("sudo", "-u", "bob", "cat", str(data_dir / "jupyterhub.sqlite"), check=False)
+    assert as_bob.returncode != 0
+    assert "Permission denied" in as_bob.stderr
+
+
+def test_a_wrong_password_stops_mlflow_with_postgresqls_words(databases, tmp_path):
+    """The managed server's command and environment as the hub builds them, with a password file
+    that holds another password: MLflow says at once what PostgreSQL said (the hub's log shows the
+    services' output), and never the password. Cheaper than a hub: no restart, no proxy."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not " + PASSWORD + "\n")
+    wrong.chmod(0o600)
+    runs, _ = databases
+    site = validate(
+        {
+            "profiles": [{"name": "cpu", "partition": "cpu"}],
+            "limits": {"default": {"partitions": ["cpu"]}},
+            "tracking": {
+                "mlflow": {"proxy": False, "backend_store_uri": runs, "db_password_file": str(wrong)}
+            },
+        }
+    )
+    data_dir = tmp_path / "hub"
+    (data_dir.parent / "mlflow").mkdir()
+    port = free_port()
+    server = services.mlflow_server_service(
+        site.tracking.mlflow.model_copy(update={"port": port}), data_dir, prefix="", signing_key=""
+    )
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "PGPASSFILE": "/nonexistent"}
+    log = tmp_path / "mlflow.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            server["command"],
+            env={**env, **server["environment"]},
+            cwd=server["cwd"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # MLflow's first failed connection (it retries for ~100 s, then exits; the hub restarts it).
+        failed = "SQLAlchemy engine could not be created"
+        wait_for(lambda: failed in log.read_text() or process.poll() is not None, 120, "MLflow's complaint")
+        assert f'password authentication failed for user "{ROLE}"' in log.read_text(), log.read_text()[-3000:]
+        assert not holds_password(log.read_text())
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -21,7 +21,7 @@ from tornado import web
 from traitlets.config import Config
 
 from werkbank_core.policy import JobRequest
-from werkbank_core.script import END_REPORT, PORT_REPORT, JobContext
+from werkbank_core.script import END_REPORT, END_REPORT_FUNCTION, PORT_REPORT, JobContext
 from werkbank_spawner.server_certs import (
     CERT_WRITER,
     certs_folder,
@@ -84,27 +84,15 @@ def test_the_hubs_certificate_names_where_jobs_reach_it(tmp_path, url, names):
     assert c.JupyterHub.trusted_alt_names == names
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "needs"),
-    [
-        ("hub.spawner", "local", "hub.spawner: slurm"),
-        ("tracking.mlflow.proxy", True, "tracking.mlflow.proxy"),
-        ("workshops.enabled", True, "workshops.enabled"),
-    ],
-)
-def test_internal_ssl_is_refused_where_a_part_does_not_speak_tls(path, value, needs):
+def test_internal_ssl_is_refused_with_the_local_spawner():
     data = site()
-    section, key = path.rsplit(".", 1)
-    node = data
-    for part in section.split("."):
-        node = node.setdefault(part, {})
-    node[key] = value
+    data["hub"]["spawner"] = "local"
     with pytest.raises(SiteConfigError) as info:
         validate(data)
     assert info.value.path == "hub.internal_ssl"
-    assert needs in info.value.message
-    node[key] = not value if isinstance(value, bool) else "slurm"
-    validate(data)  # the same site without that part is fine
+    assert "hub.spawner: slurm" in info.value.message
+    data["hub"]["spawner"] = "slurm"
+    validate(data)  # the same site with the Slurm spawner is fine
 
 
 def test_internal_ssl_must_be_a_boolean():
@@ -353,6 +341,12 @@ def end_report(env: dict) -> subprocess.CompletedProcess:
     )
 
 
+def end_report_with_curl(env: dict) -> subprocess.CompletedProcess:
+    """The job script's own function, which sends the report with curl where the node has it."""
+    script = "\n".join([*END_REPORT_FUNCTION, "werkbank_end_report signal 0"])
+    return subprocess.run(["bash", "-c", script], env=env, text=True, capture_output=True)
+
+
 def test_the_job_reports_to_an_https_hub_with_its_certificate(https_hub, pki):
     env = job_env(https_hub, pki.server, pki.hub_ca)
     done = port_report(env)
@@ -365,6 +359,9 @@ def test_the_job_reports_to_an_https_hub_with_its_certificate(https_hub, pki):
         "/hub/api/werkbank/server-ended",
     ]
     assert https_hub.posts[1][1] == {"job_id": "42", "how": "signal", "status": 0}
+    done = end_report_with_curl(env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert https_hub.posts[2] == https_hub.posts[1]
 
 
 def test_the_job_trusts_only_the_internal_ca(https_hub, pki):
@@ -375,10 +372,13 @@ def test_the_job_trusts_only_the_internal_ca(https_hub, pki):
     assert done.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in done.stderr, done.stderr
     done = end_report(env)
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr, done.stderr
+    done = end_report_with_curl(env)
+    assert "could not tell the hub" in done.stderr and "SSL certificate problem" in done.stderr, done.stderr
     assert https_hub.posts == []
 
 
 def test_the_hub_refuses_a_job_without_a_certificate_of_its_cas(https_hub, pki):
     env = job_env(https_hub, pki.stranger, pki.hub_ca)
     assert port_report(env).returncode != 0
+    assert "could not tell the hub" in end_report_with_curl(env).stderr
     assert https_hub.posts == []

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 from traitlets.config import Config
 
+from tests.certificates import make_certificates
 from werkbank_core import centre as centre_info
 from werkbank_core.policy import policy_from_dict
 from werkbank_spawner import site as werkbank_site
@@ -328,7 +329,7 @@ def shared(bind_url: str, password: str = "werkbank-demo") -> dict:
 
 @pytest.mark.parametrize(
     "bind_url",
-    ["http://0.0.0.0:8000", "http://:8000", "https://hub.example.org", "http://10.0.0.5:8000"],
+    ["http://0.0.0.0:8000", "http://:8000", "http://hub.example.org", "http://10.0.0.5:8000"],
 )
 def test_shared_password_is_refused_beyond_loopback(bind_url):
     error = error_of(shared(bind_url))
@@ -818,7 +819,7 @@ def test_a_database_without_its_driver_stops_the_hub_at_start(monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "psycopg" else real(name, *a),
     )
-    site = with_value(minimal(), "tracking.mlflow.backend_store_uri", "postgresql://mlflow:pw@db/mlflow")
+    site = with_value(minimal(), "tracking.mlflow.backend_store_uri", "postgresql://mlflow@db/mlflow")
     error = error_of(site)
     assert error.path == "tracking.mlflow.backend_store_uri"
     assert "psycopg (pip package psycopg[binary])" in error.message
@@ -846,15 +847,15 @@ def test_prepare_state_creates_private_state_folders(tmp_path):
 
 def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
-    site = with_value(site, "tracking.mlflow.auth_database_uri", "postgresql://mlflow:p%40ss@db/auth")
+    site = with_value(site, "tracking.mlflow.auth_database_uri", "postgresql://mlflow@db/auth?options=-c%20x")
     prepared(site, config_dir="/")
     ini = tmp_path / "mlflow" / "auth.ini"
-    assert ini.stat().st_mode & 0o777 == 0o600  # the database URI may hold a password
+    assert ini.stat().st_mode & 0o777 == 0o600  # the service account's alone, as all of MLflow's folder
     parser = configparser.ConfigParser()
     parser.read(ini)
     assert dict(parser["mlflow"]) == {
         "default_permission": "NO_PERMISSIONS",
-        "database_uri": "postgresql://mlflow:p%40ss@db/auth",  # % survives ini interpolation
+        "database_uri": "postgresql://mlflow@db/auth?options=-c%20x",  # % survives ini interpolation
         "admin_username": "service:mlflow",
         "authorization_function": "werkbank_spawner.tracking.auth:authenticate",
         "grant_default_workspace_access": "false",
@@ -1304,19 +1305,29 @@ def assert_workshops_added(config: dict, site: Site) -> None:
     ("name", "path"),
     [("demo", DEMO_SITE), ("before-pydantic", DATA / "site-before-pydantic.yaml")],
 )
-def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
+def test_site_files_from_before_give_the_hub_the_same_configuration(name, path, tmp_path):
     """Recorded from werkbank_spawner.siteconfig (the schema before pydantic) for the same files:
     every trait the hub gets is unchanged, value for value."""
     recorded = json.loads((DATA / "site-before-pydantic.config.json").read_text())[name]
-    config = recorded_form(applied(validate(load(path))))
+    # Changed on purpose since the recording (issue 19): an https bind_url needs the proxy's
+    # certificate and key in the site file (JupyterHub quietly made it http:// without them).
+    data, certs = load(path), None
+    if data["hub"]["bind_url"].startswith("https://"):
+        certs = make_certificates(tmp_path / "tls")
+        data["hub"].update(tls_cert_file=str(certs.cert_file), tls_key_file=str(certs.key_file))
+    site = validate(data)
+    config = recorded_form(applied(site))
+    if certs:
+        assert config["JupyterHub"].pop("ssl_cert") == str(certs.cert_file)
+        assert config["JupyterHub"].pop("ssl_key") == str(certs.key_file)
     # Changed on purpose since the recording (issue 13): MLflow's telemetry is switched off, and
     # the spawners tell sessions the culler's timeout (JupyterLab warns before it).
-    culling = validate(load(path)).culling
+    culling = site.culling
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         assert config[spawner].pop("idle_timeout") == (culling.timeout if culling.enabled else 0)
     # Added on purpose since the recording (issue 15): the centre's details for the sessions, and
     # where the hub keeps the dashboard shares (in its own folder).
-    data_dir = validate(load(path)).hub.data_dir
+    data_dir = site.hub.data_dir
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
         assert config[spawner].pop("centre") == centre_info.DEFAULTS
         assert (
@@ -1334,13 +1345,13 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     proxy_roles = [r for r in roles if r["name"] == "werkbank-mlflow-proxy"]
     assert proxy_roles == (
         [{"name": "werkbank-mlflow-proxy", "services": ["mlflow"], "scopes": ["read:users"]}]
-        if validate(load(path)).tracking.mlflow.proxy
+        if site.tracking.mlflow.proxy
         else []
     )
     roles[:] = [r for r in roles if r["name"] != "werkbank-mlflow-proxy"]
     # Added on purpose since the recording (issue 14): workshops (course logins in the
     # authenticator, the course store, the workshop service and its role and scope).
-    assert_workshops_added(config, validate(load(path)))
+    assert_workshops_added(config, site)
     # The spawners' policy configuration now names each profile's defaults; the policy built
     # from it (what the spawner runs) is the same.
     for spawner in ("WerkbankSlurmSpawner", "WerkbankLocalSpawner"):
@@ -1360,10 +1371,22 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path):
     assert config == recorded
 
 
+def test_launch_links_start_where_users_arrive_behind_a_tls_front_end():
+    """With TLS ended in front of the hub (hub.public_url), bind_url is where the proxy listens:
+    a link meant for people starts at public_url, with bind_url's path (JupyterHub's base URL)."""
+    from werkbank_spawner.site.links import launch_link
+
+    site = with_value(load(DEMO_SITE), "hub.bind_url", "http://127.0.0.1:8000/jhub/")
+    site["hub"]["public_url"] = "https://hub.example.org"
+    site = validate(with_value(site, "auth", {"type": "pam"}))
+    assert launch_link(site, "cpu").startswith("https://hub.example.org/jhub/hub/spawn?")
+
+
 def test_launch_links():
     from werkbank_spawner.site.links import launch_link
 
     site = with_value(load(DEMO_SITE), "hub.bind_url", "https://hub.example.org/jhub/")
+    site["hub"].update(tls_cert_file="/etc/werkbank/tls/hub.crt", tls_key_file="/etc/werkbank/tls/hub.key")
     site = validate(with_value(site, "auth", {"type": "pam"}))
     assert launch_link(site, "gpu1", template="03-training") == (
         "https://hub.example.org/jhub/hub/spawn?profile=gpu1"

@@ -4,8 +4,12 @@ folders the hub needs before it starts.
 One ``update_*`` function per area sets that area's traits (the-littlest-jupyterhub's
 configurer does the same); :func:`apply` calls them all. They only *set* traits, to values that
 share nothing with the site; applying the same site twice gives the same ``Config``. Nothing
-here touches the file system except :func:`prepare_state` and the reading of the hub database's
-password file (:mod:`.database`).
+here touches the file system except :func:`prepare_state` and the reading of the secret files the
+site names (the hub's and MLflow's database passwords, :mod:`.database`; the OAuth client secret;
+the proxy's TLS certificate and key), checked here so that a bad one stops the hub with its key
+named. One exception to "only set traits": with ``hub.internal_ssl``, :func:`update_internal_ssl`
+patches JupyterHub's wait for TLS services (:func:`..server_certs.fix_service_wait`, an upstream
+bug).
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
+from ..server_certs import fix_service_wait
 from ..workshop.hub import write_token
 from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
-from .database import hub_db_url
+from .database import hub_db_url, read_password, read_private
 from .schema import Site, SiteConfigError
 from .services import (
     MLFLOW_ACCESS_SCOPE,
@@ -84,16 +90,8 @@ def apply(
     update_spawners(c, site, base)
     mlflow_services, roles = update_tracking(c, site, base)
     culler, culler_roles = services.culler_service(site.culling)
-    if site.hub.internal_ssl:
-        # The culler asks the hub API with the hub's own certificate (its --ssl-enabled reads it
-        # from the certificates' folder); it runs as the hub's account, which may read it.
-        location = internal_certs_location(site, base)
-        culler = [
-            {**s, "command": [*s["command"], "--ssl-enabled=true", f"--internal-certs-location={location}"]}
-            for s in culler
-        ]
     workshop, workshop_roles = update_workshops(c, site, base, site_file)
-    c.JupyterHub.services = [*mlflow_services, *culler, *workshop]
+    c.JupyterHub.services = internal_ssl_services(site, base, [*mlflow_services, *culler, *workshop])
     c.JupyterHub.load_roles = [*roles, *culler_roles, *workshop_roles]
 
 
@@ -113,10 +111,46 @@ def update_hub(c: Config, site: Site, base: Path) -> None:
     api_scheme = "https" if hub.internal_ssl else "http"
     c.ConfigurableHTTPProxy.api_url = f"{api_scheme}://127.0.0.1:{_port_of(hub.bind_url) + 1}"
     update_internal_ssl(c, site, base)
+    update_proxy_tls(c, site)
     # Slurm servers are jobs: they keep running while the hub restarts and are found again.
     # Local-process servers (the fallback) stop with the hub, so that stopping it stops all.
     c.JupyterHub.cleanup_servers = hub.spawner != "slurm"
     c.JupyterHub.spawner_class = SPAWNER_CLASSES[hub.spawner]
+
+
+def update_proxy_tls(c: Config, site: Site) -> None:
+    """TLS where users connect: the proxy serves ``hub.bind_url`` with ``hub.tls_cert_file`` and
+    ``hub.tls_key_file`` (JupyterHub's ssl_cert and ssl_key, passed to configurable-http-proxy as
+    --ssl-cert and --ssl-key); ``hub.public_url`` is JupyterHub's public_url. Reads both files:
+    the key private to its owner (:func:`.database.read_private`), the two a certificate and its
+    key, so that a wrong file stops the hub with its key named rather than the proxy with a stack
+    trace. Raises :class:`SiteConfigError`."""
+    hub = site.hub
+    if hub.public_url:
+        c.JupyterHub.public_url = hub.users_url + "/"
+    if not hub.tls_cert_file:
+        return
+    read_private(Path(hub.tls_key_file), "hub.tls_key_file")
+    try:
+        with open(hub.tls_cert_file, "rb") as f:
+            if b"-----BEGIN CERTIFICATE-----" not in f.read():
+                raise SiteConfigError("hub.tls_cert_file", f"{hub.tls_cert_file} holds no PEM certificate")
+    except OSError as e:
+        raise SiteConfigError("hub.tls_cert_file", f"cannot read {hub.tls_cert_file}: {e.strerror}") from None
+    try:
+        # The password callback answers a passphrase prompt with nothing: the proxy has no way
+        # to decrypt a key either.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            hub.tls_cert_file, hub.tls_key_file, password=lambda: b""
+        )
+    except OSError as e:  # ssl.SSLError is one; a file gone since it was read is another
+        raise SiteConfigError(
+            "hub.tls_key_file",
+            f"{hub.tls_key_file} is not the unencrypted private key of the certificate in "
+            f"{hub.tls_cert_file} ({getattr(e, 'reason', None) or e.strerror or e})",
+        ) from None
+    c.JupyterHub.ssl_cert = hub.tls_cert_file
+    c.JupyterHub.ssl_key = hub.tls_key_file
 
 
 #: Where JupyterHub keeps its internal CAs and certificates, in ``hub.data_dir``.
@@ -137,11 +171,41 @@ def update_internal_ssl(c: Config, site: Site, base: Path) -> None:
         return  # JupyterHub's default: off
     c.JupyterHub.internal_ssl = True
     c.JupyterHub.internal_certs_location = str(internal_certs_location(site, base))
+    # The MLflow proxy and the trainer console serve TLS at their urls: JupyterHub's wait for
+    # them at its start needs a fix (a class patched, not a trait; see there), and its periodic
+    # check of services connects without the internal CA and would only log false alarms (it
+    # does nothing else: JupyterHub restarts a managed service whose process exits anyway).
+    fix_service_wait()
+    c.JupyterHub.service_check_interval = 0
     host = urlsplit(hub.hub_bind_url).hostname if hub.hub_bind_url else None
     names = []
     if host and not _is_unspecified(host):
         names.append(alt_name(host))
     c.JupyterHub.trusted_alt_names = names
+
+
+def internal_ssl_services(site: Site, base: Path, managed: list[dict]) -> list[dict]:
+    """The managed services as they run with ``hub.internal_ssl`` (unchanged without):
+
+    - the idle culler asks the hub API with the hub's own certificate (its ``--ssl-enabled``
+      reads it from the certificates' folder); it runs as the hub's account, which may read it;
+    - the MLflow proxy serves TLS and asks the hub API with a certificate of its own, which the
+      hub puts where the proxy's account reads it (:func:`.services.mlflow_proxy_with_tls`);
+    - the trainer console runs as the hub's account and uses JupyterHub's certificate for it as
+      JupyterHub hands it over (``JUPYTERHUB_SSL_*``); its ``url`` is https already.
+    """
+    if not site.hub.internal_ssl:
+        return managed
+    location, state = internal_certs_location(site, base), data_dir(site, base)
+    out = []
+    for service in managed:
+        if service["name"] == "idle-culler":
+            flags = ["--ssl-enabled=true", f"--internal-certs-location={location}"]
+            service = {**service, "command": [*service["command"], *flags]}
+        elif service["name"] == MLFLOW_SERVICE and "command" in service:
+            service = services.mlflow_proxy_with_tls(service, site, state)
+        out.append(service)
+    return out
 
 
 def alt_name(host: str) -> str:
@@ -159,6 +223,10 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
+#: The site key of the OAuth client secret's file and what its first line is, for errors.
+CLIENT_SECRET_FILE = ("auth.oauth.client_secret_file", "the OAuth client secret")
+
+
 def update_auth(c: Config, site: Site) -> None:
     """Who may log in, and how; the hub's admins."""
     auth = site.auth
@@ -169,14 +237,23 @@ def update_auth(c: Config, site: Site) -> None:
     if auth.type == "shared-password":
         c.SharedPasswordAuthenticator.user_password = auth.shared_password
     elif auth.type == "oauth":
-        oauth, generic = auth.oauth, c.GenericOAuthenticator
-        for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+        oauth, generic, werkbank = auth.oauth, c.GenericOAuthenticator, c.WerkbankOAuthenticator
+        for key in ("client_id", "authorize_url", "token_url", "userdata_url"):
             generic[key] = getattr(oauth, key)
+        if oauth.client_secret_file:
+            # Checked here, so that a bad file stops the hub with its key named; the authenticator
+            # reads it again itself, and the secret stays out of the configuration.
+            read_password(Path(oauth.client_secret_file), *CLIENT_SECRET_FILE)
+            werkbank.client_secret_file = oauth.client_secret_file
+        else:
+            generic.client_secret = oauth.client_secret
         generic.username_claim = oauth.username_claim
         generic.scope = list(oauth.scope)
         if oauth.callback_url:
             generic.oauth_callback_url = oauth.callback_url
-        werkbank = c.WerkbankOAuthenticator
+        elif site.hub.public_url:
+            # Behind a front end that ends TLS the hub cannot tell https from the request.
+            generic.oauth_callback_url = site.hub.users_url + "/hub/oauth_callback"
         werkbank.issuer = oauth.issuer
         werkbank.groups_claim = oauth.groups_claim
         werkbank.group_map = dict(oauth.group_map)
@@ -318,8 +395,8 @@ def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
 
 
 def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
-    """Write ``path`` readable by its owner only (it may hold a database password), owned by
-    ``account`` when given."""
+    """Write ``path`` readable by its owner only (MLflow's auth.ini: the database URI, which names
+    the database user), owned by ``account`` when given."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -47,4 +47,4 @@ def launch_link(site: Site, profile: str, *, template: str = "", path: str = "",
         target = "lab"
     base = urlsplit(site.hub.bind_url).path.rstrip("/")
     query = urlencode({"profile": profile, "next": f"{base}/hub/user-redirect/{target}"})
-    return f"{site.hub.bind_url.rstrip('/')}/hub/spawn?{query}"
+    return f"{site.hub.users_url}/hub/spawn?{query}"

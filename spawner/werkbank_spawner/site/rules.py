@@ -19,6 +19,7 @@ from werkbank_core.centre import STORAGE_AREAS
 from werkbank_core.policy import PolicyError, policy_from_dict
 
 from ..workshop.roles import group_name
+from .database import LIBPQ_SCHEMES, refuse_password_in_url
 from .schema import (
     DEFAULT_HUB_BIND_URL,
     SHARED_PASSWORD_MIN_LENGTH,
@@ -26,6 +27,7 @@ from .schema import (
     Centre,
     Hub,
     MLflow,
+    OAuth,
     Site,
     SiteConfigError,
     Slurm,
@@ -98,6 +100,61 @@ def check_hub(hub: Hub) -> None:
     if not hub.data_dir.strip():
         raise SiteConfigError("hub.data_dir", "must not be empty")
     check_hub_database(hub)
+    check_proxy_tls(hub)
+
+
+def check_proxy_tls(hub: Hub) -> None:
+    """TLS where users connect: ``hub.tls_cert_file`` and ``hub.tls_key_file`` together, absolute,
+    with an https ``bind_url``; an https ``bind_url`` only with them (JupyterHub would quietly make
+    it http: and serve plain HTTP at an address that promises TLS). A site whose TLS ends in front
+    of the hub (nginx, HAProxy) says so with ``hub.public_url``. The files themselves are read at
+    start (:func:`.apply.update_proxy_tls`)."""
+    files = {"hub.tls_cert_file": hub.tls_cert_file, "hub.tls_key_file": hub.tls_key_file}
+    for key, path in files.items():
+        other = next(k for k in files if k != key)
+        if path and not files[other]:
+            raise SiteConfigError(other, f"required with {key}: the proxy needs both to serve TLS")
+        if path and not path.startswith("/"):
+            raise SiteConfigError(key, f"must be an absolute path, got {path!r}")
+    scheme = urlsplit(hub.bind_url).scheme
+    if hub.tls_cert_file and scheme != "https":
+        raise SiteConfigError(
+            "hub.bind_url",
+            f"must be https:// with hub.tls_cert_file (the proxy serves TLS there), got {hub.bind_url!r}",
+        )
+    if scheme == "https" and not hub.tls_cert_file:
+        raise SiteConfigError(
+            "hub.bind_url",
+            "https:// needs hub.tls_cert_file and hub.tls_key_file: without them the proxy serves "
+            "plain HTTP there. If TLS ends in front of the hub (nginx, HAProxy), make bind_url the "
+            "http:// address the front end forwards to and hub.public_url the https:// address "
+            "users open",
+        )
+    if hub.public_url:
+        _check_public_url(hub)
+
+
+def _check_public_url(hub: Hub) -> None:
+    """``hub.public_url``: the https front end's address, whose path (if any) is bind_url's: the
+    front end forwards paths unchanged, and JupyterHub routes by them."""
+    check_url(hub.public_url, "hub.public_url")
+    parts = urlsplit(hub.public_url)
+    if parts.scheme != "https":
+        raise SiteConfigError(
+            "hub.public_url",
+            f"an https:// URL, where TLS ends in front of the hub, got {hub.public_url!r}",
+        )
+    base = urlsplit(hub.bind_url).path.rstrip("/")
+    if parts.path.rstrip("/") not in ("", base) or parts.query or parts.fragment:
+        raise SiteConfigError(
+            "hub.public_url",
+            f"scheme, host, port and at most bind_url's path {base or '/'}, got {hub.public_url!r}",
+        )
+    if hub.subdomain_host:
+        raise SiteConfigError(
+            "hub.public_url",
+            "hub.subdomain_host already is the hub's public address; remove one of them",
+        )
 
 
 #: Database backends the hub may keep its state in: those werkbank tests (SQLite, PostgreSQL).
@@ -126,13 +183,7 @@ def check_hub_database(hub: Hub) -> None:
             "hub.db_url",
             f"{backend} is not supported: werkbank keeps the hub's state in sqlite or postgresql",
         )
-    # libpq also takes a password from the query (?password=...).
-    if url.password is not None or "password" in url.query:
-        raise SiteConfigError(
-            "hub.db_url",
-            "holds a password, which a site file must not: put it in a file readable by the hub "
-            "only (chmod 600) and name that file in hub.db_password_file",
-        )
+    refuse_password_in_url(hub.db_url, "hub.db_url", "hub.db_password_file")
     if backend == "sqlite":
         if not url.database or not url.database.startswith("/"):
             raise SiteConfigError("hub.db_url", "sqlite needs an absolute path: sqlite:////var/lib/...")
@@ -177,9 +228,10 @@ def check_auth(auth: Auth, hub: Hub) -> None:
 
 def _check_oauth(auth: Auth) -> None:
     oauth = auth.oauth
-    for key in ("client_id", "client_secret", "authorize_url", "token_url", "userdata_url"):
+    for key in ("client_id", "authorize_url", "token_url", "userdata_url"):
         if not getattr(oauth, key).strip():
             raise SiteConfigError(f"auth.oauth.{key}", "required when auth.type is oauth")
+    _check_client_secret(oauth)
     for key in ("authorize_url", "token_url", "userdata_url", "callback_url"):
         if getattr(oauth, key):
             check_url(getattr(oauth, key), f"auth.oauth.{key}")
@@ -193,6 +245,28 @@ def _check_oauth(auth: Auth) -> None:
                 "must include openid with auth.oauth.issuer: without it there is no id_token",
             )
     _check_provider_groups(auth)
+
+
+def _check_client_secret(oauth: OAuth) -> None:
+    """The client secret in exactly one place: ``client_secret_file`` (an absolute path, read at
+    start by :func:`.apply.update_auth`) or ``client_secret``."""
+    if oauth.client_secret and oauth.client_secret_file:
+        raise SiteConfigError(
+            "auth.oauth.client_secret",
+            "give the secret in one place: remove client_secret (written in the site file) and "
+            "keep client_secret_file",
+        )
+    if oauth.client_secret_file:
+        if not oauth.client_secret_file.startswith("/"):
+            raise SiteConfigError(
+                "auth.oauth.client_secret_file", f"must be an absolute path, got {oauth.client_secret_file!r}"
+            )
+    elif not oauth.client_secret.strip():
+        raise SiteConfigError(
+            "auth.oauth.client_secret_file",
+            "required when auth.type is oauth: a file whose first line is the client secret "
+            "(or the secret itself in auth.oauth.client_secret)",
+        )
 
 
 def _check_provider_groups(auth: Auth) -> None:
@@ -231,26 +305,21 @@ def _check_provider_groups(auth: Auth) -> None:
 
 
 def check_internal_ssl(site: Site) -> None:
-    """``hub.internal_ssl`` only where every part of the site can speak TLS to the hub: the Slurm
-    spawner (the local fallback would stage certificates as root in the user's home, as
-    JupyterHub's LocalProcessSpawner does), no MLflow proxy (it runs as its own account, which
-    cannot read the certificate the hub makes for it, and asks the hub API without one), no
-    workshops (the trainer console calls the hub API over plain HTTP)."""
+    """``hub.internal_ssl`` only with the Slurm spawner (the local fallback would stage
+    certificates as root in the user's home, as JupyterHub's LocalProcessSpawner does). The
+    MLflow proxy then serves TLS with a certificate of the hub's CA: jobs reach it at an https
+    ``tracking.mlflow.public_url`` (or its own https address), which they check with that CA."""
     if not site.hub.internal_ssl:
         return
     if site.hub.spawner != "slurm":
         raise SiteConfigError("hub.internal_ssl", "only with hub.spawner: slurm, not the local fallback")
-    if site.tracking.mlflow.proxy:
+    mlflow = site.tracking.mlflow
+    if mlflow.proxy and mlflow.public_url and urlsplit(mlflow.public_url).scheme != "https":
         raise SiteConfigError(
-            "hub.internal_ssl",
-            "not yet with tracking.mlflow.proxy: true (the proxy service does not speak TLS to "
-            "the hub); set proxy: false or internal_ssl: false",
-        )
-    if site.workshops.enabled:
-        raise SiteConfigError(
-            "hub.internal_ssl",
-            "not yet with workshops.enabled: true (the trainer console does not speak TLS to the "
-            "hub); set workshops.enabled: false or internal_ssl: false",
+            "tracking.mlflow.public_url",
+            "must be https:// with hub.internal_ssl: the proxy service then speaks TLS only, with "
+            "a certificate of the hub's internal CA for this host (give jobs its address directly, "
+            f"not through another proxy), got {mlflow.public_url!r}",
         )
 
 
@@ -288,6 +357,7 @@ def check_tracking(mlflow: MLflow, hub: Hub) -> None:
         raise SiteConfigError("tracking.mlflow.host", "must not be empty")
     if not mlflow.service_user.strip():
         raise SiteConfigError("tracking.mlflow.service_user", "must not be empty (MLflow never runs as root)")
+    check_mlflow_databases(mlflow)
     if mlflow.manage and mlflow.backend_store_uri:
         check_database_driver(mlflow.backend_store_uri, "tracking.mlflow.backend_store_uri")
     if mlflow.permission_checks and mlflow.auth_database_uri:
@@ -297,6 +367,40 @@ def check_tracking(mlflow: MLflow, hub: Hub) -> None:
     elif mlflow.public_url:
         # An unused public URL would make an admin believe jobs go through the proxy.
         raise SiteConfigError("tracking.mlflow.public_url", "only used with proxy: true; remove it")
+
+
+def check_mlflow_databases(mlflow: MLflow) -> None:
+    """No password in ``backend_store_uri`` or ``auth_database_uri`` (used or not: either way it
+    would be in the site file); ``db_password_file`` only where the managed server uses a
+    PostgreSQL URI, every such URI through libpq (which reads the password as ``PGPASSWORD``).
+    The file itself is read at start (:func:`.database.mlflow_db_password`)."""
+    key = "tracking.mlflow.db_password_file"
+    uris = {"backend_store_uri": mlflow.backend_store_uri, "auth_database_uri": mlflow.auth_database_uri}
+    for name, uri in uris.items():
+        if uri:
+            refuse_password_in_url(uri, f"tracking.mlflow.{name}", key)
+    if not mlflow.db_password_file:
+        return
+    if not mlflow.db_password_file.startswith("/"):
+        raise SiteConfigError(key, f"must be an absolute path, got {mlflow.db_password_file!r}")
+    if not mlflow.manage:
+        raise SiteConfigError(key, "only used with manage: true (the hub runs the MLflow server); remove it")
+    used = {"backend_store_uri": mlflow.backend_store_uri}
+    if mlflow.permission_checks:
+        used["auth_database_uri"] = mlflow.auth_database_uri
+    postgres = {name: uri for name, uri in used.items() if urlsplit(uri).scheme.startswith("postgresql")}
+    if not postgres:
+        raise SiteConfigError(
+            key, f"only used with a postgresql {' or '.join(used)} of the managed server; remove it"
+        )
+    for name, uri in postgres.items():
+        scheme = urlsplit(uri).scheme
+        if scheme not in LIBPQ_SCHEMES:
+            raise SiteConfigError(
+                f"tracking.mlflow.{name}",
+                f"{scheme}:// does not connect through libpq, so it would not get the password of "
+                f"{key}; use postgresql+psycopg://",
+            )
 
 
 def _check_proxy(mlflow: MLflow, hub: Hub) -> None:

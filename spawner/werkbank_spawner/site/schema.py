@@ -14,6 +14,7 @@ cannot be changed by whoever holds it.
 from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -115,6 +116,27 @@ class Hub(Section):
         "DNS and a wildcard certificate). Recommended in production: on one origin, a "
         "page from any user's server can script the others' and the MLflow UI's.",
     )
+    tls_cert_file: StrictStr = setting(
+        "",
+        "With tls_key_file: configurable-http-proxy serves bind_url over TLS (JupyterHub's "
+        "ssl_cert); bind_url must then be https://. An absolute path of a PEM file: the "
+        "server's certificate, then the intermediate certificates. Read at every start; "
+        "empty: the proxy speaks plain HTTP.",
+    )
+    tls_key_file: StrictStr = setting(
+        "",
+        "With tls_cert_file: the certificate's private key (JupyterHub's ssl_key), an "
+        "absolute path of an unencrypted PEM file readable by the hub's account only (mode "
+        "0600 or 0400); checked against the certificate at every start.",
+    )
+    public_url: StrictStr = setting(
+        "",
+        "Where users open the hub when TLS ends in front of it: e.g. https://hub.example.org "
+        "when nginx, HAProxy or a load balancer takes https there and forwards to bind_url "
+        "(http://, WebSockets included, the path unchanged). JupyterHub's public_url, and "
+        "where auth.oauth.callback_url's default starts. https:// only; its path, if any, is "
+        "bind_url's. Not with subdomain_host. Empty: users open bind_url (or subdomain_host).",
+    )
     data_dir: StrictStr = setting(
         "/var/lib/werkbank/hub",
         "Hub state: the SQLite database (unless db_url), cookie secret, proxy pid file, "
@@ -146,8 +168,12 @@ class Hub(Section):
         "folder: servers running as jobs hold certificates it signed), each side checking the "
         "other's. A server's certificate names every node of its job's partition (NodeAddr, "
         "NodeName, NodeHostname from sinfo) and goes to ~/.werkbank/certs/<server>, written as "
-        "the user and removed when the server stops. Only with spawner slurm and without the "
-        "hub's MLflow proxy and the workshops, which do not speak TLS to the hub yet.",
+        "the user and removed when the server stops. The MLflow proxy service serves TLS too, "
+        "with a certificate of the hub's CA for where jobs reach it (in <data_dir>/../"
+        "service-certs/mlflow, its account's only), and jobs check it with the CA they check the "
+        "hub with (MLFLOW_TRACKING_SERVER_CERT_PATH); tracking.mlflow.public_url must then be "
+        "https://. The trainer console serves TLS and calls the hub API over TLS. Only with "
+        "spawner slurm.",
     )
     spawner: Literal["slurm", "local"] = setting(
         "slurm",
@@ -155,10 +181,30 @@ class Hub(Section):
         "processes on the hub machine (for machines without a scheduler).",
     )
 
+    @property
+    def users_url(self) -> str:
+        """The hub as users' browsers reach it, without a trailing slash: ``public_url`` or
+        ``subdomain_host`` (either with bind_url's path, JupyterHub's base URL), else
+        ``bind_url``. Links meant for people start here, never at bind_url itself."""
+        base = urlsplit(self.bind_url).path.rstrip("/")
+        front = self.public_url or self.subdomain_host
+        if front:
+            parts = urlsplit(front)
+            return f"{parts.scheme}://{parts.netloc}{base}"
+        return self.bind_url.rstrip("/")
+
 
 class OAuth(Section):
     client_id: StrictStr = setting("", "Client id registered with the provider.")
-    client_secret: StrictStr = setting("", "Client secret for client_id.")
+    client_secret: StrictStr = setting(
+        "", "Client secret for client_id, written in the site file; prefer client_secret_file."
+    )
+    client_secret_file: StrictStr = setting(
+        "",
+        "An absolute path of a file readable by the hub's account only (mode 0600 or 0400) "
+        "whose first line is client_id's secret; read at every start. Instead of client_secret, "
+        "never beside it.",
+    )
     authorize_url: StrictStr = setting("", "The provider's authorization endpoint.")
     token_url: StrictStr = setting("", "The provider's token endpoint.")
     userdata_url: StrictStr = setting("", "The provider's userinfo endpoint.")
@@ -167,7 +213,8 @@ class OAuth(Section):
     callback_url: StrictStr = setting(
         "",
         "Redirect URL registered with the provider, "
-        "<bind_url>/hub/oauth_callback; empty: derived from the request.",
+        "<bind_url>/hub/oauth_callback; empty: <hub.public_url>/hub/oauth_callback with "
+        "hub.public_url, else derived from the request.",
     )
     issuer: StrictStr = setting(
         "",
@@ -374,14 +421,27 @@ class MLflow(Section):
     backend_store_uri: StrictStr = setting(
         "",
         "Database of runs and metrics, e.g. postgresql://mlflow@db.cluster/mlflow "
-        "(its driver psycopg is installed with werkbank); empty: "
+        "(its driver psycopg is installed with werkbank), without a password (see "
+        "db_password_file; one written here is refused); empty: "
         "sqlite:///<hub.data_dir>/../mlflow/mlflow.db.",
     )
     auth_database_uri: StrictStr = setting(
         "",
         "With permissions: MLflow's database of users, roles and permissions, e.g. "
         "postgresql://mlflow@db.cluster/mlflow_auth (may be backend_store_uri's "
-        "database); empty: sqlite:///<hub.data_dir>/../mlflow/auth.db.",
+        "database), without a password (see db_password_file); empty: "
+        "sqlite:///<hub.data_dir>/../mlflow/auth.db.",
+    )
+    db_password_file: StrictStr = setting(
+        "",
+        "With manage and a postgresql backend_store_uri or auth_database_uri: an absolute "
+        "path of a file owned by the hub's account and readable by it only (mode 0600 or "
+        "0400) whose first line is the password of those URIs' PostgreSQL user (one "
+        "password for both); read at every start and given to the MLflow server alone as "
+        "libpq's PGPASSWORD in its environment (which JupyterHub also keeps in the hub "
+        "database), never on a command line or in MLflow's files. Needs a libpq driver "
+        "(postgresql, postgresql+psycopg or +psycopg2). Empty: no password from werkbank "
+        "(peer authentication over a Unix socket, service_user's ~/.pgpass).",
     )
     artifacts_destination: StrictStr = setting(
         "",

@@ -7,6 +7,7 @@ Nothing here starts anything: each function returns what JupyterHub's ``services
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import secrets
@@ -14,9 +15,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..server_certs import LOCAL_ALT_NAMES, ServiceCerts, alt_name
 from ..tracking import NO_TELEMETRY
 from ..tracking.auth import KEY_ENV
 from ..workshop.roles import WORKSHOP_SERVICE
+from .database import mlflow_db_password
 from .schema import Culling, Hub, MLflow, Site, SiteConfigError
 
 #: The managed services for MLflow: the authenticating proxy users reach at /services/mlflow/,
@@ -79,8 +82,16 @@ def mlflow_proxy_host(hub: Hub) -> str:
 
 
 def mlflow_proxy_url(site: Site) -> str:
-    """The proxy service's own address, ``http://<mlflow_proxy_host>:<proxy_port>``."""
-    return f"http://{host_port(mlflow_proxy_host(site.hub), mlflow_proxy_port(site.tracking.mlflow))}"
+    """The proxy service's own address, ``http://<mlflow_proxy_host>:<proxy_port>``; https with
+    ``hub.internal_ssl`` (the service then serves TLS with the certificate the hub makes for it,
+    :func:`mlflow_proxy_with_tls`)."""
+    host = host_port(mlflow_proxy_host(site.hub), mlflow_proxy_port(site.tracking.mlflow))
+    return f"{internal_scheme(site.hub)}://{host}"
+
+
+def internal_scheme(hub: Hub) -> str:
+    """How the hub's services are reached: ``https`` with ``hub.internal_ssl``, else ``http``."""
+    return "https" if hub.internal_ssl else "http"
 
 
 def host_port(host: str, port: int) -> str:
@@ -219,10 +230,25 @@ def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signin
     """The managed ``mlflow server``. Behind the proxy (``proxy: true``) it serves under the
     proxy service's path, so that the proxy forwards requests unchanged; with a
     ``signing_key`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
-    asking (:mod:`werkbank_spawner.tracking.auth`)."""
+    asking (:mod:`werkbank_spawner.tracking.auth`).
+
+    Reads ``tracking.mlflow.db_password_file`` (:func:`.database.mlflow_db_password`), which
+    raises :class:`SiteConfigError` for a file that is not private to the hub."""
     state = mlflow_dir(data_dir)
     backend = mlflow.backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
     auth_env = mlflow_auth_env(mlflow_auth_config_path(data_dir), signing_key) if signing_key else {}
+    # The database password as libpq's PGPASSWORD in the server's environment (never a command
+    # line), given to no other service. Both of MLflow's connections go through libpq (the
+    # tracking store and the basic-auth app's store each open their URI with SQLAlchemy's
+    # psycopg, the default for postgresql://), so one variable serves both, and the URIs stay
+    # without a password wherever MLflow, SQLAlchemy or this hub print them. On Linux
+    # /proc/<pid>/environ is readable by the process's own account (the service account) and
+    # root only, and `ps` shows it to nobody else (the PostgreSQL manual's warning is about other
+    # systems). JupyterHub (5+) also keeps a managed service's environment in its database (the
+    # services table): root's, as the password file is. Not PGPASSFILE: the hub would have to
+    # write a second copy of the password, in pgpass syntax, into MLflow's folder and its file
+    # backups, at every start.
+    password = mlflow_db_password(mlflow)
     return {
         "name": MLFLOW_SERVER_SERVICE,
         "command": [
@@ -243,6 +269,7 @@ def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signin
             "MLFLOW_BACKEND_STORE_URI": backend,
             **NO_TELEMETRY,
             **auth_env,
+            **({"PGPASSWORD": password} if password else {}),
         },
     }
 
@@ -279,7 +306,7 @@ def workshop_service(site: Site, site_file: str | os.PathLike | None) -> dict:
         return service
     return {
         **service,
-        "url": f"http://127.0.0.1:{site.workshops.port}",
+        "url": f"{internal_scheme(site.hub)}://127.0.0.1:{site.workshops.port}",
         "command": [
             sys.executable,
             "-m",
@@ -293,6 +320,49 @@ def workshop_service(site: Site, site_file: str | os.PathLike | None) -> dict:
         "display": True,
         "cwd": "/",
     }
+
+
+# --- internal_ssl ------------------------------------------------------------------------------
+
+
+def service_certs_dir(data_dir: Path) -> Path:
+    """Where the hub puts the TLS files of a managed service that runs as an account of its own
+    (:class:`~werkbank_spawner.server_certs.ServiceCerts`), a folder per service: beside the
+    hub's folder, which no other account may enter."""
+    return Path(data_dir).parent / "service-certs"
+
+
+def mlflow_proxy_alt_names(site: Site) -> tuple[str, ...]:
+    """What the MLflow proxy service's certificate names: this machine's loopback names, the
+    address it listens at (:func:`mlflow_proxy_host`, unless every interface) and the host of
+    ``tracking.mlflow.public_url``, where jobs reach it."""
+    hosts = [mlflow_proxy_host(site.hub)]
+    if site.tracking.mlflow.public_url:
+        hosts.append(urlsplit(site.tracking.mlflow.public_url).hostname or "")
+    names = [*LOCAL_ALT_NAMES, *(alt_name(h) for h in hosts if h and not _is_unspecified(h))]
+    return tuple(dict.fromkeys(names))
+
+
+def mlflow_proxy_with_tls(service: dict, site: Site, data_dir: Path) -> dict:
+    """The proxy service (:func:`mlflow_proxy_service`, run as ``service["user"]`` when given)
+    with ``hub.internal_ssl``: its ``JUPYTERHUB_SSL_*`` point at a key and certificate for
+    :func:`mlflow_proxy_alt_names`, signed by the hub's CA, which the hub puts in a folder of the
+    service's account when it starts the service (JupyterHub's own, for the hub's account and
+    localhost only, would be out of reach)."""
+    certs = ServiceCerts(
+        service=service["name"],
+        folder=str(service_certs_dir(data_dir) / service["name"]),
+        account=service.get("user", ""),
+        alt_names=mlflow_proxy_alt_names(site),
+    )
+    return {**service, "environment": {**service.get("environment", {}), **certs.environment()}}
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def culler_service(culling: Culling) -> tuple[list[dict], list[dict]]:

@@ -52,6 +52,12 @@ Run by the hub (``werkbank_spawner.site.services``)::
 It listens where ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``;
 the hub gives it its OAuth client and API token in the environment, and the key it signs
 assertions with (shared with the MLflow server) as ``WERKBANK_MLFLOW_SIGNING_KEY``.
+
+With the hub's ``internal_ssl`` the service URL is https: the proxy serves TLS with the key and
+certificate in ``JUPYTERHUB_SSL_KEYFILE``/``CERTFILE`` (signed by the hub's CA for the names jobs
+and the hub's proxy reach it at; :class:`werkbank_spawner.server_certs.ServiceCerts`), asks no
+client for a certificate (MLflow's clients authenticate with their token), and checks the hub
+API's certificate against ``JUPYTERHUB_SSL_CLIENT_CA``, as ``HubOAuth`` does for its own calls.
 """
 
 from __future__ import annotations
@@ -63,17 +69,20 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from jupyterhub.utils import make_ssl_context
 from tornado import httputil, web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
+from ..server_certs import serving_tls
 from .auth import ASSERTION_HEADER, KEY_ENV, ROLE_PREFIX, ROLE_WORKSPACE, Identity, sign
 from .upstream import Body, Upstream, UpstreamError
 
@@ -426,6 +435,9 @@ class MlflowProxy:
     service_name: str = "mlflow"
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    #: How this service's own calls to the hub API check the hub (internal_ssl): the hub's CA,
+    #: and this service's certificate shown; None for plain http.
+    hub_ssl: ssl.SSLContext | None = None
     #: Kept-alive connections to the MLflow server. No automatic retries: MLflow's client
     #: retries what is safe to.
     mlflow: Upstream = field(init=False)
@@ -958,7 +970,10 @@ class ReadableExperimentsHandler(ProxyHandler):
         """The hub's word on ``name`` (None for no such user); needs ``read:users`` for this service."""
         url = f"{self.hub_auth.api_url}/users/{quote(name, safe='')}"
         request = HTTPRequest(
-            url, headers={"Authorization": f"token {self.hub_auth.api_token}"}, request_timeout=10
+            url,
+            headers={"Authorization": f"token {self.hub_auth.api_token}"},
+            request_timeout=10,
+            ssl_options=self.proxy.hub_ssl,
         )
         try:
             reply = await AsyncHTTPClient().fetch(request)
@@ -1038,6 +1053,8 @@ async def serve(
     # What the hub says of a token (user, admin flag, groups) is cached for a minute, not
     # JupyterHub's five: a user added to a group sees its projects soon after.
     hub_auth = HubOAuth(base_url=prefix, allow_token_in_url=False, cache_max_age=60)
+    # The MLflow server is asked over plain HTTP (or what --upstream says): with the proxy in
+    # front, the hub binds it to a loopback address only (site rules), on this machine.
     proxy = MlflowProxy(
         upstream=upstream,
         prefix=prefix,
@@ -1046,11 +1063,14 @@ async def serve(
         key=os.environ.get(KEY_ENV, "").encode(),
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME", "mlflow"),
         max_body_size=max_body_size,
+        hub_ssl=make_ssl_context(hub_auth.keyfile, hub_auth.certfile, cafile=hub_auth.client_ca),
     )
     if permissions and not proxy.key:
         raise SystemExit(f"mlflow_proxy: --permissions needs the key shared with MLflow in {KEY_ENV}")
-    server = HTTPServer(proxy.app(), xheaders=True, max_body_size=max_body_size)
-    server.listen(listen.port or 80, listen.hostname or "127.0.0.1")
+    server = HTTPServer(
+        proxy.app(), xheaders=True, max_body_size=max_body_size, ssl_options=serving_tls(listen.scheme)
+    )
+    server.listen(listen.port or (443 if listen.scheme == "https" else 80), listen.hostname or "127.0.0.1")
     log.info("werkbank MLflow proxy: %s%s -> %s", service_url.rstrip("/"), prefix, proxy.upstream)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

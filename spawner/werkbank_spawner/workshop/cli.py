@@ -99,7 +99,7 @@ def _create(args, machine: Machine) -> int:
 
 
 def _describe(record: CourseRecord, machine: Machine) -> None:
-    print(f"  hub: {machine.site.hub.bind_url}")
+    print(f"  hub: {machine.site.hub.users_url}")
     print(f"  accounts: {', '.join(record.accounts)}")
     if record.event_code:
         print(f"  event code: {record.event_code}  (user name: a nickname of one's choice)")
@@ -157,7 +157,7 @@ def _end(args, machine: Machine) -> int:
 
 def _sheet(args, machine: Machine) -> int:
     record = _record(machine, args.name)
-    hub = machine.site.hub.bind_url
+    hub = machine.site.hub.users_url
     for path, text in (
         (args.html or f"{record.name}-sheet.html", sheet_html(record, hub).encode()),
         (args.pdf or f"{record.name}-sheet.pdf", sheet_pdf(record, hub)),

@@ -1,10 +1,13 @@
 """The hub's REST API as ``werkbank-workshop`` uses it: with the workshop service's token, which
-the hub writes into its state folder at every start (readable by root only)."""
+the hub writes into its state folder at every start (readable by root only). With the hub's
+``internal_ssl`` over TLS, the hub's certificate checked against its internal CA (never the
+system's CAs) and a certificate of that CA shown, which the hub API asks for."""
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,15 +24,45 @@ def api_url(site: Site) -> str:
     """Where the hub API listens: ``hub.hub_bind_url`` (JupyterHub's default when empty) with
     the base URL of ``hub.bind_url`` and ``hub/api``."""
     base = urlsplit(site.hub.bind_url).path.strip("/")
-    root = (site.hub.hub_bind_url or DEFAULT_HUB_BIND_URL).rstrip("/")
-    return f"{root}/{base + '/' if base else ''}hub/api"
+    root = urlsplit((site.hub.hub_bind_url or DEFAULT_HUB_BIND_URL).rstrip("/"))
+    if site.hub.internal_ssl:
+        root = root._replace(scheme="https")  # as JupyterHub serves it then, whatever the URL says
+    return f"{root.geturl()}/{base + '/' if base else ''}hub/api"
+
+
+def hub_tls(site: Site, data_dir: Path, environ: dict[str, str] | None = None) -> ssl.SSLContext | None:
+    """How to reach the hub API with ``hub.internal_ssl`` (None without): the certificate
+    JupyterHub made for the trainer console as it hands it to its managed services
+    (``JUPYTERHUB_SSL_*``), or, on the command line, the hub's own in ``<data_dir>/internal-ssl``
+    (root's, as the idle culler's ``--internal-certs-location``). Raises :class:`WorkshopError`
+    when they cannot be read."""
+    if not site.hub.internal_ssl:
+        return None
+    from ..site.apply import INTERNAL_CERTS  # the site package imports this module
+
+    environ = os.environ if environ is None else environ
+    files = [environ.get(f"JUPYTERHUB_SSL_{name}", "") for name in ("KEYFILE", "CERTFILE", "CLIENT_CA")]
+    if not all(files):
+        certs = data_dir / INTERNAL_CERTS
+        files = [certs / "hub-internal" / "hub-internal.key", certs / "hub-internal" / "hub-internal.crt"]
+        files.append(certs / "hub-ca_trust.crt")
+    keyfile, certfile, cafile = files
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        context.load_cert_chain(certfile, keyfile)
+    except OSError as e:
+        raise WorkshopError(
+            f"cannot read the hub's TLS certificates ({e.filename or cafile}: {e.strerror}); is the hub "
+            "running, and are you root on its host?"
+        ) from None
+    return context
 
 
 class HubAPI:
     """A few JSON calls; every failure is a :class:`WorkshopError` naming the call."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30):
-        self.url, self._token, self.timeout = url.rstrip("/"), token, timeout
+    def __init__(self, url: str, token: str, timeout: float = 30, tls: ssl.SSLContext | None = None):
+        self.url, self._token, self.timeout, self.tls = url.rstrip("/"), token, timeout, tls
 
     @classmethod
     def for_site(cls, site: Site, data_dir: Path) -> HubAPI:
@@ -40,7 +73,7 @@ class HubAPI:
                 f"cannot read the workshop service's token ({data_dir / TOKEN_FILE}: {e.strerror}); "
                 "is the hub running, and are you root on its host?"
             ) from None
-        return cls(api_url(site), token)
+        return cls(api_url(site), token, tls=hub_tls(site, data_dir))
 
     def call(self, method: str, path: str, body: object = None, *, missing_ok: bool = False) -> object:
         data = json.dumps(body).encode() if body is not None else None
@@ -51,7 +84,7 @@ class HubAPI:
             headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.tls) as answer:
                 text = answer.read()
         except urllib.error.HTTPError as e:
             if missing_ok and e.code == 404:

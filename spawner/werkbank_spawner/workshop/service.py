@@ -46,6 +46,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from tornado import web
 from tornado.httpserver import HTTPServer
 
+from ..server_certs import serving_tls
 from ..site import SiteConfigError
 from . import lifecycle
 from .accounts import WorkshopError
@@ -355,7 +356,7 @@ class SheetPage(Base):
     @web.authenticated
     async def get(self, name, kind):
         record = self.course(name)
-        hub = self.machine.site.hub.bind_url
+        hub = self.machine.site.hub.users_url
         if kind == "pdf":
             self.set_header("Content-Type", "application/pdf")
             self.set_header("Content-Disposition", f'inline; filename="{record.name}-sheet.pdf"')
@@ -458,8 +459,10 @@ async def serve(site_file: str, check_every: float) -> None:
         _machine(site_file), HubOAuth(base_url=prefix, allow_token_in_url=False, cache_max_age=60), prefix
     )
     listen = urlsplit(service_url)
-    server = HTTPServer(console.app(), xheaders=True)
-    server.listen(listen.port or 80, listen.hostname or "127.0.0.1")
+    # With the hub's internal_ssl: TLS with JupyterHub's certificate for this service (the
+    # console runs as the hub's account, which reads it), as HubOAuth uses it for its calls.
+    server = HTTPServer(console.app(), xheaders=True, ssl_options=serving_tls(listen.scheme))
+    server.listen(listen.port or (443 if listen.scheme == "https" else 80), listen.hostname or "127.0.0.1")
     log.info("werkbank workshop service: %s%s", service_url.rstrip("/"), prefix)
     housekeeping = asyncio.create_task(console.housekeeping(check_every))
     stop = asyncio.Event()
