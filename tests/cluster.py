@@ -159,6 +159,15 @@ class Hub:
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def edit_site(self, change) -> dict:
+        """Change this hub's site file before it (re)starts: ``change(site)`` edits the loaded
+        site in place. Returns the site as written."""
+        path = self.workdir / "site.yaml"
+        site = yaml.safe_load(path.read_text())
+        change(site)
+        path.write_text(yaml.safe_dump(site))
+        return site
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

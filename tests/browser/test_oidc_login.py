@@ -18,7 +18,6 @@ import re
 import time
 
 import pytest
-import yaml
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import person
@@ -51,7 +50,6 @@ def provider_and_hub(tmp_path_factory):
         },
     )
     hub = make_hub(workdir, port=port, api_port=api_port, spawner="slurm", mlflow=False)
-    site = yaml.safe_load((workdir / "site.yaml").read_text())
     oauth = provider.site_oauth(
         callback_url=callback,
         groups_claim="groups",
@@ -62,13 +60,16 @@ def provider_and_hub(tmp_path_factory):
     secret_file = workdir / "oauth-client-secret"
     secret_file.touch(mode=0o600)
     secret_file.write_text(oauth.pop("client_secret") + "\n")
-    site["auth"] = {
-        "type": "oauth",
-        "allowed_users": [],
-        "oauth": {**oauth, "client_secret_file": str(secret_file)},
-    }
-    site["limits"]["groups"]["power"] = {"gpus": POWER_GPUS}
-    (workdir / "site.yaml").write_text(yaml.safe_dump(site))
+
+    def login_by_provider(site):
+        site["auth"] = {
+            "type": "oauth",
+            "allowed_users": [],
+            "oauth": {**oauth, "client_secret_file": str(secret_file)},
+        }
+        site["limits"]["groups"]["power"] = {"gpus": POWER_GPUS}
+
+    hub.edit_site(login_by_provider)
     try:
         provider.start()
         hub.start()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from jupyterhub.dbutil import write_alembic_ini
 from sqlalchemy.engine import make_url
 
@@ -81,10 +80,7 @@ def pg(slurm, postgres, tmp_path_factory):
         mlflow=False,
         mlflow_port=free_port(),
     )
-    site_file = hub.workdir / "site.yaml"
-    site = yaml.safe_load(site_file.read_text())
-    site["hub"].update(db_url=url, db_password_file=str(password_file))
-    site_file.write_text(yaml.safe_dump(site))
+    site = hub.edit_site(lambda site: site["hub"].update(db_url=url, db_password_file=str(password_file)))
     state = PgHub(hub, postgres, url, Path(site["hub"]["data_dir"]))
     hub.start()
     yield state

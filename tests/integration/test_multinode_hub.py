@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.cluster import DEPLOY, SERVICE_TOKEN, TEST_PASSWORD, VENV_BIN, Hub, login, make_hub, run
 from tests.multinode import (
@@ -112,8 +111,7 @@ def hub(multinode, tmp_path_factory, report_figure):
     workdir = tmp_path_factory.mktemp("multinode-hub")
     run(str(DEPLOY / "users.sh"), USER, TEST_PASSWORD)  # for the spawn page (PAM login)
     hub_ = make_hub(workdir, port=PORT, api_port=API_PORT, spawner="slurm", mlflow=False, auth="pam")
-    site = site_on_hub_host(yaml.safe_load((workdir / "site.yaml").read_text()), multinode)
-    (workdir / "site.yaml").write_text(yaml.safe_dump(site))
+    site = hub_.edit_site(lambda site: site_on_hub_host(site, multinode))
     (workdir / "jupyterhub_config.d" / "91-proxy-scope.py").write_text(PROXY_SCOPE)
     hub_ = HubOnHost(**{**vars(hub_), "url": site["hub"]["bind_url"]}, cluster=multinode)
     try:

@@ -18,7 +18,6 @@ import time
 
 import httpx
 import pytest
-import yaml
 
 from tests.certificates import make_certificates
 from tests.cluster import Hub, make_hub, run
@@ -50,15 +49,16 @@ def https_hub(slurm, tmp_path_factory):
         workdir, port=port, api_port=api_port, spawner="slurm", mlflow=False, mlflow_port=free_port()
     )
     certs = make_certificates(tmp_path_factory.mktemp("https-hub-tls"))
-    site_file = workdir / "site.yaml"
-    site = yaml.safe_load(site_file.read_text())
-    site["hub"].update(
-        bind_url=f"https://127.0.0.1:{port}",
-        tls_cert_file=str(certs.cert_file),
-        tls_key_file=str(certs.key_file),
-    )
-    site["workshops"] = {"enabled": False}
-    site_file.write_text(yaml.safe_dump(site))
+
+    def tls_at_the_proxy(site):
+        site["hub"].update(
+            bind_url=f"https://127.0.0.1:{port}",
+            tls_cert_file=str(certs.cert_file),
+            tls_key_file=str(certs.key_file),
+        )
+        site["workshops"] = {"enabled": False}
+
+    hub.edit_site(tls_at_the_proxy)
     # The test's REST calls and the start-up wait go to the hub API itself (plain http on
     # loopback, as jobs reach it); everything a user does goes through the https proxy.
     hub.url = f"http://127.0.0.1:{api_port}"
