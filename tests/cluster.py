@@ -64,6 +64,21 @@ def squeue(*args) -> str:
     return run("squeue", "--noheader", *args).stdout
 
 
+def job_environ(job_id: str) -> dict[str, str]:
+    """The environment of jupyterhub-singleuser in the job (read from /proc as root): the server's
+    own token, what JupyterHub gave it."""
+    for line in run("scontrol", "listpids", job_id).stdout.splitlines()[1:]:
+        pid = line.split()[0]
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"jupyterhub-singleuser" in cmdline:
+            return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    raise AssertionError(f"no jupyterhub-singleuser process in job {job_id}")
+
+
 def job_field(job_id: str, key: str) -> str:
     """A ``Key=Value`` field from ``scontrol show job``."""
     out = run("scontrol", "show", "job", job_id).stdout

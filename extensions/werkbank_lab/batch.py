@@ -14,6 +14,9 @@ validated resource values and two quoted paths.
 A job does not get the session's hub token (broad, and dead once the session stops): where the
 session talks to the hub's MLflow with a token, the job gets one of its own from the hub, scoped to
 MLflow and expiring after the job's walltime plus a day of queueing (:func:`job_environment`).
+Under the hub's internal_ssl the session asks for it over TLS with its server's certificate
+(:mod:`werkbank_lab.tls`), and the job checks the MLflow service with its own copy of the CA bundle:
+the server's certificate folder goes when the server stops, and the job may run on for days.
 
 Book-keeping lives in ``~/.werkbank/jobs/``: ``<job id>.json`` (what was submitted) and
 ``<job id>.status.json`` (written by the job when papermill ends), so ``werkbank jobs`` can say
@@ -46,6 +49,7 @@ from werkbank_core.policy import (
     policy_from_dict,
 )
 from werkbank_core.script import directive_lines, parse_job_id, resource_options
+from werkbank_lab.tls import hub_ssl_context
 
 #: Slurm job name of every notebook job (``werkbank jobs`` lists these).
 JOB_NAME = "werkbank-batch"
@@ -343,26 +347,61 @@ def jobs_dir() -> Path:
 
 #: The session's hub credentials, which a job never gets (sbatch passes on its environment).
 SESSION_TOKENS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "MLFLOW_TRACKING_TOKEN")
+#: The server's certificate and key (internal_ssl): the job is no server and never needs them.
+SERVER_CERTIFICATE = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE")
 #: How long a job may wait in the queue before its token's walltime starts counting.
 QUEUE_ALLOWANCE_S = 24 * 3600
 
 
 def job_environment(sub: Submission, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment ``sbatch`` passes to the job: the session's, less its hub tokens; plus
-    ``MLFLOW_TRACKING_TOKEN``, a token of the job's own from the hub, where the session had one.
-    Raises :class:`SubmitError` if the hub does not give one."""
+    """The environment ``sbatch`` passes to the job: the session's, less its hub tokens and the
+    server's certificate; plus ``MLFLOW_TRACKING_TOKEN``, a token of the job's own from the hub,
+    where the session had one; and, where the session checks MLflow with a CA bundle
+    (``MLFLOW_TRACKING_SERVER_CERT_PATH``), the job's own copy of it (:func:`job_ca_bundle`).
+    Raises :class:`SubmitError` if the hub does not give a token or the bundle cannot be read."""
     environ = dict(os.environ if environ is None else environ)
-    env = {k: v for k, v in environ.items() if k not in SESSION_TOKENS}
+    env = {k: v for k, v in environ.items() if k not in SESSION_TOKENS + SERVER_CERTIFICATE}
+    if environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        ca = str(job_ca_bundle(sub, environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]))
+        env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = ca
+        if environ.get("JUPYTERHUB_SSL_CLIENT_CA") == environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]:
+            env["JUPYTERHUB_SSL_CLIENT_CA"] = ca  # nothing in the job points into the server's folder
     if environ.get("MLFLOW_TRACKING_TOKEN"):
-        env["MLFLOW_TRACKING_TOKEN"] = request_job_token(
-            environ, sub.request.walltime_min * 60 + QUEUE_ALLOWANCE_S, sub.notebook.name
-        )
+        try:
+            env["MLFLOW_TRACKING_TOKEN"] = request_job_token(
+                environ, sub.request.walltime_min * 60 + QUEUE_ALLOWANCE_S, sub.notebook.name
+            )
+        except SubmitError:
+            job_ca_path(sub).unlink(missing_ok=True)
+            raise
     return env
+
+
+def job_ca_path(sub: Submission) -> Path:
+    return jobs_dir() / f"ca-{sub.spec_id}.crt"
+
+
+def job_ca_bundle(sub: Submission, source: str) -> Path:
+    """A copy of the CA bundle ``source`` for the job, ``<jobs dir>/ca-<spec id>.crt``.
+
+    Under internal_ssl the session's bundle is in the server's certificate folder, which goes when
+    the server stops (``werkbank_spawner.server_certs``), while a job may run for days after: the
+    job checks the MLflow service with its own copy. Certificates only (public); the server's key
+    stays where it is."""
+    target = job_ca_path(sub)
+    try:
+        target.write_bytes(Path(source).read_bytes())
+    except OSError as e:
+        raise SubmitError(
+            f"MLFLOW_TRACKING_SERVER_CERT_PATH ({source}) cannot be read for the job: {e.strerror}"
+        ) from None
+    return target
 
 
 def request_job_token(environ: dict[str, str], expires_in: int, what: str) -> str:
     """A new hub token for a batch job (werkbank_spawner.api.JobTokenHandler), asked for with the
-    session's own token."""
+    session's own token; under internal_ssl over TLS with the hub's CA and the server's
+    certificate (:func:`werkbank_lab.tls.hub_ssl_context`)."""
     api, token = environ.get("JUPYTERHUB_API_URL", ""), environ.get("JUPYTERHUB_API_TOKEN", "")
     if not api or not token:
         raise SubmitError("this session has no hub API token to ask for the job's MLflow token")
@@ -374,7 +413,7 @@ def request_job_token(environ: dict[str, str], expires_in: int, what: str) -> st
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=hub_ssl_context(environ)) as response:
             return json.loads(response.read())["token"]
     except urllib.error.HTTPError as e:
         raise SubmitError(
@@ -414,6 +453,7 @@ def submit(
         out = slurm.run_sync(argv, stdin=render_batch_script(sub, spec_path), env=env).check()
     except slurm.SlurmCommandError as e:
         spec_path.unlink(missing_ok=True)
+        job_ca_path(sub).unlink(missing_ok=True)
         raise SubmitError(f"Slurm refused the job: {e}") from None
     job_id = parse_job_id(out)
     record = {

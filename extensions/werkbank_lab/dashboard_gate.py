@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float
 
 from werkbank_lab.dashboards import ViewerAccess, _rendering_for, request_path, viewer_kernels, viewer_may
+from werkbank_lab.tls import hub_ssl_context
 
 
 class DashboardGate(JupyterHubIdentityProvider):
@@ -109,5 +110,6 @@ class DashboardGate(JupyterHubIdentityProvider):
             headers={"Authorization": f"token {self.hub_auth.api_token}", "Content-Type": "application/json"},
             body=json.dumps(body) if body is not None else None,
             request_timeout=10,
+            ssl_options=hub_ssl_context(),  # internal_ssl: the hub's CAs, the server's certificate
         )
         return json.loads((await AsyncHTTPClient().fetch(request)).body)

@@ -2,10 +2,13 @@
 
 Two ways, chosen once at start (``mlflow_route``):
 
-- **proxy** (an ``http://`` tracking URI, the hub-managed server today): the session forwards requests to the
-  tracking server with jupyter-server-proxy's ``ProxyHandler``. Its named servers only reach ``localhost``,
-  but the session usually runs on a compute node and MLflow on the hub host, so this subclass targets the
-  tracking server's host and port. It only ever reaches that one server (no user-chosen hosts).
+- **proxy** (an ``http://`` tracking URI, the hub-managed server today; or an ``https://`` one checked against
+  a CA bundle of its own, ``MLFLOW_TRACKING_SERVER_CERT_PATH``: the hub's MLflow service under
+  ``hub.internal_ssl``, whose certificate only the hub's internal CA signed, so browsers do not trust it): the
+  session forwards requests to the tracking server with jupyter-server-proxy's ``ProxyHandler``. Its named
+  servers only reach ``localhost``, but the session usually runs on a compute node and MLflow on the hub host,
+  so this subclass targets the tracking server's host and port. It only ever reaches that one server (no
+  user-chosen hosts); over https it checks the server against that bundle alone, as MLflow's client does.
 - **redirect** (``WerkbankLab.mlflow_ui_url`` set, e.g. the hub service ``/services/mlflow/``, or an
   ``https://`` tracking URI that browsers reach directly): ``/werkbank/mlflow/`` redirects there.
 
@@ -26,6 +29,7 @@ UI's pages, as the hub's MLflow service relays them, load a script that sends it
 from __future__ import annotations
 
 import base64
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlsplit
@@ -39,12 +43,14 @@ PROXY_BASE = "werkbank/mlflow"
 
 @dataclass(frozen=True)
 class ProxyTarget:
-    """Where the proxy sends requests: ``http://host:port/prefix``, with the session's credentials."""
+    """Where the proxy sends requests: ``<scheme>://host:port/prefix``, with the session's credentials."""
 
     host: str
     port: int
     prefix: str  # "" or "/some/path", no trailing slash
     authorization: str  # the Authorization header to send, or ""
+    scheme: str = "http"  # or "https", checked against ca_file only
+    ca_file: str = ""
 
     @property
     def netloc(self) -> str:
@@ -52,7 +58,7 @@ class ProxyTarget:
 
     @property
     def origin(self) -> str:
-        return f"http://{self.netloc}"
+        return f"{self.scheme}://{self.netloc}"
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,10 @@ def mlflow_route(tracking_uri: str, ui_url: str, environ: Mapping[str, str]) -> 
     if ui_url:
         return Route("redirect", url=ui_url)
     parts = urlsplit(tracking_uri)
-    if parts.scheme == "https" and parts.hostname:
+    ca_file = environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "")
+    if parts.scheme == "https" and parts.hostname and not ca_file:
         return Route("redirect", url=tracking_uri.rstrip("/") + "/")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         reason = (
             f"MLFLOW_TRACKING_URI is {tracking_uri!r}, not an MLflow server URL"
             if tracking_uri
@@ -83,9 +90,11 @@ def mlflow_route(tracking_uri: str, ui_url: str, environ: Mapping[str, str]) -> 
         "proxy",
         target=ProxyTarget(
             host=parts.hostname,
-            port=parts.port or 80,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
             prefix=parts.path.rstrip("/"),
             authorization=_authorization(environ),
+            scheme=parts.scheme,
+            ca_file=ca_file if parts.scheme == "https" else "",
         ),
     )
 
@@ -124,6 +133,8 @@ class MlflowProxyHandler(ProxyHandler):
     def get_client_uri(self, protocol, host, port, proxied_path):
         """The tracking server's URI, less a Jupyter ``token`` in the query: a ``?token=`` logs the user in
         here, and MLflow must not get it (nor write it to its access log)."""
+        if self.target.scheme == "https":  # jupyter-server-proxy asks for http:// and ws:// only
+            protocol = {"http": "https", "ws": "wss"}[protocol]
         uri = super().get_client_uri(protocol, host, port, proxied_path)
         query = self.request.query
         if not query:
@@ -135,7 +146,11 @@ class MlflowProxyHandler(ProxyHandler):
         # MLflow's UI deletes registered models, versions and tags with DELETE and a JSON body;
         # tornado's client refuses a body on DELETE unless told (and then frames it with its
         # Content-Length).
-        return {**super().proxy_request_options(), "allow_nonstandard_methods": True}
+        options = {**super().proxy_request_options(), "allow_nonstandard_methods": True}
+        if self.target.scheme == "https":
+            # The tracking server's CA bundle only (MLflow's client trusts no other either).
+            options["ssl_options"] = ssl.create_default_context(cafile=self.target.ca_file)
+        return options
 
     def proxy(self, proxied_path):
         return super().proxy(self.target.host, self.target.port, self.target.prefix + "/" + proxied_path)

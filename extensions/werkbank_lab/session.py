@@ -23,6 +23,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from werkbank_core import slurm
+from werkbank_lab.tls import hub_ssl_context
 
 #: Seconds between two questions to Slurm about the job's end (per server, whoever asks).
 REFRESH_S = 300
@@ -119,7 +120,10 @@ class Broadcasts:
         if self.enabled and time.monotonic() - self._asked >= self.refresh:
             self._asked = time.monotonic()
             request = HTTPRequest(
-                self.url, headers={"Authorization": f"token {self.token}"}, request_timeout=10
+                self.url,
+                headers={"Authorization": f"token {self.token}"},
+                request_timeout=10,
+                ssl_options=hub_ssl_context(),  # internal_ssl: the hub's CAs, the server's certificate
             )
             try:
                 answer = await AsyncHTTPClient().fetch(request)

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from werkbank_lab.tls import mlflow_verify
+
 log = logging.getLogger(__name__)
 
 #: MLflow's limit on metrics per log-batch request.
@@ -139,14 +141,19 @@ def readable_experiments(experiment_ids: Iterable[str], viewer: str) -> set[str]
     user may read them, or MLflow would not have listed them): a shared dashboard shows a viewer
     only what their own MLflow permissions allow. Asks the hub's MLflow service
     (``<tracking URI>/werkbank/readable-experiments``), with the session's token. Raises
-    ``RuntimeError`` if the service cannot say (an MLflow server outside the hub)."""
+    ``RuntimeError`` if the service cannot say (an MLflow server outside the hub). The service is
+    checked as MLflow's client checks it (:func:`werkbank_lab.tls.mlflow_verify`)."""
     ids = sorted({str(i) for i in experiment_ids})
     if not ids or not viewer:
         return set(ids) if not viewer else set()
     url = tracking_uri().rstrip("/") + "/werkbank/readable-experiments"
     try:
         reply = httpx.get(
-            url, params={"viewer": viewer, "experiment_id": ids}, headers=_auth_headers(), timeout=30
+            url,
+            params={"viewer": viewer, "experiment_id": ids},
+            headers=_auth_headers(),
+            verify=mlflow_verify(),
+            timeout=30,
         )
     except httpx.HTTPError as e:
         raise RuntimeError(f"the MLflow service did not answer ({e})") from None
@@ -226,7 +233,8 @@ class MetricLogger:
         self.requests = 0  # log-batch requests made
         self.offline = False
         self._url = uri.rstrip("/") + "/api/2.0/mlflow/runs/log-batch"
-        self._http = httpx.Client(timeout=timeout, headers=_auth_headers())
+        # MLflow's client's checks: MLFLOW_TRACKING_SERVER_CERT_PATH (internal_ssl: the hub's CA).
+        self._http = httpx.Client(timeout=timeout, headers=_auth_headers(), verify=mlflow_verify())
         self._pending: list[dict] = []
         self._lock = threading.Condition()
         self._flush_wanted = False

@@ -11,26 +11,32 @@ The idle culler runs with TLS too and does not fail. The MLflow proxy service se
 with a certificate of the hub's CA that the job's MLflow client checks (a run logged from the
 job's environment records its user; a client that trusts other CAs is refused), behind the
 hub's proxy too; the trainer console creates, lists and ends a course through the hub API over
-TLS.
+TLS. Inside alice's session (werkbank_lab): the session's MLflow UI proxy reaches the service over
+TLS, the metric logger logs a run through it, and `werkbank submit` gets the job's token from the
+https hub API with the server's certificate; the job logs its run after the server stopped and
+its certificate folder went, with the job's own copy of the CA.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import pwd
 import re
 import socket
 import ssl
 import stat
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import nbformat
 import pytest
 import yaml
 
-from tests.cluster import TEST_ADMIN, Hub, job_field, make_hub, run
+from tests.cluster import TEST_ADMIN, Hub, job_environ, job_field, make_hub, run
 from tests.mlflow_server import free_port_pair
 from tests.services import wait_for
 from tests.workshops import write_course
@@ -47,6 +53,9 @@ class TlsHub:
         #: The MLflow proxy service's own port (jobs reach it there), after MLflow's.
         self.proxy_port = mlflow_port + 1
         self.jobs: list[str] = []
+        #: `werkbank submit`'s job of the session and its notebook's folder ("job", "folder"),
+        #: apart from ``jobs`` (servers: tests take the latest as alice's).
+        self.batch: dict[str, str] = {}
 
     def client_context(self, *, with_certificate: bool = True) -> ssl.SSLContext:
         """Trusts the hub's CAs only (all of them: hub-ca's trust bundle); shows the proxy's
@@ -87,22 +96,9 @@ def tls(slurm, tmp_path_factory):
     finally:
         hub.stop()
         # Only this module's jobs: other hubs may have servers on the shared test cluster.
-        for job in state.jobs:
-            run("scancel", job, check=False)
-
-
-def job_environ(job_id: str) -> dict[str, str]:
-    """The environment of jupyterhub-singleuser in the job (read from /proc as root)."""
-    for line in run("scontrol", "listpids", job_id).stdout.splitlines()[1:]:
-        pid = line.split()[0]
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            raw = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if b"jupyterhub-singleuser" in cmdline:
-            return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-    raise AssertionError(f"no jupyterhub-singleuser process in job {job_id}")
+        for job in [*state.jobs, state.batch.get("job", "")]:
+            if job:
+                run("scancel", job, check=False)
 
 
 def node_field(node: str, key: str) -> str:
@@ -240,12 +236,19 @@ def test_a_job_logs_to_mlflow_through_the_proxy_over_tls(tls, report_figure):
     waited = time.monotonic() - started
     # The browsers' path: the hub's proxy (plain http outside here) reaches the service over TLS.
     alice = {"Authorization": f"Bearer {hub.token_for(USER)}"}
-    r = httpx.get(
-        f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/get-by-name",
-        params={"experiment_name": f"{USER}/default"},
-        headers=alice,
-        timeout=10,
-    )
+
+    def default_experiment() -> httpx.Response | None:
+        r = httpx.get(
+            f"{hub.url}/services/mlflow/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": f"{USER}/default"},
+            headers=alice,
+            timeout=10,
+        )
+        return r if r.status_code != 404 else None
+
+    # The spawner creates alice's default experiment alongside the spawn, trying again with
+    # backoff while MLflow starts: it may come a few seconds after MLflow first answers.
+    r = wait_for(default_experiment, 60, f"MLflow's experiment {USER}/default")
     assert r.status_code == 200, r.text
     r = httpx.get(f"{hub.url}/services/mlflow/", timeout=10)
     assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["location"], r.headers
@@ -308,6 +311,109 @@ def test_a_job_logs_to_mlflow_through_the_proxy_over_tls(tls, report_figure):
     assert stat.S_IMODE(folder.lstat().st_mode) == 0o700 and folder.lstat().st_uid == account.pw_uid
     key = (folder / "server.key").lstat()
     assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_uid == account.pw_uid
+
+
+#: What alice's session runs (her server's environment): the metric logger of werkbank_lab over
+#: TLS to the MLflow service, and the question a shared dashboard asks it.
+SESSION_TRACKING = """\
+import mlflow
+from werkbank_lab import tracking
+experiment = tracking.configure("tls-session")
+run = mlflow.MlflowClient().create_run(experiment)
+logger = tracking.MetricLogger(run.info.run_id, flush_interval=0.05)
+for step in range(3):
+    logger.log("loss", 1 / (step + 1), step)
+print("delivered", logger.close(timeout=30))
+print("run", run.info.run_id)
+print("readable", sorted(tracking.readable_experiments([experiment], "alice")) == [experiment])
+"""
+
+#: A notebook `werkbank submit` runs: it waits until the server that submitted it has stopped
+#: (its certificate folder gone), then logs a run with MLflow's client and the metric logger.
+BATCH_NOTEBOOK = """\
+import os, time
+from pathlib import Path
+import mlflow
+from werkbank_lab import tracking
+certs = Path.home() / ".werkbank" / "certs" / "default"
+deadline = time.monotonic() + 120
+while certs.exists() and time.monotonic() < deadline:
+    time.sleep(0.2)
+tracking.configure("tls-batch")
+with mlflow.start_run(tags={"werkbank.slurm_job_id": os.environ["SLURM_JOB_ID"]}) as run:
+    mlflow.log_params({
+        "server_certs_gone": not certs.exists(),
+        "cert_path": os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", ""),
+        "server_key": os.environ.get("JUPYTERHUB_SSL_KEYFILE", ""),
+    })
+    logger = tracking.MetricLogger(run.info.run_id)
+    logger.log("answer", 42)
+    assert logger.close(timeout=30), "the metric was spooled, not sent"
+"""
+
+
+def session_run(env: dict[str, str], *argv: str):
+    """``argv`` as alice with her session's werkbank, hub and MLflow variables (no shell)."""
+    keep = {k: v for k, v in env.items() if k.startswith(("MLFLOW_", "JUPYTERHUB_", "WERKBANK_"))}
+    keep["PATH"] = env["PATH"]
+    return run(
+        "sudo", "-n", "-u", USER, "-H", "env", *(f"{k}={v}" for k, v in keep.items()), *argv, check=False
+    )
+
+
+def test_a_session_tracks_and_submits_over_tls(tls, report_figure):
+    """alice's session (werkbank_lab) under internal_ssl: its MLflow UI proxy, the metric logger and
+    `werkbank submit`, whose job token comes from the https hub API (the server's certificate).
+
+    Before the hub's restart (below): after one the hub no longer knows a running server's token
+    and refuses it job tokens (werkbank_spawner.server_tokens), TLS or not."""
+    hub, job = tls.hub, tls.jobs[-1]
+    env = job_environ(job)
+    alice = {"Authorization": f"token {hub.token_for(USER)}"}
+    hub.wait_for_mlflow()
+    started = time.monotonic()
+    result = session_run(env, "python3", "-c", SESSION_TRACKING)
+    report_figure(
+        "internal_ssl: metric logger run from a session (python, imports included)",
+        f"{time.monotonic() - started:.1f} s",
+    )
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    assert lines.get("delivered") == "True" and lines.get("readable") == "True", result.stdout + result.stderr
+    r = httpx.get(
+        f"{hub.url}/services/mlflow/api/2.0/mlflow/metrics/get-history",
+        params={"run_id": lines["run"], "metric_key": "loss"},
+        headers=alice,
+        timeout=10,
+    )
+    assert r.status_code == 200 and [m["step"] for m in r.json()["metrics"]] == [0, 1, 2], r.text
+    # The session's MLflow UI (/werkbank/mlflow/): proxied to the service over TLS, checked against
+    # the hub's CA, with the session's token (the service's https address is not one a browser
+    # could be sent to).
+    r = httpx.get(
+        f"{hub.url}/user/{USER}/werkbank/mlflow/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": f"{USER}/tls-session"},
+        headers=alice,
+        timeout=30,
+    )
+    assert r.status_code == 200, (r.status_code, r.headers, r.text[:500])
+    assert r.json()["experiment"]["name"] == f"{USER}/tls-session", r.text
+
+    # `werkbank submit` from the session: a notebook that logs to MLflow once the server is gone.
+    home = Path(pwd.getpwnam(USER).pw_dir)
+    folder = home / "tls-submit"
+    run("sudo", "-n", "-u", USER, "mkdir", "-p", str(folder))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(BATCH_NOTEBOOK)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook = folder / "tls-batch.ipynb"
+    run("sudo", "-n", "-u", USER, "tee", str(notebook), input=nbformat.writes(nb))
+    werkbank = str(Path(sys.executable).parent / "werkbank")  # the session's, as in test_submit
+    result = session_run(env, werkbank, "submit", str(notebook), "--profile", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    batch_job = re.search(r"Submitted job (\d+)", result.stdout).group(1)
+    tls.batch = {"job": batch_job, "folder": str(folder)}
+    # The job's token came from the hub API, which speaks TLS only.
+    assert re.search(r"201 POST /hub/api/werkbank/job-tokens \S* *\(alice@", hub.log_text()), hub.log_tail()
 
 
 def test_the_trainer_console_works_over_tls(tls, tmp_path):
@@ -376,6 +482,45 @@ def test_stopping_the_server_removes_its_certificate(tls):
     assert (folder / "server.key").exists()
     hub.stop_server(USER)
     assert not folder.exists(), sorted(os.listdir(folder))
+
+
+def test_a_batch_job_logs_over_tls_after_its_server_stopped(tls, report_figure):
+    """The job `werkbank submit` queued (above) outlives alice's server: it checks the MLflow
+    service with its own copy of the CA bundle, not the server's removed one, and has no key."""
+    hub, batch_job = tls.hub, tls.batch["job"]
+    jobs = Path(pwd.getpwnam(USER).pw_dir) / ".werkbank" / "jobs"
+    status_file = jobs / f"{batch_job}.status.json"
+    started = time.monotonic()
+    wait_for(status_file.exists, 180, f"batch job {batch_job} to finish")
+    report_figure(
+        "internal_ssl: batch job's end after the server stopped", f"{time.monotonic() - started:.1f} s"
+    )
+    status = json.loads(status_file.read_text())
+    log = Path(tls.batch["folder"]) / f"tls-batch-{batch_job}.log"
+    assert status["state"] == "COMPLETED", (
+        status,
+        log.read_text(errors="replace")[-3000:] if log.exists() else "",
+    )
+
+    alice = {"Authorization": f"token {hub.token_for(USER)}"}
+    base = f"{hub.url}/services/mlflow/api/2.0/mlflow"
+    name = {"experiment_name": f"{USER}/tls-batch"}
+    r = httpx.get(f"{base}/experiments/get-by-name", params=name, headers=alice, timeout=10)
+    assert r.status_code == 200, r.text
+    search = {"experiment_ids": [r.json()["experiment"]["experiment_id"]]}
+    r = httpx.post(f"{base}/runs/search", json=search, headers=alice, timeout=10)
+    tag = {"key": "werkbank.slurm_job_id", "value": batch_job}
+    (stored,) = [found for found in r.json()["runs"] if tag in found["data"]["tags"]]
+    params = {p["key"]: p["value"] for p in stored["data"]["params"]}
+    assert params["server_certs_gone"] == "True", params
+    ca = Path(params["cert_path"])
+    assert ca.parent == jobs and ca.name.startswith("ca-"), params
+    assert "PRIVATE KEY" not in ca.read_text()
+    assert params["server_key"] == "", params
+    assert stored["info"]["user_id"] == USER
+    assert {"key": "answer", "value": 42.0} in [
+        {"key": m["key"], "value": m["value"]} for m in stored["data"]["metrics"]
+    ]
 
 
 def test_a_job_that_ends_tells_the_hub_over_tls(tls, report_figure):
