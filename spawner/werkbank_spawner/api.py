@@ -130,9 +130,14 @@ class JobTokenHandler(APIHandler):
             raise web.HTTPError(400, f"expires_in must lie between 60 and {JOB_TOKEN_MAX_SECONDS} seconds")
         if not isinstance(note, str) or not _NOTE.match(note):
             raise web.HTTPError(400, "note: at most 120 letters, digits, spaces and .:/@+-_")
-        token = owner.new_api_token(
-            note=f"werkbank job: {note}".strip(), expires_in=expires_in, scopes=list(JOB_TOKEN_SCOPES)
-        )
+        try:
+            token = owner.new_api_token(
+                note=f"werkbank job: {note}".strip(), expires_in=expires_in, scopes=list(JOB_TOKEN_SCOPES)
+            )
+        except ValueError:  # JupyterHub: a scope the user does not hold, i.e. no MLflow service
+            raise web.HTTPError(
+                409, "this hub has no MLflow service (tracking.mlflow.proxy): a job needs no token of its own"
+            ) from None
         self.log.info("werkbank: job token for %s (%d s): %s", owner.name, expires_in, note)
         self.set_status(201)
         self.finish(json.dumps({"token": token, "expires_in": expires_in, "scopes": list(JOB_TOKEN_SCOPES)}))

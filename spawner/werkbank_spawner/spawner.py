@@ -52,6 +52,7 @@ from . import api  # noqa: F401  (replaces batchspawner's unsafe port-report han
 from .form import render_options_form
 from .queue import JobInfo, JobState, NodeAddresses, SlurmQueue
 from .server_certs import ServerCerts
+from .server_tokens import delete_server_token, server_token_id
 from .tracking import NO_TELEMETRY
 from .tracking.experiments import MlflowSetupError, default_experiment, ensure_default_experiment
 from .workshop.sessions import course_policy, local_repository, material_url, participant_course
@@ -360,6 +361,9 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
     last_end_reason: str = ""
     #: The job whose script reported that its server ended (:meth:`job_ended`), until cleared.
     _reported_end: str = ""
+    #: The database id of the server's API token (:mod:`.server_tokens`): kept in the state, since
+    #: JupyterHub keeps the token itself in memory only and a restarted hub no longer knows it.
+    server_token_id: int = 0
     #: Whether that report was a signal, whose cause (scancel, time limit, preemption) only Slurm
     #: can name: :meth:`_take_slurms_reason`.
     _reported_signal: bool = False
@@ -481,11 +485,14 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
     def load_state(self, state):
         super().load_state(state)
         self.last_end_reason = state.get("last_end_reason", "")
+        self.server_token_id = int(state.get("server_token_id", 0))
 
     def get_state(self):
         state = super().get_state()
         if self.last_end_reason:
             state["last_end_reason"] = self.last_end_reason
+        if self.server_token_id:
+            state["server_token_id"] = self.server_token_id
         return state
 
     def clear_state(self):
@@ -493,6 +500,10 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
         self.job_request = None
         self.port = 0
         self._reported_end = ""
+        # After a hub restart JupyterHub's stop cannot find the server's token to delete it.
+        if self.server_token_id and self.db is not None and self.user is not None:
+            delete_server_token(self.db, self.server_token_id, self.user.id)
+        self.server_token_id = 0
         # _reported_signal stays: JupyterHub clears the state as it stops the server, before
         # Slurm may have named the signal's cause (_end_reported_job).
 
@@ -577,6 +588,7 @@ class WerkbankSlurmSpawner(ServerCerts, SlurmSpawner, SessionSetup):
         self.port = 0
         self.last_end_reason = ""
         self._port_reported = asyncio.Event()
+        self.server_token_id = server_token_id(self.db, self.api_token)
         # Alongside the job's submission and start, which take longer.
         tracking = asyncio.ensure_future(self.prepare_tracking())
         await self.submit_batch_script()

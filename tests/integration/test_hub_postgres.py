@@ -21,7 +21,7 @@ import pytest
 from jupyterhub.dbutil import write_alembic_ini
 from sqlalchemy.engine import make_url
 
-from tests.cluster import VENV_BIN, Hub, login, make_hub, run, squeue
+from tests.cluster import VENV_BIN, Hub, job_environ, login, make_hub, run, squeue
 from tests.mlflow_server import free_port, free_port_pair
 from tests.services import wait_for
 
@@ -142,6 +142,17 @@ def test_the_user_the_login_and_the_server_survive_a_hub_restart(pg):
     assert home.status_code == 200
     assert home.url.path == "/hub/home", home.url
     assert pg.hub.api("GET", "/user", token=pg.token).json()["name"] == "alice"
+    # The server's own token still counts as the server's (JupyterHub forgot the token itself,
+    # the spawner's state keeps its id): the job's end report is heard (a report of another job
+    # changes nothing), `werkbank submit` is answered (this hub has no MLflow service to give a
+    # job token for). Another token of alice's is neither.
+    server_token = job_environ(job)["JUPYTERHUB_API_TOKEN"]
+    report = {"job_id": "1", "how": "exit", "status": 0}
+    r = pg.hub.api("POST", "/werkbank/server-ended", token=server_token, json=report)
+    assert r.status_code == 200 and r.json() == {"outcome": "not this job"}, r.text
+    r = pg.hub.api("POST", "/werkbank/job-tokens", token=server_token, json={"expires_in": 600, "note": "t"})
+    assert r.status_code == 409 and "no MLflow service" in r.text, r.text
+    assert pg.hub.api("POST", "/werkbank/server-ended", token=pg.token, json=report).status_code == 403
 
 
 def test_jupyterhub_upgrade_db_upgrades_an_older_schema_in_place(pg):
@@ -183,7 +194,10 @@ def test_jupyterhub_upgrade_db_upgrades_an_older_schema_in_place(pg):
 
 def test_stopping_the_server_cancels_its_job_and_clears_the_state(pg):
     job = pg.jobs[-1]
+    server_token = job_environ(job)["JUPYTERHUB_API_TOKEN"]
     pg.hub.stop_server("alice")
     wait_for(lambda: job_state(job) in ("", "COMPLETING"), 60, f"job {job} to end")
     assert "job_id" not in pg.spawner_state("alice")
+    # The server started before the hub's restarts: its token is deleted all the same.
+    assert pg.hub.api("GET", "/user", token=server_token).status_code == 403
     assert through_proxy(pg, "alice").status_code != 200
