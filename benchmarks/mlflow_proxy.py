@@ -87,7 +87,8 @@ def site(work: Path, permissions: bool) -> dict:
 EXTRA = f"""
 # The key the proxy signs its assertions to MLflow with, for the benchmark's direct requests.
 _proxy = next(s for s in c.JupyterHub.services if s["name"] == "mlflow")
-_key = _proxy.get("environment", {{}}).get("WERKBANK_MLFLOW_SIGNING_KEY", "")
+from werkbank_spawner.site.services import process_secret
+_key = process_secret("signing") if "WERKBANK_MLFLOW_SECRETS" in _proxy.get("environment", {{}}) else ""
 (Path(__file__).parent.parent / "signing-key").write_text(_key)
 c.JupyterHub.services = list(c.JupyterHub.services) + [{{"name": "bench", "api_token": {ADMIN_TOKEN!r}}}]
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [

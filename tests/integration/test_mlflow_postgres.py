@@ -3,12 +3,15 @@ managed MLflow server keeps runs and permissions in a real PostgreSQL (Debian's,
 cluster: tests/postgres.py), as an ordinary role whose password only a file holds
 (``tracking.mlflow.db_password_file``). The same promises as on SQLite: a run logged from a
 Slurm job records its user, other users can neither read nor delete it, requests without a token
-are refused, and a killed MLflow server is restarted by the hub with nothing lost. The password
-reaches the MLflow server alone: no command line, log, site file or file users can read holds
-it; a wrong one stops the server with PostgreSQL's own words."""
+are refused, and a killed MLflow server or a restarted hub brings it back with nothing lost. The
+password reaches the MLflow server alone: no command line, log, site file, hub database or file
+users can read holds it, only the password file and the server's secrets file, which the hub
+writes at every start for the server's account alone; a wrong one stops the server with
+PostgreSQL's own words."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -25,7 +28,14 @@ from tests.mlflow_server import free_port
 from tests.services import wait_for
 from werkbank_spawner.site import services, validate
 
-from .test_mlflow_service import kill_mlflow_server, service_pids, wait_for_mlflow_restart
+from .test_mlflow_service import (
+    assert_no_secret_in_the_hub_database,
+    hub_data_dir,
+    kill_mlflow_server,
+    service_pids,
+    service_secrets,
+    wait_for_mlflow_restart,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -178,20 +188,54 @@ def test_the_password_is_needed_and_reaches_the_mlflow_server_alone(pg_hub, post
     as_bob = run("sudo", "-u", "bob", "cat", str(environ), check=False)
     assert as_bob.returncode != 0
     assert PASSWORD not in as_bob.stdout
-    # Nowhere else: no command line on the machine, the hub's log, the site file, a file in the
-    # hub's or MLflow's folders but the hub's database (JupyterHub keeps each managed service's
-    # environment there), which users cannot read.
+    # Nowhere else: no command line on the machine, the hub's log, the site file, no file in the
+    # hub's or MLflow's folders (the hub's database included: JupyterHub keeps each managed
+    # service's environment there) but the server's secrets file, which its launcher reads, and
+    # which is the service account's alone.
     assert not holds_password(run("ps", "-eww", "-o", "args").stdout)
     assert not holds_password(pg_hub.log_text())
     site_file = pg_hub.workdir / "site.yaml"
     assert not holds_password(site_file.read_text())
-    data_dir = Path(yaml.safe_load(site_file.read_text())["hub"]["data_dir"])
+    data_dir = hub_data_dir(pg_hub)
     files = [p for folder in (pg_hub.workdir, data_dir.parent) for p in folder.rglob("*") if p.is_file()]
     assert data_dir.parent / "mlflow" / "auth.ini" in files
-    assert [p for p in files if holds_password(p.read_bytes())] == [data_dir / "jupyterhub.sqlite"]
-    as_bob = run("sudo", "-u", "bob", "cat", str(data_dir / "jupyterhub.sqlite"), check=False)
+    assert data_dir / "jupyterhub.sqlite" in files
+    secrets = services.service_secrets_path(data_dir, services.MLFLOW_SERVER_SERVICE)
+    assert [p for p in files if holds_password(p.read_bytes())] == [secrets]
+    assert json.loads(secrets.read_text())["environment"]["PGPASSWORD"] == PASSWORD
+    for path, mode in ((secrets, 0o600), (secrets.parent, 0o700)):
+        info = path.lstat()
+        assert (info.st_uid, info.st_mode & 0o777) == (pwd.getpwnam("werkbank-mlflow").pw_uid, mode), path
+    as_bob = run("sudo", "-u", "bob", "cat", str(secrets), check=False)
     assert as_bob.returncode != 0
     assert "Permission denied" in as_bob.stderr
+    assert_no_secret_in_the_hub_database(pg_hub, PASSWORD)
+
+
+def test_a_hub_restart_brings_new_secrets_and_mlflow_keeps_its_runs_and_permissions(pg_hub):
+    """The hub stops its services with itself and starts them again with secrets new at its
+    start, which it writes before: the proxy and the server agree on the new key, the old one is
+    worth nothing, the database password still works, and the hub's database holds none."""
+    name = f"alice/across-a-restart-{time.time()}"
+    r = mlflow(pg_hub, "POST", "api/2.0/mlflow/experiments/create", "alice", json={"name": name})
+    assert r.status_code == 200, r.text
+    experiment_id = r.json()["experiment_id"]
+    before = service_secrets(pg_hub)
+
+    pg_hub.restart()
+    pg_hub.wait_for_mlflow()
+
+    after = service_secrets(pg_hub)
+    assert after["mlflow"]["signing_key"] == after["mlflow-server"]["signing_key"]
+    assert after["mlflow"]["signing_key"] != before["mlflow"]["signing_key"]
+    assert after["mlflow-server"]["environment"]["PGPASSWORD"] == PASSWORD
+    get = f"api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
+    r = mlflow(pg_hub, "GET", get, "alice")
+    assert r.status_code == 200, r.text
+    assert r.json()["experiment"]["name"] == name
+    assert mlflow(pg_hub, "GET", get, "bob").status_code == 403
+    # Neither the new secrets nor the old ones are in the hub's database.
+    assert_no_secret_in_the_hub_database(pg_hub, before["mlflow"]["signing_key"], PASSWORD)
 
 
 def test_a_wrong_password_stops_mlflow_with_postgresqls_words(databases, tmp_path):
@@ -214,9 +258,14 @@ def test_a_wrong_password_stops_mlflow_with_postgresqls_words(databases, tmp_pat
     data_dir = tmp_path / "hub"
     (data_dir.parent / "mlflow").mkdir()
     port = free_port()
-    server = services.mlflow_server_service(
-        site.tracking.mlflow.model_copy(update={"port": port}), data_dir, prefix="", signing_key=""
-    )
+    mlflow = site.tracking.mlflow.model_copy(update={"port": port})
+    server = services.mlflow_server_service(mlflow, data_dir, prefix="", signing_key="")
+    # The server's secrets file, as the hub writes it at its start (apply.write_service_secrets).
+    secrets = services.service_secrets_path(data_dir, services.MLFLOW_SERVER_SERVICE)
+    secrets.parent.mkdir(mode=0o700, parents=True)
+    secrets.write_text(services.secrets_text(services.mlflow_server_secrets(mlflow, signing_key="")))
+    secrets.chmod(0o600)
+    assert server["command"][server["command"].index("--") - 1] == str(secrets)
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "PGPASSFILE": "/nonexistent"}
     log = tmp_path / "mlflow.log"
     with open(log, "w") as out:

@@ -3,10 +3,13 @@ server that only listens on loopback, both started and restarted by the real Jup
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import re
 import signal
 import socket
+import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 import yaml
 
 from tests.cluster import MLFLOW_PORT, MLFLOW_PROXY_PORT, SERVICE_TOKEN, Hub, login, run, wait_for
+from werkbank_spawner.site import services
 
 from .other_users_data import assert_out_of_reach, assert_unchanged, create_own_data
 
@@ -291,3 +295,76 @@ def test_the_mlflow_server_serves_under_the_service_path_and_only_to_the_proxy(h
         r = httpx.get(f"{direct}/{path}", headers=claims, timeout=10)
         assert r.status_code == 401, r.text
         assert "reached through the hub" in r.text
+
+
+def hub_data_dir(hub: Hub) -> Path:
+    return Path(yaml.safe_load(Path(hub.env["WERKBANK_SITE_CONFIG"]).read_text())["hub"]["data_dir"])
+
+
+def service_secrets(hub: Hub) -> dict[str, dict]:
+    """What the hub wrote into its services' secrets files at its start (read as root)."""
+    folder = services.service_secrets_dir(hub_data_dir(hub))
+    return {
+        path.parent.name: json.loads(path.read_text()) for path in folder.glob(f"*/{services.SECRETS_FILE}")
+    }
+
+
+def secret_values(secrets: dict) -> set[str]:
+    return {secrets.get("signing_key", ""), *secrets.get("environment", {}).values()} - {""}
+
+
+def assert_no_secret_in_the_hub_database(hub: Hub, *also: str) -> None:
+    """No value of the services' secrets files (and none of ``also``) in the hub's SQLite database
+    (its journal files too), and each service's stored environment names files, never secrets."""
+    values = {v for s in service_secrets(hub).values() for v in secret_values(s)} | set(also)
+    assert values, "the hub wrote no secrets: nothing to look for"
+    database = hub_data_dir(hub) / "jupyterhub.sqlite"
+    for path in database.parent.glob("jupyterhub.sqlite*"):
+        content = path.read_bytes()
+        found = sum(value.encode() in content for value in values)  # never the values in a report
+        assert found == 0, f"{found} of the services' {len(values)} secrets in {path}"
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        stored = dict(db.execute("SELECT name, environment FROM services"))
+    assert "WERKBANK_MLFLOW_SECRETS" in json.loads(stored["mlflow-server"])
+    for name, environment in stored.items():
+        for variable, value in json.loads(environment or "{}").items():
+            if re.search("PASSWORD|SECRET|KEY|TOKEN", variable):
+                assert value.startswith("/"), (name, variable)
+
+
+def test_the_services_secrets_are_in_their_files_not_in_the_hubs_database(hub):
+    hub.wait_for_mlflow()
+    secrets = service_secrets(hub)
+    key = secrets["mlflow"]["signing_key"]
+    assert secrets["mlflow-server"]["signing_key"] == key
+    assert set(secrets["mlflow-server"]["environment"]) == {
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+    }
+    assert_no_secret_in_the_hub_database(hub)
+    # Each file is its service account's alone, and the services work with what is in them:
+    # MLflow's own permission checks, on the proxy's signed word.
+    account = pwd.getpwnam("werkbank-mlflow")
+    for name in secrets:
+        path = services.service_secrets_path(hub_data_dir(hub), name)
+        for p, mode in ((path, 0o600), (path.parent, 0o700)):
+            info = p.lstat()
+            assert (info.st_uid, info.st_mode & 0o777) == (account.pw_uid, mode), p
+        assert run("sudo", "-u", "bob", "cat", str(path), check=False).returncode != 0
+    alice, bob = hub.token_for("alice"), hub.token_for("bob")
+    name = f"alice/secrets-{time.time()}"
+    r = api(hub, "api/2.0/mlflow/experiments/create", alice, method="POST", json={"name": name})
+    assert r.status_code == 200, r.text
+    get = f"api/2.0/mlflow/experiments/get?experiment_id={r.json()['experiment_id']}"
+    assert api(hub, get, alice).status_code == 200
+    assert api(hub, get, bob).status_code == 403
+    # No secret on a command line (ps) or in a process's environment but in the MLflow server's
+    # (its launcher sets what MLflow reads from there): not the signing key, not in the proxy's.
+    (server,) = service_pids(f"mlflow server --host 127.0.0.1 --port {MLFLOW_PORT} ")
+    (proxy,) = service_pids(PROXY_PATTERN)
+    assert key not in run("ps", "-eww", "-o", "args").stdout
+    for pid in (server, proxy):
+        assert key.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
+    environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
+    for variable, value in secrets["mlflow-server"]["environment"].items():
+        assert f"{variable}={value}".encode() in environ

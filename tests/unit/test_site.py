@@ -481,17 +481,25 @@ def test_apply_demo_site(tmp_path):
     ]
     assert proxy["oauth_no_confirm"] is True
     # MLflow checks permissions (its basic-auth app), trusting assertions the proxy signs with a
-    # key that is in both services' environment, never on a command line.
-    secret = proxy["environment"]["WERKBANK_MLFLOW_SIGNING_KEY"]
+    # key that the hub writes into both services' secrets files at its start: never into their
+    # environment (JupyterHub keeps it in its database), never onto a command line.
+    secret = c.WerkbankSlurmSpawner.mlflow_signing_key
     assert len(secret) >= 32
     server_env = services["mlflow-server"]["environment"]
     for name in ("mlflow-server", "mlflow"):  # MLflow's usage telemetry is off in both
         environment = services[name]["environment"]
         assert (environment["MLFLOW_DISABLE_TELEMETRY"], environment["DO_NOT_TRACK"]) == ("true", "true")
-    assert server_env["WERKBANK_MLFLOW_SIGNING_KEY"] == secret
+        assert (
+            environment["WERKBANK_MLFLOW_SECRETS"] == f"/var/lib/werkbank/service-secrets/{name}/secrets.json"
+        )
+        assert secret not in repr(environment)
     assert server_env["MLFLOW_AUTH_CONFIG_PATH"] == "/var/lib/werkbank/mlflow/auth.ini"
     assert not any(secret in arg for s in services.values() for arg in s.get("command", []))
+    # The server starts through the launcher that sets MLflow's own secrets from its file.
     mlflow = services["mlflow-server"]["command"]
+    launcher = [sys.executable, "-I", "-m", "werkbank_spawner.tracking.server_launcher"]
+    assert mlflow[: mlflow.index("--")] == [*launcher, server_env["WERKBANK_MLFLOW_SECRETS"]]
+    mlflow = mlflow[mlflow.index("--") + 1 :]
     assert mlflow[0] == str(Path(sys.executable).parent / "mlflow")
     assert mlflow[1] == "server"
     flags = dict(zip(mlflow[2::2], mlflow[3::2], strict=False))
@@ -727,7 +735,8 @@ def test_apply_mlflow_behind_the_proxy(database_drivers):
     # The hub itself creates <user>/default on the server, with the key MLflow trusts.
     assert c.WerkbankSlurmSpawner.mlflow_server_url == "http://localhost:5100/services/mlflow"
     key = c.WerkbankLocalSpawner.mlflow_signing_key
-    assert key == environment["WERKBANK_MLFLOW_SIGNING_KEY"] == c.WerkbankSlurmSpawner.mlflow_signing_key
+    assert key == c.WerkbankSlurmSpawner.mlflow_signing_key
+    assert len(key) >= 32 and key not in repr(environment)
     unchecked = applied(with_value(site, "tracking.mlflow.permissions", False))
     assert (
         unchecked.WerkbankSlurmSpawner.mlflow_server_url
@@ -873,7 +882,7 @@ def test_mlflow_without_permission_checks(tmp_path, key, value):
     for service in services.values():
         assert "--permissions" not in service.get("command", [])
         assert "--app-name" not in service.get("command", [])
-        assert "WERKBANK_MLFLOW_SIGNING_KEY" not in service.get("environment", {})
+        assert "WERKBANK_MLFLOW_SECRETS" not in service.get("environment", {})
     prepared(site, config_dir="/")
     assert not (tmp_path / "mlflow" / "auth.ini").exists()
 
@@ -1339,6 +1348,31 @@ def test_site_files_from_before_give_the_hub_the_same_configuration(name, path, 
         for variable in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
             if service["name"].startswith("mlflow"):
                 assert service["environment"].pop(variable) == "true"
+    # Changed on purpose since the recording: no secret in a service's environment (JupyterHub
+    # keeps it in its database). The hub writes them into a file per service, which the
+    # environment names; the MLflow server starts through a launcher that reads its file.
+    for service in config["JupyterHub"]["services"]:
+        if not service["name"].startswith("mlflow") or "command" not in service:
+            continue
+        environment = service["environment"]
+        if "WERKBANK_MLFLOW_SECRETS" in environment:
+            path = environment.pop("WERKBANK_MLFLOW_SECRETS")
+            assert path.endswith(f"/service-secrets/{service['name']}/secrets.json")
+            environment["WERKBANK_MLFLOW_SIGNING_KEY"] = "<secret>"
+        if service["name"] == "mlflow-server" and "--" in service["command"]:
+            launcher = service["command"][: service["command"].index("--") + 1]
+            assert launcher == [
+                recorded_form(sys.executable),  # the environment's folder masked
+                "-I",
+                "-m",
+                "werkbank_spawner.tracking.server_launcher",
+                path,
+                "--",
+            ]
+            service["command"] = service["command"][len(launcher) :]
+            environment["MLFLOW_FLASK_SERVER_SECRET_KEY"] = environment["MLFLOW_AUTH_ADMIN_PASSWORD"] = (
+                "<secret>"
+            )
     # Added on purpose since the recording (issue 15): the MLflow proxy may read users (a shared
     # dashboard's viewer's groups), when there is a proxy.
     roles = config["JupyterHub"]["load_roles"]

@@ -1,6 +1,7 @@
 """The managed MLflow server's database password (``tracking.mlflow.db_password_file``): never in
 ``backend_store_uri`` or ``auth_database_uri``, read from a file only the hub may read, and given
-to the MLflow server alone, as libpq's ``PGPASSWORD``.
+to the MLflow server alone, as libpq's ``PGPASSWORD``, which its launcher sets from the server's
+secrets file (never in a service's environment: JupyterHub keeps that in its database).
 
 The same on a real PostgreSQL, with the server's two connections (runs, permissions) needing the
 password: tests/integration/test_mlflow_postgres.py.
@@ -9,6 +10,7 @@ password: tests/integration/test_mlflow_postgres.py.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import pwd
 from pathlib import Path
@@ -57,6 +59,12 @@ def services_of(data: dict) -> dict[str, dict]:
     return {s["name"]: s for s in c.JupyterHub.services}
 
 
+def services_secrets_but_the_server(data_dir: Path) -> str:
+    """Every secrets file the hub wrote but the MLflow server's, as one text."""
+    folder = services.service_secrets_dir(data_dir)
+    return "".join(p.read_text() for p in folder.glob("*/secrets.json") if p.parent.name != "mlflow-server")
+
+
 def error_of(data: dict) -> SiteConfigError:
     """The error validating and applying ``data`` (what the hub does at start) raises."""
     with pytest.raises(SiteConfigError) as info:
@@ -69,15 +77,16 @@ def test_the_password_reaches_the_mlflow_server_alone_as_pgpassword(tmp_path):
     data = site(tmp_path, backend_store_uri=PG, auth_database_uri=PG_AUTH, db_password_file=str(path))
     found = services_of(data)
     server = found["mlflow-server"]
-    assert server["environment"]["PGPASSWORD"] == PASSWORD
     assert server["environment"]["MLFLOW_BACKEND_STORE_URI"] == PG
-    # Nowhere else: not on a command line (ps), not in another service (the proxy), not in the
-    # permission configuration the hub writes, not in the site file.
+    # Nowhere else: not on a command line (ps), not in a service's environment (the hub's
+    # database), not in the permission configuration the hub writes, not in the site file.
     for service in found.values():
-        assert not any(PASSWORD in part for part in service.get("command", [])), service["name"]
-        if service["name"] != "mlflow-server":
-            assert PASSWORD not in repr(service), service["name"]
+        assert PASSWORD not in repr(service), service["name"]
     prepare_state(validate(data), config_dir="/etc/werkbank")
+    secrets = services.service_secrets_path(tmp_path / "hub", "mlflow-server")
+    assert server["environment"]["WERKBANK_MLFLOW_SECRETS"] == str(secrets)
+    assert json.loads(secrets.read_text())["environment"]["PGPASSWORD"] == PASSWORD
+    assert PASSWORD not in services_secrets_but_the_server(tmp_path / "hub")
     ini = configparser.ConfigParser(interpolation=None)
     ini.read(tmp_path / "mlflow" / "auth.ini")
     assert ini["mlflow"]["database_uri"] == PG_AUTH
@@ -87,8 +96,11 @@ def test_the_password_reaches_the_mlflow_server_alone_as_pgpassword(tmp_path):
 
 def test_without_a_password_file_the_server_gets_no_password(tmp_path):
     # Peer authentication over a Unix socket, or the service account's ~/.pgpass: libpq's business.
-    server = services_of(site(tmp_path, backend_store_uri=PG))["mlflow-server"]
-    assert "PGPASSWORD" not in server["environment"]
+    data = site(tmp_path, backend_store_uri=PG)
+    services_of(data)
+    prepare_state(validate(data), config_dir="/etc/werkbank")
+    secrets = services.service_secrets_path(tmp_path / "hub", "mlflow-server")
+    assert "PGPASSWORD" not in json.loads(secrets.read_text())["environment"]
 
 
 @pytest.mark.parametrize(
@@ -101,8 +113,10 @@ def test_without_a_password_file_the_server_gets_no_password(tmp_path):
 def test_a_password_file_may_serve_either_database(tmp_path, valid, uri):
     path = password_file(tmp_path, "secret", mode=0o400)
     data = site(tmp_path, backend_store_uri=uri, auth_database_uri=PG_AUTH, db_password_file=str(path))
-    server = services_of(data)
-    assert server["mlflow-server"]["environment"]["PGPASSWORD"] == "secret"
+    services_of(data)
+    prepare_state(validate(data), config_dir="/etc/werkbank")
+    secrets = services.service_secrets_path(tmp_path / "hub", "mlflow-server")
+    assert json.loads(secrets.read_text())["environment"]["PGPASSWORD"] == "secret"
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
-from ..server_certs import fix_service_wait
+from ..server_certs import fix_service_wait, write_private_folder
 from ..workshop.hub import write_token
 from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
@@ -304,7 +304,7 @@ def update_tracking(c: Config, site: Site, base: Path) -> tuple[list[dict], list
         )
         managed.append(services.as_account(server, account))
     if mlflow.proxy:
-        proxy = services.mlflow_proxy_service(site, signing_key=signing_key)
+        proxy = services.mlflow_proxy_service(site, data_dir(site, base), signing_key=signing_key)
         managed.append(services.as_account(proxy, account))
         # Browsers (the user's own OAuth token for the service) and the tokens of the users'
         # servers (the `server` role) may use the proxy; what they may do there is the proxy's
@@ -366,8 +366,9 @@ def state_dirs(site: Site, *, config_dir: str | os.PathLike) -> list[Path]:
 def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
     """Create the :func:`state_dirs` that do not exist yet, readable by their owner only
     (JupyterHub writes its cookie secret there but does not create the folder), give MLflow's
-    folder to its service account, and write MLflow's permission configuration
-    (:func:`~.services.mlflow_auth_ini`) where the server reads it.
+    folder to its service account, write MLflow's permission configuration
+    (:func:`~.services.mlflow_auth_ini`) where the server reads it, and the managed services'
+    secrets files (:func:`write_service_secrets`).
 
     Raises :class:`SiteConfigError` (path ``hub.data_dir``) if one cannot be written.
     """
@@ -392,6 +393,37 @@ def prepare_state(site: Site, *, config_dir: str | os.PathLike) -> None:
             services.mlflow_auth_ini(services.mlflow_auth_database(site, config_dir=config_dir)),
             account,
         )
+    write_service_secrets(site, state)
+
+
+def write_service_secrets(site: Site, state: Path) -> None:
+    """Write each MLflow service's secrets (:func:`.services.mlflow_server_secrets`,
+    :func:`.services.mlflow_proxy_secrets`: new at every hub start, :func:`.services.process_secret`)
+    into its file (:func:`.services.service_secrets_path`): 0600 in a 0700 folder, both owned by
+    the services' account (the hub's own when it is not root), written anew, never through a
+    link (:func:`..server_certs.write_private_folder`). A service without secrets has no file: one
+    from an earlier start is removed. They are never in a service's ``environment``, which
+    JupyterHub keeps in its database. Raises :class:`SiteConfigError` (``hub.data_dir``)."""
+    mlflow = site.tracking.mlflow
+    signing_key = services.process_secret("signing") if mlflow.permission_checks else ""
+    wanted = {
+        services.MLFLOW_SERVER_SERVICE: (
+            services.mlflow_server_secrets(mlflow, signing_key=signing_key) if mlflow.manage else {}
+        ),
+        MLFLOW_SERVICE: services.mlflow_proxy_secrets(signing_key=signing_key) if mlflow.proxy else {},
+    }
+    account = mlflow_service_account(mlflow, min_uid=site.auth.min_uid) if any(wanted.values()) else None
+    for service, secrets in wanted.items():
+        path = services.service_secrets_path(state, service)
+        try:
+            if secrets:
+                write_private_folder(str(path.parent), {path.name: services.secrets_text(secrets)}, account)
+            else:
+                os.unlink(path)  # a link itself, never what it names
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:

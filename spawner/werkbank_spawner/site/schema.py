@@ -437,9 +437,9 @@ class MLflow(Section):
         "With manage and a postgresql backend_store_uri or auth_database_uri: an absolute "
         "path of a file owned by the hub's account and readable by it only (mode 0600 or "
         "0400) whose first line is the password of those URIs' PostgreSQL user (one "
-        "password for both); read at every start and given to the MLflow server alone as "
-        "libpq's PGPASSWORD in its environment (which JupyterHub also keeps in the hub "
-        "database), never on a command line or in MLflow's files. Needs a libpq driver "
+        "password for both); read at every start, written into the MLflow server's private "
+        "secrets file and set as libpq's PGPASSWORD by its launcher: never in the hub "
+        "database, on a command line or in MLflow's files. Needs a libpq driver "
         "(postgresql, postgresql+psycopg or +psycopg2). Empty: no password from werkbank "
         "(peer authentication over a Unix socket, service_user's ~/.pgpass).",
     )

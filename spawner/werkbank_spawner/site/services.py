@@ -8,6 +8,7 @@ Nothing here starts anything: each function returns what JupyterHub's ``services
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import pwd
 import secrets
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from ..server_certs import LOCAL_ALT_NAMES, ServiceCerts, alt_name
 from ..tracking import NO_TELEMETRY
-from ..tracking.auth import KEY_ENV
+from ..tracking.auth import KEY_ENV, SECRETS_ENV
 from ..workshop.roles import WORKSHOP_SERVICE
 from .database import mlflow_db_password
 from .schema import Culling, Hub, MLflow, Site, SiteConfigError
@@ -174,16 +175,22 @@ def mlflow_auth_ini(database: str) -> str:
     )
 
 
-def mlflow_auth_env(config_path: str | os.PathLike, signing_key: str) -> dict[str, str]:
-    """The environment ``mlflow server --app-name basic-auth`` needs for werkbank: the ini file,
-    the key the proxy signs its assertions with, and two values the auth app insists on that nobody uses
-    (the CSRF key of its sign-up form; the bootstrap admin's password, needed once)."""
+def mlflow_auth_secrets() -> dict[str, str]:
+    """Two values ``mlflow server --app-name basic-auth`` insists on finding in its environment
+    that nobody uses (the CSRF key of its sign-up form; the bootstrap admin's password, needed
+    once)."""
     return {
-        "MLFLOW_AUTH_CONFIG_PATH": str(config_path),
-        KEY_ENV: signing_key,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": process_secret("flask"),
         "MLFLOW_AUTH_ADMIN_PASSWORD": process_secret("admin"),
     }
+
+
+def mlflow_auth_env(config_path: str | os.PathLike, signing_key: str) -> dict[str, str]:
+    """The whole environment ``mlflow server --app-name basic-auth`` needs for werkbank, for a
+    server started by hand (the tests' own): the ini file, the key the proxy signs its assertions
+    with (:data:`~..tracking.auth.KEY_ENV`) and :func:`mlflow_auth_secrets`. The hub's own server
+    gets the secret ones from its secrets file (:func:`mlflow_server_secrets`)."""
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config_path), KEY_ENV: signing_key, **mlflow_auth_secrets()}
 
 
 _secrets: dict[str, str] = {}
@@ -196,14 +203,65 @@ def process_secret(purpose: str) -> str:
     return _secrets.setdefault(purpose, secrets.token_urlsafe(32))
 
 
+# --- the services' secrets ----------------------------------------------------------------
+#
+# JupyterHub keeps the ``environment`` it is given for a managed service in its database (the
+# services table), and so in every dump and backup of it: no secret goes there. The hub writes
+# each service's secrets at every start into a file private to the service's account
+# (``apply.prepare_state``), which the service reads (``WERKBANK_MLFLOW_SECRETS``), or its
+# launcher for what MLflow and libpq read from the environment only
+# (:mod:`werkbank_spawner.tracking.server_launcher`).
+
+#: The name of each service's secrets file, in a folder of its own (:func:`service_secrets_path`).
+SECRETS_FILE = "secrets.json"
+
+
+def service_secrets_dir(data_dir: Path) -> Path:
+    """Where the hub puts its managed services' secrets files, a folder per service (0700, the
+    service's account's): beside the hub's folder, outside MLflow's (whose files are backed up),
+    in a folder of the hub's that the services' accounts cannot change."""
+    return Path(data_dir).parent / "service-secrets"
+
+
+def service_secrets_path(data_dir: Path, service: str) -> Path:
+    return service_secrets_dir(data_dir) / service / SECRETS_FILE
+
+
+def mlflow_server_secrets(mlflow: MLflow, *, signing_key: str) -> dict:
+    """What the managed MLflow server's secrets file holds ({} for nothing): the signing key,
+    which the auth module inside the server reads, and the ``environment`` its launcher sets: the
+    auth app's :func:`mlflow_auth_secrets` and the database password as libpq's ``PGPASSWORD``.
+    Reads ``tracking.mlflow.db_password_file`` (raises :class:`SiteConfigError` for a file that
+    is not private to the hub)."""
+    environment = mlflow_auth_secrets() if signing_key else {}
+    password = mlflow_db_password(mlflow)
+    if password:
+        environment["PGPASSWORD"] = password
+    secrets_ = {"signing_key": signing_key} if signing_key else {}
+    return {**secrets_, "environment": environment} if environment else secrets_
+
+
+def mlflow_proxy_secrets(*, signing_key: str) -> dict:
+    """What the proxy service's secrets file holds ({} for nothing): the signing key."""
+    return {"signing_key": signing_key} if signing_key else {}
+
+
+def secrets_text(secrets_: dict) -> str:
+    """A secrets file's text (:func:`werkbank_spawner.tracking.auth.read_secrets` reads it): JSON,
+    ASCII only (every other character escaped)."""
+    return json.dumps(secrets_, ensure_ascii=True, sort_keys=True) + "\n"
+
+
 # --- the services ----------------------------------------------------------------------------
 
 
-def mlflow_proxy_service(site: Site, *, signing_key: str) -> dict:
+def mlflow_proxy_service(site: Site, data_dir: Path, *, signing_key: str) -> dict:
     """The authenticating proxy (:mod:`werkbank_spawner.tracking.proxy`) as a managed service
     with a ``url`` (where it listens, :func:`mlflow_proxy_url`): the hub's proxy routes
     ``/services/mlflow/`` to it, the hub gives it its OAuth client and API token in the
-    environment, and restarts it if it exits."""
+    environment, and restarts it if it exits. With a ``signing_key`` the proxy reads it from its
+    secrets file (:func:`mlflow_proxy_secrets`), whose path is in its environment."""
+    secrets_file = {SECRETS_ENV: str(service_secrets_path(data_dir, MLFLOW_SERVICE))} if signing_key else {}
     return {
         "name": MLFLOW_SERVICE,
         "url": mlflow_proxy_url(site),
@@ -219,7 +277,7 @@ def mlflow_proxy_service(site: Site, *, signing_key: str) -> dict:
         # authorize werkbank's own MLflow every time would teach them to click through.
         "oauth_no_confirm": True,
         "display": True,
-        "environment": {**NO_TELEMETRY, **({KEY_ENV: signing_key} if signing_key else {})},
+        "environment": {**NO_TELEMETRY, **secrets_file},
         # `python -m` puts the working directory first on sys.path: never the hub's (it may be
         # a folder somebody else can write to).
         "cwd": "/",
@@ -232,26 +290,34 @@ def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signin
     ``signing_key`` it runs MLflow's basic-auth app, which trusts the proxy's word on who is
     asking (:mod:`werkbank_spawner.tracking.auth`).
 
-    Reads ``tracking.mlflow.db_password_file`` (:func:`.database.mlflow_db_password`), which
-    raises :class:`SiteConfigError` for a file that is not private to the hub."""
+    With secrets (:func:`mlflow_server_secrets`: the signing key, the auth app's own, the
+    database password) the server starts through :mod:`werkbank_spawner.tracking.server_launcher`,
+    which reads them from the server's secrets file and sets what MLflow and libpq read from the
+    environment; the auth module reads the key from the same file. The environment and the
+    command line name the file only. Reads ``tracking.mlflow.db_password_file``
+    (:func:`.database.mlflow_db_password`), which raises :class:`SiteConfigError` for a file that
+    is not private to the hub."""
     state = mlflow_dir(data_dir)
     backend = mlflow.backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
-    auth_env = mlflow_auth_env(mlflow_auth_config_path(data_dir), signing_key) if signing_key else {}
-    # The database password as libpq's PGPASSWORD in the server's environment (never a command
-    # line), given to no other service. Both of MLflow's connections go through libpq (the
-    # tracking store and the basic-auth app's store each open their URI with SQLAlchemy's
-    # psycopg, the default for postgresql://), so one variable serves both, and the URIs stay
-    # without a password wherever MLflow, SQLAlchemy or this hub print them. On Linux
-    # /proc/<pid>/environ is readable by the process's own account (the service account) and
-    # root only, and `ps` shows it to nobody else (the PostgreSQL manual's warning is about other
-    # systems). JupyterHub (5+) also keeps a managed service's environment in its database (the
-    # services table): root's, as the password file is. Not PGPASSFILE: the hub would have to
-    # write a second copy of the password, in pgpass syntax, into MLflow's folder and its file
-    # backups, at every start.
-    password = mlflow_db_password(mlflow)
+    # The database password as libpq's PGPASSWORD, set by the launcher in the server's own
+    # environment (never a command line, never the hub's database), given to no other service.
+    # Both of MLflow's connections go through libpq (the tracking store and the basic-auth app's
+    # store each open their URI with SQLAlchemy's psycopg, the default for postgresql://), so one
+    # variable serves both, and the URIs stay without a password wherever MLflow, SQLAlchemy or
+    # this hub print them. On Linux /proc/<pid>/environ is readable by the process's own account
+    # (the service account, which may read the secrets file anyway) and root only. Not
+    # PGPASSFILE: a second copy of the password, in pgpass syntax (host:port:db:user:password,
+    # with its own escaping), for one reader, where the launcher that MLflow's own two secrets
+    # need anyway sets PGPASSWORD from the same file.
+    secrets_ = mlflow_server_secrets(mlflow, signing_key=signing_key)
+    secrets_file = str(service_secrets_path(data_dir, MLFLOW_SERVER_SERVICE))
+    launcher = [sys.executable, "-I", "-m", "werkbank_spawner.tracking.server_launcher", secrets_file, "--"]
     return {
         "name": MLFLOW_SERVER_SERVICE,
         "command": [
+            # -I: not the working directory (MLflow's folder) first on sys.path, no PYTHON*
+            # variables; the launcher passes the environment on to MLflow unchanged.
+            *(launcher if secrets_.get("environment") else []),
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             *_mlflow_server_options(mlflow, state),
@@ -268,8 +334,8 @@ def mlflow_server_service(mlflow: MLflow, data_dir: Path, *, prefix: str, signin
             # the URI must not be on a command line every user can read with `ps`.
             "MLFLOW_BACKEND_STORE_URI": backend,
             **NO_TELEMETRY,
-            **auth_env,
-            **({"PGPASSWORD": password} if password else {}),
+            **({"MLFLOW_AUTH_CONFIG_PATH": str(mlflow_auth_config_path(data_dir))} if signing_key else {}),
+            **({SECRETS_ENV: secrets_file} if secrets_ else {}),
         },
     }
 

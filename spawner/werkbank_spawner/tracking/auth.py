@@ -5,7 +5,8 @@ which checks every request against per-experiment and per-model permissions, fil
 and gives the creator of an experiment or registered model MANAGE on it. Its question "who is
 this?" is answered here instead of by a password: by an assertion that only werkbank's proxy
 (:mod:`werkbank_spawner.tracking.proxy`) can make, because it is signed (HMAC-SHA256) with a key
-that the hub makes anew at every start and gives only to the two services' environments::
+that the hub makes anew at every start and writes only into the two services' secrets files
+(:data:`SECRETS_ENV`, :func:`signing_key`)::
 
     X-Werkbank-Assertion: v1;<unix time>;<user>;<admin 0|1>;<groups>;<signature>
 
@@ -27,8 +28,10 @@ Configured in the auth app's ini file (``MLFLOW_AUTH_CONFIG_PATH``), which the h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import threading
@@ -39,7 +42,13 @@ from urllib.parse import quote, unquote
 # Flask and MLflow are imported in the functions: the proxy imports this module to sign, and
 # needs neither.
 
-#: The environment variable that holds the signing key (the same in both services).
+#: The environment variable that names a service's secrets file, which the hub writes at every
+#: start (:func:`read_secrets`): the signing key (the same in both services) and, for the MLflow
+#: server, the variables its launcher sets (:mod:`.server_launcher`). A path: JupyterHub keeps
+#: each managed service's environment in its database, so no secret goes there.
+SECRETS_ENV = "WERKBANK_MLFLOW_SECRETS"
+#: Without :data:`SECRETS_ENV`: the environment variable that holds the signing key itself, for a
+#: proxy or server started by hand (the tests' own MLflow server); never the hub's services.
 KEY_ENV = "WERKBANK_MLFLOW_SIGNING_KEY"
 ASSERTION_HEADER = "X-Werkbank-Assertion"
 #: Seconds an assertion is good for: the proxy signs a request just before sending it on, and
@@ -125,6 +134,46 @@ def verify(key: bytes, value: str, method: str, path: str, query: str, now: floa
     return Identity(name, admin == "1", parse_groups(groups))
 
 
+def read_secrets(path: str | os.PathLike) -> dict:
+    """The secrets file the hub writes for one of its services: a JSON object with
+    ``signing_key`` (a string) and ``environment`` (names to strings), either optional.
+
+    Raises :class:`OSError` for a file that cannot be read or is a symbolic link, and
+    :class:`ValueError` for one that is not this process's account's own and private to it
+    (mode 0600 or stricter), or not of that form: a secret others could have read or written is
+    none."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8") as f:
+        info = os.fstat(f.fileno())
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise ValueError(
+                f"{path} is not private to this account (owner uid {info.st_uid}, "
+                f"mode {info.st_mode & 0o777:o}; the hub writes it 0600)"
+            )
+        data = json.load(f)
+    environment = data.get("environment", {}) if isinstance(data, dict) else None
+    if (
+        not isinstance(environment, dict)
+        or not isinstance(data.get("signing_key", ""), str)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items())
+    ):
+        raise ValueError(f"{path} is not a secrets file of werkbank's hub")
+    return data
+
+
+@functools.cache
+def _signing_key_from(path: str) -> bytes:
+    return read_secrets(path).get("signing_key", "").encode()
+
+
+def signing_key() -> bytes:
+    """The key assertions are signed with: from the secrets file :data:`SECRETS_ENV` names (read
+    once per process: the hub restarts both services with a new key), else :data:`KEY_ENV`;
+    empty if neither. Raises what :func:`read_secrets` raises."""
+    path = os.environ.get(SECRETS_ENV, "")
+    return _signing_key_from(path) if path else os.environ.get(KEY_ENV, "").encode()
+
+
 def authenticate():
     """MLflow's ``authorization_function``: the user the proxy vouches for in a valid assertion
     for this very request (a werkzeug ``Authorization``), or a 401 response."""
@@ -136,7 +185,7 @@ def authenticate():
     value = ",".join(request.headers.getlist(ASSERTION_HEADER))
     query = request.query_string.decode("latin-1")
     try:
-        who = verify(os.environ.get(KEY_ENV, "").encode(), value, request.method, request.path, query)
+        who = verify(signing_key(), value, request.method, request.path, query)
     except (InvalidAssertion, ValueError):
         return make_response("MLflow is reached through the hub: <hub>/services/mlflow/\n", 401)
     state = (who.admin, who.groups)

@@ -51,7 +51,9 @@ Run by the hub (``werkbank_spawner.site.services``)::
 
 It listens where ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``;
 the hub gives it its OAuth client and API token in the environment, and the key it signs
-assertions with (shared with the MLflow server) as ``WERKBANK_MLFLOW_SIGNING_KEY``.
+assertions with (shared with the MLflow server) in a file of its own, which
+``WERKBANK_MLFLOW_SECRETS`` names (:func:`.auth.signing_key`): JupyterHub keeps the environment
+it is given for a service in its database.
 
 With the hub's ``internal_ssl`` the service URL is https: the proxy serves TLS with the key and
 certificate in ``JUPYTERHUB_SSL_KEYFILE``/``CERTFILE`` (signed by the hub's CA for the names jobs
@@ -83,7 +85,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
 
 from ..server_certs import serving_tls
-from .auth import ASSERTION_HEADER, KEY_ENV, ROLE_PREFIX, ROLE_WORKSPACE, Identity, sign
+from .auth import ASSERTION_HEADER, ROLE_PREFIX, ROLE_WORKSPACE, SECRETS_ENV, Identity, sign, signing_key
 from .upstream import Body, Upstream, UpstreamError
 
 log = logging.getLogger("werkbank.mlflow_proxy")
@@ -1053,6 +1055,10 @@ async def serve(
     # What the hub says of a token (user, admin flag, groups) is cached for a minute, not
     # JupyterHub's five: a user added to a group sees its projects soon after.
     hub_auth = HubOAuth(base_url=prefix, allow_token_in_url=False, cache_max_age=60)
+    try:
+        key = signing_key()
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mlflow_proxy: cannot read the signing key from {SECRETS_ENV}: {e}") from None
     # The MLflow server is asked over plain HTTP (or what --upstream says): with the proxy in
     # front, the hub binds it to a loopback address only (site rules), on this machine.
     proxy = MlflowProxy(
@@ -1060,13 +1066,13 @@ async def serve(
         prefix=prefix,
         hub_auth=hub_auth,
         permissions=permissions,
-        key=os.environ.get(KEY_ENV, "").encode(),
+        key=key,
         service_name=os.environ.get("JUPYTERHUB_SERVICE_NAME", "mlflow"),
         max_body_size=max_body_size,
         hub_ssl=make_ssl_context(hub_auth.keyfile, hub_auth.certfile, cafile=hub_auth.client_ca),
     )
     if permissions and not proxy.key:
-        raise SystemExit(f"mlflow_proxy: --permissions needs the key shared with MLflow in {KEY_ENV}")
+        raise SystemExit(f"mlflow_proxy: --permissions needs the key shared with MLflow ({SECRETS_ENV})")
     server = HTTPServer(
         proxy.app(), xheaders=True, max_body_size=max_body_size, ssl_options=serving_tls(listen.scheme)
     )
@@ -1091,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
         "--permissions",
         action="store_true",
         help="MLflow runs its basic-auth app with werkbank_spawner.tracking.auth: enforce the project "
-        f"rule on experiment names and share project experiments with their group (needs {KEY_ENV})",
+        f"rule on experiment names and share project experiments with their group (needs {SECRETS_ENV})",
     )
     parser.add_argument(
         "--max-body-size",
