@@ -4,14 +4,11 @@ that asks for a client certificate (tests/integration/test_internal_ssl.py runs 
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import ssl
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +17,7 @@ from certipy import Certipy
 from tornado import web
 from traitlets.config import Config
 
+from tests.tls_server import TlsServer
 from werkbank_core.policy import JobRequest
 from werkbank_core.script import END_REPORT, END_REPORT_FUNCTION, PORT_REPORT, JobContext
 from werkbank_spawner.server_certs import (
@@ -278,49 +276,17 @@ def pki(tmp_path_factory):
     )
 
 
-class HttpsHub:
-    """An https server asking for a client certificate of the hub's CAs (as JupyterHub's hub API
-    does with internal_ssl) that records what was posted."""
-
-    def __init__(self, key: str, cert: str, client_cas: str):
-        self.posts: list[tuple[str, dict]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.posts.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_cas)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_cert_chain(cert, key)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/hub/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def https_hub(pki):
-    hub = HttpsHub(pki.hub["key"], pki.hub["cert"], pki.bundle)
+    hub = TlsServer(pki.hub, {"/hub/api/batchspawner": {}, "/hub/api/werkbank/server-ended": {}}, pki.bundle)
     yield hub
     hub.close()
 
 
-def job_env(hub: HttpsHub, server: dict, ca: str) -> dict:
+def job_env(hub: TlsServer, server: dict, ca: str) -> dict:
     return dict(
         os.environ,
-        JUPYTERHUB_API_URL=hub.url,
+        JUPYTERHUB_API_URL=hub.url + "/hub/api",
         JUPYTERHUB_API_TOKEN="t0ken",
         JUPYTERHUB_SERVICE_URL="https://0.0.0.0:0/user/alice/",
         JUPYTERHUB_SSL_KEYFILE=server["key"],

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import http.server
-import json
 import os
 import pwd
 import ssl
 import stat
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +19,7 @@ from certipy import Certipy
 from cryptography import x509
 from traitlets.config import Config
 
+from tests.tls_server import TlsServer
 from werkbank_spawner.server_certs import ServiceCertPath, ServiceCerts, fix_service_wait, serving_tls
 from werkbank_spawner.site import SiteConfigError, apply, validate
 from werkbank_spawner.spawner import WerkbankSlurmSpawner, mlflow_env
@@ -251,41 +249,13 @@ def test_services_serve_tls_only_with_their_certificate(tmp_path, store):
 # --- the trainer console's hub API calls -----------------------------------------------------
 
 
-class HttpsHubAPI:
-    """An https hub API that asks for a client certificate of ``client_cas`` and answers GETs."""
-
-    def __init__(self, key: str, cert: str, client_cas: str):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = json.dumps({"name": "alice", "path": self.path}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_cas)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_cert_chain(cert, key)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/hub/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_the_console_calls_the_hub_api_over_tls_and_checks_it(tmp_path, store):
     site_ = validate(site())
     assert api_url(site_) == "https://10.1.2.3:8081/hub/api"
     assert api_url(validate(site(internal_ssl=False))) == "http://10.1.2.3:8081/hub/api"
     hub = store.certipy.create_signed_pair("hub-internal", "hub-ca", alt_names=["IP:127.0.0.1"])["files"]
     hub_ca = store.certipy.store.get_record("hub-ca")["files"]["cert"]
-    api = HttpsHubAPI(hub["key"], hub["cert"], hub_ca)
+    api = TlsServer(hub, {"/hub/api/users/alice": {"name": "alice"}}, hub_ca)
     try:
         # As the managed service: JupyterHub's certificate for it, from the environment.
         client = store.certipy.create_signed_pair("user-service", "hub-ca", alt_names=["DNS:x"])["files"]
@@ -294,8 +264,8 @@ def test_the_console_calls_the_hub_api_over_tls_and_checks_it(tmp_path, store):
             "JUPYTERHUB_SSL_CERTFILE": client["cert"],
             "JUPYTERHUB_SSL_CLIENT_CA": hub_ca,
         }
-        answer = HubAPI(api.url, "t0ken", tls=hub_tls(site_, tmp_path, env)).user("alice")
-        assert answer == {"name": "alice", "path": "/hub/api/users/alice"}
+        answer = HubAPI(api.url + "/hub/api", "t0ken", tls=hub_tls(site_, tmp_path, env)).user("alice")
+        assert answer == {"name": "alice"} and api.requests[-1][:2] == ("GET", "/hub/api/users/alice")
         # On the command line (root): the hub's own, from its certificates' folder.
         state = tmp_path / "state"
         (state / "internal-ssl" / "hub-internal").mkdir(parents=True)
@@ -303,12 +273,17 @@ def test_the_console_calls_the_hub_api_over_tls_and_checks_it(tmp_path, store):
             target = state / "internal-ssl" / "hub-internal" / f"hub-internal.{suffix}"
             target.write_text(Path(hub[kind]).read_text())
         (state / "internal-ssl" / "hub-ca_trust.crt").write_text(Path(hub_ca).read_text())
-        assert HubAPI(api.url, "t0ken", tls=hub_tls(site_, state, {})).user("alice")["name"] == "alice"
+        assert (
+            HubAPI(api.url + "/hub/api", "t0ken", tls=hub_tls(site_, state, {})).user("alice")["name"]
+            == "alice"
+        )
         # A hub whose certificate the internal CA did not sign is not talked to.
         other_ca = store.certipy.store.get_record("other-ca")["files"]["cert"]
         with pytest.raises(WorkshopError, match="did not answer"):
             HubAPI(
-                api.url, "t0ken", tls=hub_tls(site_, tmp_path, {**env, "JUPYTERHUB_SSL_CLIENT_CA": other_ca})
+                api.url + "/hub/api",
+                "t0ken",
+                tls=hub_tls(site_, tmp_path, {**env, "JUPYTERHUB_SSL_CLIENT_CA": other_ca}),
             ).user("alice")
     finally:
         api.close()

@@ -7,11 +7,9 @@ with a hub and Slurm."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import ssl
-import threading
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +18,7 @@ import httpx
 import pytest
 from certipy import Certipy
 
+from tests.tls_server import TlsServer
 from werkbank_core.policy import JobRequest
 from werkbank_lab import batch, tracking
 from werkbank_lab.tls import hub_ssl_context, mlflow_verify
@@ -47,50 +46,6 @@ def pki(tmp_path_factory):
         other_ca=ca_file["other-ca"],
         bundle=str(bundle),
     )
-
-
-class TlsServer:
-    """An https server with ``files`` (key, cert) that records requests and answers each path with
-    ``answers[path]`` (JSON, 200). With ``client_cas`` it asks for a client certificate of those
-    CAs, as the hub API does under internal_ssl; the MLflow service does not."""
-
-    def __init__(self, files: dict, answers: dict[str, object], client_cas: str | None = None):
-        self.requests: list[tuple[str, str, dict, bytes]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def answer(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?", 1)[0]
-                outer.requests.append((self.command, self.path, dict(self.headers), body))
-                reply = json.dumps(answers.get(path, {})).encode()
-                self.send_response(200 if path in answers else 404)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            do_GET = do_POST = answer
-
-            def log_message(self, *args):
-                pass
-
-        purpose = ssl.Purpose.CLIENT_AUTH
-        context = (
-            ssl.create_default_context(purpose, cafile=client_cas)
-            if client_cas
-            else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        )
-        if client_cas:
-            context.verify_mode = ssl.CERT_REQUIRED
-        context.load_cert_chain(files["cert"], files["key"])
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
