@@ -260,7 +260,7 @@ def test_lost_node_is_reported_with_the_reason_before_slurm_gives_it_up(
     # T/3 s (T: SlurmdTimeout, 6 s here), and the ping fails after MessageTimeout (3 s): measured
     # 5.0-7.3 s after the link went; DOWN at 10.7-13.2 s. The spawner, which cannot reach the
     # server by then, asks Slurm every 0.5-1 s and drops it within a second of the mark (measured
-    # 6.7-8.5 s in all; the target is 10 s). Declared bound 2 T, about when Slurm sets the
+    # 6.7-8.9 s in all; the target is 10 s). Declared bound 2 T, about when Slurm sets the
     # node DOWN.
     limit = 2 * multinode.slurmd_timeout
     assert noticed <= limit, f"the hub took {noticed:.1f} s (bound {limit} s)"
