@@ -145,7 +145,7 @@ done
 # ------------------------------------------------------------------ models converted once
 # SmolLM2 ships as GGUF; transformers de-quantizes it on every load (15-45 s). Converted once into the
 # environment's share/werkbank/models, a template loads it in ~0.2 s (werkbank_lab.local_models).
-if ! "$VENV/bin/python" -c "from werkbank_lab import local_models as m, sys; sys.exit(not all(m._complete(m.site_models_dir() / n) for n in m.MODELS))" 2>/dev/null; then
+if ! "$VENV/bin/python" -m werkbank_lab.local_models check 2>/dev/null; then
     say "converting the shipped language models (once, under a minute)"
     log=$(mktemp)
     HF_HUB_OFFLINE=1 "$VENV/bin/python" -m werkbank_lab.local_models convert >"$log" 2>&1 \

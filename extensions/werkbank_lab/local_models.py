@@ -15,7 +15,8 @@ transformers folder (``config.json``, ``model.safetensors`` in float32, the toke
 Conversion writes into a temporary folder beside the target and renames it into place under a file lock:
 two sessions converting at once (a workshop) do the work once, and a reader never sees half a folder.
 
-``python -m werkbank_lab.local_models convert [--into FOLDER]`` converts ahead of use (install.sh).
+``python -m werkbank_lab.local_models convert [--into FOLDER]`` converts ahead of use (install.sh);
+``... check [--into FOLDER]`` says whether that was done.
 """
 
 from __future__ import annotations
@@ -154,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("convert", help="convert the shipped GGUF models once")
     command.add_argument("--into", default=str(site_models_dir()), help="folder for the converted copies")
+    check = commands.add_parser("check", help="exit 0 if every converted copy is complete, else 1")
+    check.add_argument("--into", default=str(site_models_dir()), help="folder of the converted copies")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return 0 if all(_complete(Path(args.into) / name) for name in MODELS) else 1
     for model in MODELS.values():
         print(convert(model, Path(args.into)))
     return 0

@@ -68,6 +68,16 @@ def test_the_installed_copy_is_complete_and_loads():
     assert not model.training
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
     assert "<|im_start|>user" in prompt
+    # What install.sh asks before it converts (again).
+    assert local_models.main(["check"]) == 0
+
+
+def test_check_says_whether_every_copy_is_complete(tmp_path):
+    assert local_models.main(["check", "--into", str(tmp_path)]) == 1
+    for name in local_models.MODELS:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / local_models.COMPLETE).touch()
+    assert local_models.main(["check", "--into", str(tmp_path)]) == 0
 
 
 def test_bbc_news_once_per_text():
