@@ -228,6 +228,19 @@ class Hub:
         assert r.status_code in (202, 204), r.text
         wait_for(lambda: self.server(user) is None, timeout, f"{user}'s server to stop")
 
+    def shut_down(self, user: str, jobs: list[str]) -> None:
+        """The end of a module's own hub: ``user``'s server stopped (if the hub still runs), the
+        hub stopped, and ``jobs`` cancelled, this module's only: other hubs share the test
+        cluster."""
+        try:
+            if self.process and self.process.proc.poll() is None and self.server(user) is not None:
+                self.stop_server(user)
+        finally:
+            self.stop()
+            for job in jobs:
+                if job:
+                    run("scancel", job, check=False)
+
     @property
     def mlflow_url(self) -> str:
         """The hub's MLflow service (the authenticating proxy) behind the hub's public proxy,

@@ -85,13 +85,8 @@ def pg(slurm, postgres, tmp_path_factory):
     hub.start()
     yield state
     try:
-        if hub.process and hub.process.proc.poll() is None and hub.server("alice") is not None:
-            hub.stop_server("alice")
+        hub.shut_down("alice", state.jobs)
     finally:
-        hub.stop()
-        # Only this module's jobs: other hubs may have servers on the shared test cluster.
-        for job in state.jobs:
-            run("scancel", job, check=False)
         if state.client:
             state.client.close()
 

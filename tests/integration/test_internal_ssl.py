@@ -90,15 +90,7 @@ def tls(slurm, tmp_path_factory):
     state = TlsHub(hub, Path(site["hub"]["data_dir"]) / "internal-ssl", api_port, mlflow_port)
     hub.start()
     yield state
-    try:
-        if hub.process and hub.process.proc.poll() is None and hub.server(USER) is not None:
-            hub.stop_server(USER)
-    finally:
-        hub.stop()
-        # Only this module's jobs: other hubs may have servers on the shared test cluster.
-        for job in [*state.jobs, state.batch.get("job", "")]:
-            if job:
-                run("scancel", job, check=False)
+    hub.shut_down(USER, [*state.jobs, state.batch.get("job", "")])
 
 
 def node_field(node: str, key: str) -> str:

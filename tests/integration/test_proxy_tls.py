@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.certificates import make_certificates
-from tests.cluster import Hub, make_hub, run
+from tests.cluster import Hub, make_hub
 from tests.mlflow_server import free_port, free_port_pair
 
 pytestmark = pytest.mark.integration
@@ -65,13 +65,7 @@ def https_hub(slurm, tmp_path_factory):
     state = HttpsHub(hub, f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(certs.ca_file)))
     hub.start()
     yield state
-    try:
-        if hub.process and hub.process.proc.poll() is None and hub.server(USER) is not None:
-            hub.stop_server(USER)
-    finally:
-        hub.stop()
-        for job in state.jobs:  # only this module's: other hubs share the test cluster
-            run("scancel", job, check=False)
+    hub.shut_down(USER, state.jobs)
 
 
 def test_login_over_https_with_the_certificate_checked(https_hub):
