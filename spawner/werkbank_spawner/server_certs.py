@@ -56,6 +56,8 @@ from traitlets.config import LoggingConfigurable
 
 from werkbank_core.slurm import SlurmCommandError
 
+from .private_files import write_private_folder
+
 #: The user's certificate folders, below their home directory; one per server.
 CERTS_DIR = ".werkbank/certs"
 #: File names in a server's folder: its key, its certificate, the CAs it trusts (the hub's and
@@ -307,30 +309,6 @@ class ServiceCertPath(str):
 
     def __call__(self, spawner) -> str:
         return self.certs.install(spawner)[self.key]
-
-
-def write_private_folder(folder: str, files: dict[str, str], owner: pwd.struct_passwd | None) -> None:
-    """``folder`` (its parent made 0755 if missing) 0700 with ``files`` in it, 0600, new (what was
-    there removed first; a link is removed, never followed), all owned by ``owner`` if given."""
-    os.makedirs(os.path.dirname(folder), mode=0o755, exist_ok=True)
-    if not os.path.lexists(folder):
-        os.mkdir(folder, 0o700)
-    elif os.path.islink(folder) or not os.path.isdir(folder):
-        raise OSError(f"{folder} is not a folder")
-    if owner:
-        os.chown(folder, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
-    os.chmod(folder, 0o700)
-    for name, text in files.items():
-        path = os.path.join(folder, name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            if owner:
-                os.fchown(f.fileno(), owner.pw_uid, owner.pw_gid)
-            f.write(text)
 
 
 def serving_tls(scheme: str, environ: Mapping[str, str] | None = None) -> ssl.SSLContext | None:

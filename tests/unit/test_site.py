@@ -874,6 +874,23 @@ def test_prepare_state_writes_mlflows_permission_config_privately(tmp_path):
     assert parser["mlflow"]["database_uri"] == f"sqlite:///{tmp_path}/mlflow/auth.db"
 
 
+def test_prepare_state_never_writes_through_a_link_planted_in_mlflows_folder(tmp_path):
+    """MLflow's folder belongs to the service account, which parses every user's requests: a link
+    it puts at auth.ini's name (to /etc/shadow, say) must be replaced, never followed by the hub,
+    which runs as root and would truncate the target, write it and give it to that account."""
+    site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))
+    prepared(site, config_dir="/")
+    victim = tmp_path / "victim"
+    victim.write_text("root:secret-hash:19000::::::\n")
+    victim.chmod(0o640)
+    ini = tmp_path / "mlflow" / "auth.ini"
+    ini.unlink()
+    ini.symlink_to(victim)
+    prepared(site, config_dir="/")
+    assert victim.read_text() == "root:secret-hash:19000::::::\n" and victim.stat().st_mode & 0o777 == 0o640
+    assert not ini.is_symlink() and "[mlflow]" in ini.read_text() and ini.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize(("key", "value"), [("permissions", False), ("proxy", False), ("manage", False)])
 def test_mlflow_without_permission_checks(tmp_path, key, value):
     site = with_value(minimal(), "hub.data_dir", str(tmp_path / "hub"))

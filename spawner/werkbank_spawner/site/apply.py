@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
-from ..server_certs import fix_service_wait, write_private_folder
+from ..private_files import write_private_file, write_private_folder
+from ..server_certs import fix_service_wait
 from ..workshop.hub import write_token
 from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
@@ -401,7 +402,7 @@ def write_service_secrets(site: Site, state: Path) -> None:
     :func:`.services.mlflow_proxy_secrets`: new at every hub start, :func:`.services.process_secret`)
     into its file (:func:`.services.service_secrets_path`): 0600 in a 0700 folder, both owned by
     the services' account (the hub's own when it is not root), written anew, never through a
-    link (:func:`..server_certs.write_private_folder`). A service without secrets has no file: one
+    link (:func:`..private_files.write_private_folder`). A service without secrets has no file: one
     from an earlier start is removed. They are never in a service's ``environment``, which
     JupyterHub keeps in its database. Raises :class:`SiteConfigError` (``hub.data_dir``)."""
     mlflow = site.tracking.mlflow
@@ -428,15 +429,12 @@ def write_service_secrets(site: Site, state: Path) -> None:
 
 def _write_private(path: Path, text: str, account: pwd.struct_passwd | None) -> None:
     """Write ``path`` readable by its owner only (MLflow's auth.ini: the database URI, which names
-    the database user), owned by ``account`` when given."""
+    the database user), owned by ``account`` when given: new, never through a link
+    (:func:`..private_files.write_private_file`; the folder is ``account``'s)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if account:
-                os.fchown(f.fileno(), account.pw_uid, account.pw_gid)
-            f.write(text)
+        write_private_file(path, text, account)
     except OSError as e:
-        raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror}") from None
+        raise SiteConfigError("hub.data_dir", f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _give_folder(folder: Path, account: pwd.struct_passwd) -> None:
