@@ -14,7 +14,6 @@ bug).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
 import ssl
@@ -24,7 +23,7 @@ from urllib.parse import urlsplit
 from traitlets.config import Config
 
 from ..private_files import write_private_file, write_private_folder
-from ..server_certs import fix_service_wait
+from ..server_certs import alt_name, fix_service_wait
 from ..workshop.hub import write_token
 from ..workshop.roles import COURSE_ROLES_SCOPE, COURSE_ROLES_SCOPE_HELP, WORKSHOP_SERVICE, trainer_role
 from . import services
@@ -180,7 +179,7 @@ def update_internal_ssl(c: Config, site: Site, base: Path) -> None:
     c.JupyterHub.service_check_interval = 0
     host = urlsplit(hub.hub_bind_url).hostname if hub.hub_bind_url else None
     names = []
-    if host and not _is_unspecified(host):
+    if host and not services.is_unspecified(host):
         names.append(alt_name(host))
     c.JupyterHub.trusted_alt_names = names
 
@@ -207,21 +206,6 @@ def internal_ssl_services(site: Site, base: Path, managed: list[dict]) -> list[d
             service = services.mlflow_proxy_with_tls(service, site, state)
         out.append(service)
     return out
-
-
-def alt_name(host: str) -> str:
-    """A certificate's subject alternative name for ``host``: ``IP:<address>`` or ``DNS:<name>``."""
-    try:
-        return f"IP:{ipaddress.ip_address(host)}"
-    except ValueError:
-        return f"DNS:{host}"
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 #: The site key of the OAuth client secret's file and what its first line is, for errors.

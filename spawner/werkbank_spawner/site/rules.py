@@ -32,7 +32,7 @@ from .schema import (
     SiteConfigError,
     Slurm,
 )
-from .services import mlflow_proxy_host, mlflow_proxy_port, mlflow_service_prefix
+from .services import is_unspecified, mlflow_proxy_host, mlflow_proxy_port, mlflow_service_prefix
 
 #: How the JupyterHub groups of workshop courses begin (``course-<name>``).
 COURSE_GROUP_PREFIX = group_name("")
@@ -78,13 +78,6 @@ def is_loopback(host: str | None) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
 
@@ -415,7 +408,7 @@ def _check_proxy(mlflow: MLflow, hub: Hub) -> None:
                 f"must end in the proxy service's path {prefix} (the hub's route to it), "
                 f"got {mlflow.public_url!r}",
             )
-    elif _is_unspecified(mlflow_proxy_host(hub)):
+    elif is_unspecified(mlflow_proxy_host(hub)):
         raise SiteConfigError(
             "tracking.mlflow.public_url",
             f"required when hub.hub_bind_url listens on every interface ({hub.hub_bind_url}): the "

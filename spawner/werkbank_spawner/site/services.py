@@ -405,7 +405,7 @@ def mlflow_proxy_alt_names(site: Site) -> tuple[str, ...]:
     hosts = [mlflow_proxy_host(site.hub)]
     if site.tracking.mlflow.public_url:
         hosts.append(urlsplit(site.tracking.mlflow.public_url).hostname or "")
-    names = [*LOCAL_ALT_NAMES, *(alt_name(h) for h in hosts if h and not _is_unspecified(h))]
+    names = [*LOCAL_ALT_NAMES, *(alt_name(h) for h in hosts if h and not is_unspecified(h))]
     return tuple(dict.fromkeys(names))
 
 
@@ -424,7 +424,9 @@ def mlflow_proxy_with_tls(service: dict, site: Site, data_dir: Path) -> dict:
     return {**service, "environment": {**service.get("environment", {}), **certs.environment()}}
 
 
-def _is_unspecified(host: str) -> bool:
+def is_unspecified(host: str) -> bool:
+    """Whether ``host`` is the any-address (0.0.0.0, ::): a listening socket's, never a
+    certificate's name or an address to connect to."""
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
